@@ -1,0 +1,1 @@
+"""hybrid_ir: multilingual dual-encoder retrieval with hybrid batches (JAX/Flax)."""

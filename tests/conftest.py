@@ -1,0 +1,20 @@
+"""Test-wide set-up: 8 fake CPU devices for sharding tests, and paths to the shared data."""
+import os
+import pathlib
+
+# Must be set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("HYBRID_IR_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  if not SHARED_DATA.is_dir():
+    pytest.fail(f"shared data not found at {SHARED_DATA} (set HYBRID_IR_DATA)")
+  return SHARED_DATA
