@@ -1,0 +1,112 @@
+"""sharding.py on 8 fake CPU devices (conftest sets them).
+
+Key property: the loss and gradients of one global batch do not depend on how many devices it is
+split over — with hard negatives gathered across devices (where per-device label offsets go wrong
+in pmap-style code).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from hybrid_ir import losses, sharding
+
+VOCAB, DIM, LEN, B, K = 64, 16, 8, 16, 2
+
+
+def tiny_encoder_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"emb": jnp.asarray(rng.normal(size=(VOCAB, DIM)), jnp.float32),
+          "w": jnp.asarray(rng.normal(size=(DIM, DIM)) / 4, jnp.float32)}
+
+
+def encode(params, ids, mask):
+  """Embedding bag + tanh layer, masked mean, L2-normalised: enough to exercise every path."""
+  h = jnp.tanh(params["emb"][ids] @ params["w"])
+  m = mask[..., None].astype(h.dtype)
+  e = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1)
+  return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def loss_fn(params, batch, variant, symmetric):
+  q = encode(params, batch["q_ids"], batch["q_mask"])
+  p = encode(params, batch["p_ids"], batch["p_mask"])
+  n = encode(params, batch["n_ids"].reshape(-1, LEN), batch["n_mask"].reshape(-1, LEN))
+  loss, _ = losses.info_nce(q, p, n, temperature=0.1, variant=variant, symmetric=symmetric,
+                            groups=batch["groups"])
+  mse, _ = losses.parallel_query_mse(q, batch["groups"], batch["langs"])
+  return loss + 0.5 * mse
+
+
+def make_batch(seed=1):
+  rng = np.random.default_rng(seed)
+  ids = lambda *s: rng.integers(0, VOCAB, size=s).astype(np.int32)
+  mask = lambda *s: (rng.random(size=s) < 0.8).astype(np.int32)
+  return {"q_ids": ids(B, LEN), "q_mask": mask(B, LEN), "p_ids": ids(B, LEN),
+          "p_mask": mask(B, LEN), "n_ids": ids(B, K, LEN), "n_mask": mask(B, K, LEN),
+          # pairs of translations: groups 0,0,1,1,... in two languages
+          "groups": np.repeat(np.arange(B // 2), 2).astype(np.int32),
+          "langs": np.tile([0, 1], B // 2).astype(np.int32)}
+
+
+def loss_and_grads(mesh_config, devices, variant, symmetric):
+  mesh = sharding.make_mesh(mesh_config, devices)
+  params = tiny_encoder_params()
+  shardings = sharding.param_shardings(params, mesh, min_fsdp_size=16)
+  params = jax.device_put(params, shardings)
+  batch = sharding.host_local_to_global(make_batch(), mesh)
+  f = jax.jit(jax.value_and_grad(functools.partial(loss_fn, variant=variant, symmetric=symmetric)),
+              out_shardings=(sharding.replicated(mesh), shardings))
+  loss, grads = f(params, batch)
+  return loss, grads, batch
+
+
+@pytest.mark.parametrize("variant,symmetric", [("standard", True), ("paper", False)])
+def test_one_vs_eight_devices_same_loss_and_grads(variant, symmetric):
+  devs = jax.devices()
+  assert len(devs) == 8, "conftest should give 8 fake CPU devices"
+  l1, g1, _ = loss_and_grads({"data": 1}, devs[:1], variant, symmetric)
+  l8, g8, batch8 = loss_and_grads({"data": 8}, devs, variant, symmetric)
+  # The batch really is split: each device holds 2 queries and their 4 hard negatives.
+  assert {s.data.shape for s in batch8["n_ids"].addressable_shards} == {(B // 8, K, LEN)}
+  l42, g42, _ = loss_and_grads({"data": 4, "fsdp": 2}, devs, variant, symmetric)
+  assert float(l1) > 0
+  for l, g in [(l8, g8), (l42, g42)]:
+    np.testing.assert_allclose(l, l1, rtol=1e-5, atol=1e-5)
+    for k in g1:
+      np.testing.assert_allclose(g[k], g1[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_mesh_shapes_and_errors():
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 2})
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
+  assert "model" in sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2}).axis_names
+  with pytest.raises(ValueError, match="unknown axis 'dta'"):
+    sharding.make_mesh({"dta": 8})
+  with pytest.raises(ValueError, match="needs 6 devices"):
+    sharding.make_mesh({"data": 3, "fsdp": 2})
+
+
+def test_param_sharding_rules():
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+  params = {"big": jnp.zeros((30, 64)), "odd": jnp.zeros((33, 31)), "small": jnp.zeros((4,)),
+            "annotated": jnp.zeros((8, 8))}
+  specs = {"big": None, "odd": None, "small": None, "annotated": P("model", "fsdp")}
+  sh = sharding.param_shardings(params, mesh, specs, min_fsdp_size=64)
+  assert sh["big"].spec == P(None, "fsdp")  # largest dim divisible by 4
+  assert sh["odd"].spec == P()  # nothing divisible
+  assert sh["small"].spec == P()  # too small
+  assert sh["annotated"].spec == P(None, "fsdp")  # 'model' not in this mesh -> dropped
+
+
+def test_host_local_to_global_errors():
+  mesh = sharding.make_mesh({"data": 8})
+  with pytest.raises(ValueError, match=r"\['x'\].*divisible"):
+    sharding.host_local_to_global({"x": np.zeros((6, 2))}, mesh)
+  with pytest.raises(TypeError, match="dtype"):
+    sharding.host_local_to_global({"s": np.array(["a"] * 8)}, mesh)
+  out = sharding.host_local_to_global({"x": np.arange(16).reshape(8, 2)}, mesh)
+  np.testing.assert_array_equal(out["x"], np.arange(16).reshape(8, 2))
