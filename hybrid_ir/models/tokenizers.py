@@ -1,0 +1,186 @@
+"""Tokenizers for the encoders: text -> fixed-bucket id batches, with prefixes and truncation counts.
+
+Two back-ends behind one small interface (`BucketTokenizer`):
+  * `HFTokenizer`: a HF fast tokenizer (`tokenizers.Tokenizer`, i.e. tokenizer.json). Used by the
+    BERT / XLM-R family (e5, LaBSE, mBERT, XLM-R). Special tokens come from the tokenizer's own
+    post-processor, so BERT ([CLS] .. [SEP]) and XLM-R (<s> .. </s>) both come out right.
+  * `SentencePieceTokenizer`: the `sentencepiece` library with BOS/EOS, for USE-m3.
+
+Why buckets: jit compiles one program per input shape (1.5-2.5 s each on our CPU), so every batch is
+padded to the smallest of a few fixed lengths (default 16/32/64/128) that fits its longest text.
+Texts longer than the largest bucket are truncated (keeping the closing special token); each
+truncation is counted in `tokenizer.stats` and logged, never silent.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import pathlib
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_BUCKETS = (16, 32, 64, 128)
+KINDS = ("query", "passage")
+
+
+class BucketTokenizer:
+  """Shared logic: prefixes, validation, bucketing, padding and truncation counting.
+
+  Subclasses implement `_ids(texts) -> (list of id lists, list of was-truncated flags)`.
+
+  Attributes:
+    prefixes: {'query': str, 'passage': str} prepended to the text before tokenization.
+    buckets: sorted sequence lengths a batch may be padded to.
+    pad_id: id written into padding positions (masked out by the encoders anyway).
+    stats: Counter with 'texts' (tokenized so far) and 'truncated' (cut to the largest bucket).
+  """
+
+  def __init__(self, *, name: str, query_prefix: str, passage_prefix: str,
+               buckets: Sequence[int], pad_id: int):
+    buckets = tuple(sorted(int(b) for b in buckets))
+    if not buckets or buckets[0] < 3:
+      raise ValueError(f"{name}: buckets must be lengths >= 3, got {buckets!r}")
+    self.name = name
+    self.prefixes = {"query": query_prefix, "passage": passage_prefix}
+    self.buckets = buckets
+    self.max_len = buckets[-1]
+    self.pad_id = int(pad_id)
+    self.stats: collections.Counter = collections.Counter()
+
+  def _ids(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+    raise NotImplementedError
+
+  def encode_ids(self, texts: Iterable[str], kind: str) -> list[list[int]]:
+    """Texts -> unpadded id lists (prefix and special tokens included, at most `max_len` long).
+
+    Raises ValueError naming the index of an empty / non-string text or an unknown kind.
+    """
+    if kind not in KINDS:
+      raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {kind!r}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+      if not isinstance(t, str):
+        raise ValueError(f"{self.name}: text {i} is {type(t).__name__}, not str: {t!r:.80}")
+      if not t.strip():
+        raise ValueError(f"{self.name}: text {i} is empty ({t!r}); empty texts cannot be encoded")
+    prefix = self.prefixes[kind]
+    ids, truncated = self._ids([prefix + t for t in texts])
+    n_trunc = int(sum(truncated))
+    self.stats["texts"] += len(texts)
+    self.stats["truncated"] += n_trunc
+    if n_trunc:
+      logging.info("%s: truncated %d of %d %s texts to %d tokens (total so far %d of %d)",
+                   self.name, n_trunc, len(texts), kind, self.max_len,
+                   self.stats["truncated"], self.stats["texts"])
+    return ids
+
+  def bucket_for(self, length: int) -> int:
+    """Smallest bucket >= length (length is already <= max_len after truncation)."""
+    for b in self.buckets:
+      if length <= b:
+        return b
+    raise ValueError(f"{self.name}: length {length} exceeds the largest bucket {self.max_len}")
+
+  def pad(self, ids: Sequence[Sequence[int]], length: int | None = None,
+          batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Pads id lists to `length` (default: the smallest fitting bucket) and rows to `batch_size`.
+
+    Returns {'input_ids': int32 [B, L], 'attention_mask': int32 [B, L]}; extra rows (when
+    batch_size > len(ids)) are all-padding except one masked-in pad token, so pooling stays finite.
+    """
+    if not ids:
+      raise ValueError(f"{self.name}: cannot pad an empty batch")
+    longest = max(len(x) for x in ids)
+    length = self.bucket_for(longest) if length is None else length
+    if longest > length:
+      raise ValueError(f"{self.name}: sequence of {longest} tokens does not fit length {length}")
+    rows = max(len(ids), batch_size or 0)
+    input_ids = np.full((rows, length), self.pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for i, x in enumerate(ids):
+      input_ids[i, :len(x)] = x
+      mask[i, :len(x)] = 1
+    mask[len(ids):, 0] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+  def __call__(self, texts: Iterable[str], kind: str) -> dict[str, np.ndarray]:
+    """Texts -> padded batch at the smallest fitting bucket (see `pad`)."""
+    return self.pad(self.encode_ids(texts, kind))
+
+
+class HFTokenizer(BucketTokenizer):
+  """A HF fast tokenizer (tokenizer.json) with prefixes, buckets and truncation counting.
+
+  Recommended for every BERT / XLM-R family model. Build with `HFTokenizer.from_file` (a
+  tokenizer.json) or `HFTokenizer.from_pretrained_dir` (any HF snapshot, via transformers).
+  """
+
+  def __init__(self, tokenizer, **kw):
+    import tokenizers  # noqa: F401  (fail early with a clear ImportError)
+    tokenizer.no_padding()
+    kw.setdefault("pad_id", _find_pad_id(tokenizer))
+    super().__init__(**kw)
+    # The library truncates while keeping the post-processor's special tokens; `overflowing`
+    # tells us which texts were cut.
+    tokenizer.enable_truncation(max_length=self.max_len)
+    self.tokenizer = tokenizer
+
+  @classmethod
+  def from_file(cls, path: str | pathlib.Path, **kw) -> "HFTokenizer":
+    import tokenizers
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f"tokenizer file not found: {path}")
+    kw.setdefault("name", path.parent.name or str(path))
+    return cls(tokenizers.Tokenizer.from_file(str(path)), **kw)
+
+  @classmethod
+  def from_pretrained_dir(cls, path: str | pathlib.Path, **kw) -> "HFTokenizer":
+    path = pathlib.Path(path)
+    if (path / "tokenizer.json").is_file():
+      return cls.from_file(path / "tokenizer.json", **kw)
+    import transformers
+    tok = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    if not getattr(tok, "is_fast", False):
+      raise ValueError(f"{path}: no fast tokenizer could be built (need tokenizer.json or a "
+                       "vocab that transformers can convert)")
+    kw.setdefault("name", path.name)
+    kw.setdefault("pad_id", tok.pad_token_id if tok.pad_token_id is not None else 0)
+    return cls(tok.backend_tokenizer, **kw)
+
+  def _ids(self, texts):
+    encs = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+    return [e.ids for e in encs], [bool(e.overflowing) for e in encs]
+
+
+class SentencePieceTokenizer(BucketTokenizer):
+  """The `sentencepiece` library with BOS/EOS added (USE-m3's sp.model).
+
+  Truncation keeps BOS + the first max_len-2 pieces + EOS.
+  """
+
+  def __init__(self, model_file: str | pathlib.Path, **kw):
+    import sentencepiece
+    model_file = pathlib.Path(model_file)
+    if not model_file.is_file():
+      raise FileNotFoundError(f"sentencepiece model not found: {model_file}")
+    self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    kw.setdefault("name", model_file.name)
+    # USE-m3's model defines no pad piece (pad_id() == -1); padding is masked, so 0 (<unk>) is safe.
+    kw.setdefault("pad_id", max(self.sp.pad_id(), 0))
+    super().__init__(**kw)
+
+  def _ids(self, texts):
+    ids = self.sp.encode(texts, out_type=int, add_bos=True, add_eos=True)
+    truncated = [len(x) > self.max_len for x in ids]
+    ids = [x if len(x) <= self.max_len else x[:self.max_len - 1] + x[-1:] for x in ids]
+    return ids, truncated
+
+
+def _find_pad_id(tokenizer) -> int:
+  for tok in ("<pad>", "[PAD]"):
+    i = tokenizer.token_to_id(tok)
+    if i is not None:
+      return i
+  return 0
