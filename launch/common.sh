@@ -27,6 +27,7 @@ CONFIG="${CONFIG:-configs/paper/xlmr_hybrid.py}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
 GIT_URL="${GIT_URL:-}"
 GIT_REF="${GIT_REF:-main}"
+DATA_URL="${DATA_URL:-}"
 WORKER="${WORKER:-0}"
 GCLOUD="${GCLOUD:-gcloud}"
 POLL_SECONDS="${POLL_SECONDS:-30}"
@@ -46,7 +47,7 @@ die() {
 }
 
 log() {
-  echo "[$(basename "$0")] $*" >&2
+  echo "[$(basename "$0")$( ((DRY_RUN)) && echo ', dry run')] $*" >&2
 }
 
 # quote WORD: prints WORD quoted exactly like Python's shlex.quote.
@@ -124,6 +125,7 @@ parse_args() {
       python) PYTHON_VERSION="$value" ;;
       git-url) GIT_URL="$value" ;;
       git-ref) GIT_REF="$value" ;;
+      data) DATA_URL="$value" ;;
       worker) WORKER="$value" ;;
       on) EVAL_ON="$value" ;;
       dry-run) DRY_RUN=1 ;;
@@ -133,6 +135,9 @@ parse_args() {
       *) die "internal: flag --${name} is allowed but not handled" ;;
     esac
   done
+  if [[ -n "$DATA_URL" && "$DATA_URL" != gs://?* ]]; then
+    die "--data='${DATA_URL}' must be a gs:// folder"
+  fi
   if [[ -z "$RUNTIME_VERSION" ]]; then
     RUNTIME_VERSION="$(default_runtime_version "$ACCELERATOR_TYPE")"
   fi
@@ -164,6 +169,8 @@ usage() {
       git-url) echo "  --git-url=URL           git clone URL on the workers instead of copying this
                           checkout's HEAD [GIT_URL]" ;;
       git-ref) echo "  --git-ref=REF           branch or tag for --git-url [GIT_REF]; default main" ;;
+      data) echo "  --data=gs://B/DIR       copied (rsync) to ~/shared/data on every worker, where
+                          configs/common.py looks for data by default [DATA_URL]" ;;
       worker) echo "  --worker=N|all          which worker's log [WORKER]; default 0" ;;
       on) echo "  --on=local|tpu          local: this machine (CPU is fine); tpu: a separate
                           single-host TPU VM named NAME-eval; default local" ;;
@@ -337,6 +344,13 @@ $(quote "$GIT_URL") ${REMOTE_DIR}"
   tpu_ssh all "set -e; ${fetch} && cd ${REMOTE_DIR} && python3 -m pip install --user --quiet uv \
 && python3 -m uv venv --python=$(quote "$PYTHON_VERSION") .venv \
 && python3 -m uv pip install --python=.venv/bin/python -e '.[tpu]'"
+}
+
+# stage_data: the data folder in GCS -> ~/shared/data on every worker: the default DATA_DIR of
+# configs/common.py (../shared/data next to the checkout), so configs need no path overrides.
+stage_data() {
+  [[ -n "$DATA_URL" ]] || return 0
+  tpu_ssh all "mkdir -p shared/data && gcloud storage rsync --recursive $(quote "$DATA_URL") shared/data"
 }
 
 # python_command MODULE EXTRA_ARGS...: the remote command line (run inside ${REMOTE_DIR}) for a

@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ALLOWED="on config workdir once project zone name accelerator-type runtime-version provision python
-git-url git-ref keep dry-run --"
+git-url git-ref data keep dry-run --"
 SUMMARY="Run 'python -m hybrid_ir.eval --config CONFIG --workdir WORKDIR [--once] [ARGS]', which
 evaluates the workdir's checkpoints while training writes them (or the latest one with --once).
 --on=local runs it here with the python on PATH (PYTHON to override; needs hybrid_ir installed and
@@ -32,6 +32,7 @@ case "$EVAL_ON" in
     arm_teardown
     tpu_wait_active
     install_package
+    stage_data
     tpu_ssh 0 "set -o pipefail; cd ${REMOTE_DIR} && $(python_command hybrid_ir.eval \
 ${eval_args[@]+"${eval_args[@]}"}) 2>&1 | tee -a eval.log"
     disarm_teardown

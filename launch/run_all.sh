@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ALLOWED="project zone name accelerator-type runtime-version provision workdir config python git-url
-git-ref detach keep dry-run --"
+git-ref data detach keep dry-run --"
 SUMMARY="Create a TPU, install hybrid_ir on every worker, run hybrid_ir.train on all of them, then
 delete the TPU (unless --keep or --detach). If any step after create fails, or on Ctrl-C, the TPU is
 deleted; checkpoints in the gs:// workdir survive, and re-running resumes from them. Example:
@@ -20,6 +20,7 @@ tpu_create
 arm_teardown
 tpu_wait_active
 install_package
+stage_data
 train_on_workers
 disarm_teardown
 if ((DETACH || KEEP)); then

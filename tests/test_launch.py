@@ -196,6 +196,23 @@ def test_git_url_install_clones(tmp_path):
   assert "git clone --depth=1 --branch=v1 https://example.com/r.git hybrid_ir" in _remote(ssh)
 
 
+def test_data_is_staged_where_configs_look(tmp_path):
+  """--data rsyncs a GCS folder to ~/shared/data, configs/common.py's default DATA_DIR."""
+  env, log = _fake_gcloud(tmp_path)
+  bad = _run("run_all.sh", "--project=p", "--zone=z", f"--workdir={WORKDIR}", "--data=/local/dir",
+             env=env)
+  assert bad.returncode != 0 and "--data" in bad.stderr and _calls(log) == []
+  result = _run("run_all.sh", "--project=p", "--zone=z", f"--workdir={WORKDIR}",
+                "--data=gs://b/data", "--dry-run", env=_env(tmp_path))
+  assert result.returncode == 0, result.stderr
+  ssh = [_remote(c) for c in _plan(result.stdout) if "ssh" in c]
+  assert len(ssh) == 3 and "hybrid_ir.train" in ssh[2]  # install, stage, train
+  stage = shlex.split(ssh[1])
+  assert stage[stage.index("rsync"):] == ["rsync", "--recursive", "gs://b/data", "shared/data"]
+  configs_common = (REPO / "configs" / "common.py").read_text()
+  assert '"shared" / "data"' in configs_common  # the default the staging relies on
+
+
 @pytest.mark.parametrize("script", ["create.sh", "install.sh", "train.sh", "logs.sh",
                                     "delete.sh", "run_all.sh", "eval.sh"])
 @pytest.mark.parametrize("missing", ["project", "zone"])
