@@ -41,9 +41,17 @@ if "describe" in args:
 
 
 def _env(tmp_path, **extra):
+  """A clean environment whose `gcloud` is a fake that logs its calls to tmp_path/gcloud_calls.jsonl
+  (so no test can reach the real Cloud SDK, and dry runs can be shown to run nothing)."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  fake = bin_dir / "gcloud"
+  fake.write_text(FAKE_GCLOUD.format(python=sys.executable))
+  fake.chmod(0o755)
   env = {k: v for k, v in os.environ.items() if k not in PARAM_VARS}
-  env["TMPDIR"] = str(tmp_path)
-  env["POLL_SECONDS"] = "0"
+  env.update(TMPDIR=str(tmp_path), POLL_SECONDS="0",
+             PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+             FAKE_GCLOUD_LOG=str(tmp_path / "gcloud_calls.jsonl"))
   env.update(extra)
   return env
 
@@ -59,16 +67,8 @@ def _plan(stdout):
 
 
 def _fake_gcloud(tmp_path, **extra):
-  """An env whose `gcloud` is a logger; returns (env, log path)."""
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir(exist_ok=True)
-  fake = bin_dir / "gcloud"
-  fake.write_text(FAKE_GCLOUD.format(python=sys.executable))
-  fake.chmod(0o755)
-  log = tmp_path / "gcloud_calls.jsonl"
-  env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-             FAKE_GCLOUD_LOG=str(log), **extra)
-  return env, log
+  """(env, log of the fake gcloud's calls)."""
+  return _env(tmp_path, **extra), tmp_path / "gcloud_calls.jsonl"
 
 
 def _calls(log):
@@ -98,10 +98,12 @@ def _recorder(path, log):
 
 
 def _single_host_plan(tmp_path):
+  env, log = _fake_gcloud(tmp_path)
   result = _run("run_all.sh", "--project=my-proj", "--zone=us-central2-b", "--name=tpu-one",
                 "--provision=vm", "--accelerator-type=v4-8", f"--workdir={WORKDIR}",
-                f"--config={CONFIG}", "--dry-run", "--", *PASSTHROUGH, env=_env(tmp_path))
+                f"--config={CONFIG}", "--dry-run", "--", *PASSTHROUGH, env=env)
   assert result.returncode == 0, result.stderr
+  assert _calls(log) == []  # a dry run runs nothing
   return _plan(result.stdout)
 
 
@@ -110,6 +112,7 @@ def _pod_plan(tmp_path):
              WORKDIR=WORKDIR)  # parameters from the environment this time
   result = _run("run_all.sh", "--accelerator-type=v4-32", "--dry-run", "--", *PASSTHROUGH, env=env)
   assert result.returncode == 0, result.stderr
+  assert _calls(tmp_path / "gcloud_calls.jsonl") == []
   return _plan(result.stdout)
 
 
@@ -220,23 +223,32 @@ def test_missing_project_or_zone_runs_nothing(tmp_path, script, missing):
   env, log = _fake_gcloud(tmp_path)
   args = {"project": "--project=p", "zone": "--zone=z"}
   del args[missing]
-  extra = ["--on=tpu"] if script == "eval.sh" else []
-  result = _run(script, *args.values(), f"--workdir={WORKDIR}", *extra, env=env) \
-      if script in ("train.sh", "run_all.sh", "eval.sh") else _run(script, *args.values(), env=env)
+  extra = {"train.sh": [f"--workdir={WORKDIR}"], "run_all.sh": [f"--workdir={WORKDIR}"],
+           "eval.sh": [f"--workdir={WORKDIR}", "--on=tpu"]}.get(script, [])
+  result = _run(script, *args.values(), *extra, env=env)
   assert result.returncode != 0
   assert f"no {missing}" in result.stderr
   assert "+ " not in result.stdout + result.stderr
   assert _calls(log) == []
 
 
-def test_missing_gcloud_is_reported_unless_dry_run(tmp_path):
-  env = _env(tmp_path, GCLOUD=str(tmp_path / "no-such-gcloud"))
+@pytest.mark.parametrize("how", ["not on PATH", "GCLOUD"])
+def test_missing_gcloud_is_reported_unless_dry_run(tmp_path, how):
+  if how == "GCLOUD":
+    env = _env(tmp_path, GCLOUD=str(tmp_path / "no-such-gcloud"))
+  else:  # a PATH with only the tools the scripts need before the check
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("bash", "dirname", "basename"):
+      (tools / tool).symlink_to(shutil.which(tool))
+    env = _env(tmp_path, PATH=str(tools))
   args = ["--project=p", "--zone=z", f"--workdir={WORKDIR}"]
   result = _run("run_all.sh", *args, env=env)
   assert result.returncode != 0
   assert "not found" in result.stderr and "Google Cloud CLI" in result.stderr
   assert "+ " not in result.stdout + result.stderr
-  assert _run("run_all.sh", *args, "--dry-run", env=env).returncode == 0
+  if how == "GCLOUD":  # a dry run needs no gcloud (the PATH variant lacks git for the plan)
+    assert _run("run_all.sh", *args, "--dry-run", env=env).returncode == 0
 
 
 @pytest.mark.parametrize("workdir", ["", "/tmp/local/run"])
@@ -333,6 +345,24 @@ def test_help_documents_every_flag(tmp_path, script):
   allowed = re.search(r'ALLOWED="([^"]*)"', source).group(1).split()
   for name in allowed:
     assert (f"--{name}" if name != "--" else "-- ARGS") in result.stdout, name
+
+
+def test_readme_commands_are_valid(tmp_path):
+  """Every launch/ command in the README parses and plans (run with --dry-run added)."""
+  readme = (LAUNCH / "README.md").read_text()
+  blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+  lines = [l.strip() for b in blocks for l in b.replace("\\\n", " ").splitlines()]
+  commands = [l for l in lines if l.startswith("launch/")]
+  assert len(commands) >= 7
+  env = _env(tmp_path, PROJECT_ID="my-project", ZONE="us-central2-b", TPU_NAME="xlmr-hybrid",
+             WORKDIR="gs://MY-BUCKET/hybrid_ir/runs/x", PYTHON="true")
+  for command in commands:
+    script, rest = command.split(" ", 1) if " " in command else (command, "")
+    result = subprocess.run(["bash", "-c", f"{script} --dry-run {rest}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, (command, result.stderr)
+    assert _plan(result.stdout), command
+  assert _calls(tmp_path / "gcloud_calls.jsonl") == []
 
 
 def test_shellcheck_clean():
