@@ -56,7 +56,8 @@ def rank_distance(ranks: np.ndarray) -> np.ndarray:
   """[Nq] rank of the lowest-ranked relevant item minus that of the highest-ranked one."""
   r, n = _sorted(ranks)
   last = np.take_along_axis(r, np.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
-  return np.where(n > 0, last - r[:, 0], np.nan)
+  with np.errstate(invalid='ignore'):  # inf - inf for queries with no relevant item -> NaN below
+    return np.where(n > 0, last - r[:, 0], np.nan)
 
 
 def ndcg_at(gains_in_ranking: np.ndarray, ideal_gains: np.ndarray, k: int) -> np.ndarray:

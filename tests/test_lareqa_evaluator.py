@@ -1,0 +1,164 @@
+"""LAReQA metrics on a hand-built fixture whose every rank is known, ties included.
+
+Fixture (languages en, de, es; question q2 has no es version, as happens in MLQA-R):
+  candidates (global index): E0=0 E1=1 E2=2 | D0=3 D1=4 | S0=5 S1=6
+  questions: Q0=en q1, Q1=en q2, Q2=de q1, Q3=de q2, Q4=es q1
+  relevant:  q1 -> {E0, D0, S0}, q2 -> {E1, D1}
+The fake encoder maps question i to the one-hot e_i and candidate j to column j of SCORES, so the
+score of (Qi, cj) is exactly SCORES[i, j] (multiples of 1/8, exact in float32). Tie rule: equal
+scores are ordered by candidate index. All expected values below are derived by hand.
+"""
+import json
+from fractions import Fraction as F
+
+import numpy as np
+import pytest
+
+from hybrid_ir.evaluators import lareqa as ev
+from hybrid_ir.evaluators import metrics
+
+#                   E0     E1     E2     D0     D1     S0     S1
+SCORES = np.array([[.5,    .75,   .5,    .5,    .25,   .875,  0],      # Q0 en q1
+                   [.5,    .5,    .5,    .625,  .5,    .5,    .5],     # Q1 en q2
+                   [0,     .25,   .125,  .75,   .75,   .25,   .375],   # Q2 de q1
+                   [-.5,   .25,   .25,   .25,   .125,  .5,    .25],    # Q3 de q2
+                   [.875] * 7], np.float32)                            # Q4 es q1 (all tied)
+# Multilingual ranks (order: score desc, index asc):
+#   Q0: S0 1, E1 2, E0 3, E2 4, D0 5, D1 6, S1 7      -> relevant E0 3, D0 5, S0 1
+#   Q1: D0 1, E0 2, E1 3, E2 4, D1 5, S0 6, S1 7      -> relevant E1 3, D1 5
+#   Q2: D0 1, D1 2, S1 3, E1 4, S0 5, E2 6, E0 7      -> relevant D0 1, S0 5, E0 7
+#   Q3: S0 1, E1 2, E2 3, D0 4, S1 5, D1 6, E0 7      -> relevant E1 2, D1 6
+#   Q4: index order                                    -> relevant E0 1, D0 4, S0 6
+MUL_AP = [F(1, 3) * (1 + F(2, 3) + F(3, 5)),   # 34/45
+          F(1, 2) * (F(1, 3) + F(2, 5)),       # 11/30
+          F(1, 3) * (1 + F(2, 5) + F(3, 7)),   # 64/105
+          F(1, 2) * (F(1, 2) + F(2, 6)),       # 5/12
+          F(1, 3) * (1 + F(2, 4) + F(3, 6))]   # 2/3
+RANK_DIST = [5 - 1, 5 - 3, 7 - 1, 6 - 2, 6 - 1]
+# Per-language settings: rank of the Y answer among Y's candidates; AP = 1/rank (one relevant).
+#   Q0: en E0 .5 after E1 .75 -> 2; de D0 1; es S0 1
+#   Q1: en E1 ties E0 (lower index) -> 2; de D1 .5 after D0 .625 -> 2; es excluded
+#   Q2: en E0 0 last -> 3; de D0 ties D1, wins by index -> 1; es S0 .25 after S1 .375 -> 2
+#   Q3: en E1 ties E2, wins -> 1; de D1 .125 after D0 .25 -> 2; es excluded
+#   Q4: all ties -> 1, 1, 1
+PAIR_RANK = [[2, 1, 1], [2, 2, 0], [3, 1, 2], [1, 2, 0], [1, 1, 1]]  # columns en, de, es
+MATRIX_MAP = [[F(1, 2), F(3, 4), F(1)],         # en->en (1/2+1/2)/2, en->de (1+1/2)/2, en->es 1
+              [F(2, 3), F(3, 4), F(1, 2)],      # de->en (1/3+1)/2, de->de (1+1/2)/2, de->es 1/2
+              [F(1), F(1), F(1)]]
+MO_MAP = (F(1, 2) + F(3, 4) + F(1)) / 3                                            # 3/4
+CR_MAP = (F(3, 4) + F(1) + F(2, 3) + F(1, 2) + F(1) + F(1)) / 6                    # 59/72
+MO_R1 = (F(0) + F(1, 2) + F(1)) / 3        # en->en 0/2, de->de 1/2, es->es 1
+CR_R1 = (F(1, 2) + F(1) + F(1, 2) + F(0) + F(1) + F(1)) / 6  # en->de, en->es, de->en, de->es, es->*
+MUL_MAP = ((MUL_AP[0] + MUL_AP[1]) / 2 + (MUL_AP[2] + MUL_AP[3]) / 2 + MUL_AP[4]) / 3
+RANK_DISTANCE = (F(4 + 2, 2) + F(6 + 4, 2) + F(5)) / 3                             # 13/3
+
+SENTENCES = {'en': ['E0.', 'E1.', 'E2.'], 'de': ['D0.', 'D1.'], 'es': ['S0.', 'S1.']}
+QUESTIONS = {'en': [('q1', 'en q1?', 0), ('q2', 'en q2?', 1)],
+             'de': [('q1', 'de q1?', 0), ('q2', 'de q2?', 1)], 'es': [('q1', 'es q1?', 0)]}
+
+
+@pytest.fixture
+def fixture_dir(tmp_path):
+  for lang, sents in SENTENCES.items():
+    context = ' '.join(sents)
+    breaks = [[4 * i, 4 * i + 3] for i in range(len(sents))]
+    qas = [{'id': qid, 'question': q, 'answers': [{'answer_start': 4 * s, 'text': 'x'}]}
+           for qid, q, s in QUESTIONS[lang]]
+    doc = {'data': [{'title': 'T', 'paragraphs': [
+        {'context': context, 'sentences': sents, 'sentence_breaks': breaks, 'qas': qas}]}]}
+    (tmp_path / 'xquad-r').mkdir(exist_ok=True)
+    (tmp_path / 'xquad-r' / f'{lang}.json').write_text(json.dumps(doc))
+  return tmp_path
+
+
+class FakeEncoder:
+  """Question i -> e_i, candidate j -> SCORES[:, j]; counts calls (for the cache test)."""
+
+  def __init__(self):
+    self.calls = []
+    q_texts = [q for lang in ('en', 'de', 'es') for _, q, _ in QUESTIONS[lang]]
+    c_texts = [s for lang in ('en', 'de', 'es') for s in SENTENCES[lang]]
+    self.table = {'query': {t: np.eye(5, dtype=np.float32)[i] for i, t in enumerate(q_texts)},
+                  'passage': {t: SCORES[:, j] for j, t in enumerate(c_texts)}}
+
+  def __call__(self, params, texts, kind):
+    self.calls.append((kind, len(texts)))
+    return np.stack([self.table[kind][t] for t in texts])
+
+
+def _run(fixture_dir, **kw):
+  enc = FakeEncoder()
+  e = ev.LareqaEvaluator(enc, 'xquad-r', data_dir=str(fixture_dir), langs=['en', 'de', 'es'], **kw)
+  return e, enc, dict(e.run(params=None))
+
+
+def test_hand_computed_metrics(fixture_dir):
+  e, _, out = _run(fixture_dir)
+  r = e.last_result
+  np.testing.assert_array_equal(r.pair_ranks, PAIR_RANK)
+  np.testing.assert_allclose(r.mul_ap, [float(x) for x in MUL_AP], rtol=1e-12)
+  np.testing.assert_allclose(r.mul_ap20, [float(x) for x in MUL_AP], rtol=1e-12)  # all ranks <= 7
+  np.testing.assert_array_equal(r.rank_distance, RANK_DIST)
+  np.testing.assert_allclose(r.matrix('map'), np.array(MATRIX_MAP, float), rtol=1e-12)
+  expect = {'mo_map': MO_MAP, 'cr_map': CR_MAP, 'mo_map@20': MO_MAP, 'cr_map@20': CR_MAP,
+            'mo_r1': MO_R1, 'cr_r1': CR_R1, 'mul_map': MUL_MAP, 'mul_map@20': MUL_MAP,
+            'mul_r10': 1, 'mul_success10': 1, 'rank_distance': RANK_DISTANCE}
+  for k, v in expect.items():
+    assert out[f'xquad-r/{k}'] == pytest.approx(float(v), rel=1e-12), k
+  assert out['xquad-r/num_questions'] == 5 and out['xquad-r/num_candidates'] == 7
+  assert out['xquad-r/num_relevant_pairs'] == 3 + 2 + 3 + 2 + 3
+  assert out['xquad-r/num_excluded'] == 2  # Q1 en->es, Q3 de->es
+  assert r.excluded.tolist() == [[0, 0, 1], [0, 0, 1], [0, 0, 0]]
+  assert out['xquad-r/de/mo_map'] == pytest.approx(0.75)
+  assert out['xquad-r/de/cr_map'] == pytest.approx(float((F(2, 3) + F(1, 2)) / 2))
+  assert out['xquad-r/en/rank_distance'] == pytest.approx(3.0)
+  assert out['xquad-r/map/de-en'] == pytest.approx(2 / 3)
+  # Paired-test vectors: Mo one per question, Cr one per (question, other language with an answer).
+  np.testing.assert_allclose(r.per_query('mo_map'), [1 / 2, 1 / 2, 1, 1 / 2, 1])
+  np.testing.assert_allclose(r.per_query('cr_map'), [1, 1, 1 / 2, 1 / 3, 1 / 2, 1, 1, 1])
+
+
+def test_json_and_tables(fixture_dir):
+  e, _, _ = _run(fixture_dir)
+  blob = json.loads(json.dumps(e.last_result.to_json()))
+  assert blob['counts'] == {'num_questions': 5, 'num_candidates': 7, 'num_relevant_pairs': 13,
+                            'num_excluded': 2, 'excluded': [[0, 0, 1], [0, 0, 1], [0, 0, 0]]}
+  assert blob['per_query']['pair_ap'][1] == [0.5, 0.5, None]
+  assert blob['per_query']['mul_ranks'][2] == [7, 1, 5]
+  assert blob['per_query']['mul_top10'][4] == [0, 1, 2, 3, 4, 5, 6, -1, -1, -1]
+  table = ev.format_table({'fake': e.last_result})
+  assert table.splitlines()[0].startswith('| model | XQUAD-R Mo | Cr | Mul |')
+  assert f'| fake | 0.750 | {float(CR_MAP):.3f} | {float(MUL_MAP):.3f} |' in table
+  assert '| de |' in ev.format_language_table(e.last_result)
+
+
+def test_embedding_cache(fixture_dir, tmp_path):
+  cache = tmp_path / 'cache'
+  _, enc, first = _run(fixture_dir, cache_dir=str(cache), cache_key='fake')
+  assert enc.calls == [('query', 5), ('passage', 7)]
+  _, enc2, second = _run(fixture_dir, cache_dir=str(cache), cache_key='fake')
+  assert enc2.calls == [] and first == pytest.approx(second, nan_ok=True)
+  _, enc3, _ = _run(fixture_dir, cache_dir=str(cache), cache_key='other-model')
+  assert len(enc3.calls) == 2
+  with pytest.raises(ValueError, match='cache_key'):
+    ev.LareqaEvaluator(FakeEncoder(), 'xquad-r', data_dir=str(fixture_dir), cache_dir=str(cache))
+
+
+def test_batch_size_splits_predict_calls(fixture_dir):
+  _, enc, out = _run(fixture_dir, batch_size=2)
+  assert enc.calls == [('query', 2), ('query', 2), ('query', 1), ('passage', 2), ('passage', 2),
+                       ('passage', 2), ('passage', 1)]
+  assert out['xquad-r/mo_map'] == pytest.approx(0.75)
+
+
+def test_metric_definitions_by_hand():
+  ranks = np.array([[3, 1, 25], [2, 0, 0], [0, 0, 0], [12, 1, 0]])
+  # AP: [1,3,25] -> (1/1 + 2/3 + 3/25)/3 = 134/225; [2] -> 1/2; [1,12] -> (1 + 2/12)/2 = 7/12
+  np.testing.assert_allclose(metrics.average_precision(ranks), [134 / 225, 1 / 2, np.nan, 7 / 12])
+  # AP@20 = sum over ranks <= 20 of i/r_i, divided by min(20, n): (1 + 2/3)/3 = 5/9
+  np.testing.assert_allclose(metrics.average_precision(ranks, k=20), [5 / 9, 1 / 2, np.nan, 7 / 12])
+  # AP@1 of [1,3,25]: (1/1)/min(1,3) = 1; of [2]: 0
+  np.testing.assert_allclose(metrics.average_precision(ranks, k=1), [1, 0, np.nan, 1])
+  np.testing.assert_allclose(metrics.recall_at(ranks, 10), [2 / 3, 1, np.nan, 1 / 2])
+  np.testing.assert_allclose(metrics.success_at(ranks, 1), [1, 0, np.nan, 1])
+  np.testing.assert_allclose(metrics.rank_distance(ranks), [24, 0, np.nan, 11])
