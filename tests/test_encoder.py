@@ -151,3 +151,13 @@ def test_unknown_config_values_raise():
     models.load_encoder({"name": "bundled:nope"})
   with pytest.raises(FileNotFoundError, match="neither"):
     models.load_encoder({"name": "/no/such/dir"})
+
+
+def test_load_encoder_takes_configdict_prefixes_and_buckets():
+  import ml_collections
+  enc = models.load_encoder(ml_collections.ConfigDict(dict(
+      name="bundled:use-m3", query_prefix="Query: ", passage_prefix=None, buckets=(16, 32))))
+  assert enc.tokenizer.prefixes == {"query": "Query: ", "passage": ""}
+  assert enc.tokenizer.buckets == (16, 32)
+  ids = enc.tokenizer.encode_ids(["hello"], "query")[0]
+  assert ids == enc.tokenizer.sp.encode("Query: hello", add_bos=True, add_eos=True)

@@ -24,9 +24,7 @@ Sharding rule (the metadata travels as `nnx.with_partitioning` annotations, expo
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
