@@ -162,3 +162,13 @@ def test_metric_definitions_by_hand():
   np.testing.assert_allclose(metrics.recall_at(ranks, 10), [2 / 3, 1, np.nan, 1 / 2])
   np.testing.assert_allclose(metrics.success_at(ranks, 1), [1, 0, np.nan, 1])
   np.testing.assert_allclose(metrics.rank_distance(ranks), [24, 0, np.nan, 11])
+
+
+def test_evaluator_as_eval_py_builds_it(fixture_dir):
+  # eval.py: module.Evaluator(predict_fn, name=<eval name>, **config.evals[name]).
+  e = ev.Evaluator(FakeEncoder(), name='xq', dataset='xquad-r', data_dir=str(fixture_dir),
+                   langs=('en', 'de', 'es'), candidate_text='sentence', batch_size=None)
+  out = dict(e.run(None))
+  assert out['xq/mo_map'] == pytest.approx(0.75) and 'xquad-r/mo_map' not in out
+  table = e.result.table()
+  assert '| xquad-r | 0.750 |' in table and '| es | 1.000 | 1.000 |' in table

@@ -85,6 +85,7 @@ def test_metrics_match_ir_measures(files):
   expect = np.argsort(-(q @ c.T), axis=1, kind='stable')[:, :100]
   assert [[f'd{j}#0' for j in row] for row in expect] == res.top_docids
   json.dumps(res.to_json())
+  assert f'| | {out["miracl-xx/ndcg@10"]:.3f} |' in ev.result.table()
 
 
 def test_killed_encode_resumes_only_missing_shards(files, tmp_path):

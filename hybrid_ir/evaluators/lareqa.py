@@ -160,6 +160,10 @@ class LareqaResult:
       raise ValueError(f'unknown per-query metric {metric!r}')
     return table[metric]
 
+  def table(self) -> str:
+    """Markdown: the PAPER.md-shaped summary row, then one row per query language."""
+    return format_table({self.dataset: self}) + '\n\n' + format_language_table(self)
+
   def named_metrics(self, prefix: str | None = None) -> Iterator[tuple[str, float]]:
     """(name, value) pairs: aggregates, per-language rows and the Mo/Cr mAP matrix."""
     p = prefix or self.dataset
@@ -239,18 +243,21 @@ class LareqaEvaluator:
       {'query', 'passage'} (typically functools.partial(encoder.encode, ...)).
     dataset: 'xquad-r' or 'mlqa-r'; data_dir: the folder holding it (../shared/data).
     langs: language subset (default all); candidate_text: 'sentence' or 'sentence+context'.
-    batch_size: texts per predict_fn call (None: all texts of a kind in one call).
+    batch_size: texts per predict_fn call (None: all texts of a kind in one call, recommended
+      when predict_fn batches by itself, as encoder.encode does, so it shows one progress bar).
     cache_dir / cache_key: optional embedding cache (.npy). Only used with a cache_key that names
       the model weights (e.g. 'e5-small' or 'workdir:step1000'): params alone cannot be hashed
       cheaply, and a stale cache would silently report another model's numbers.
-    eval_name: metric-name prefix (default the dataset name).
-  After `run`, `last_result` holds the `LareqaResult` (per-query arrays, `to_json()`).
+    eval_name (alias name): metric-name prefix (default the dataset name).
+  After `run`, `result` (alias `last_result`) holds the `LareqaResult` (per-query arrays,
+  `to_json()`, `table()`).
   """
 
   def __init__(self, predict_fn: PredictFn, dataset: str = 'xquad-r', data_dir: str = '',
                langs: Sequence[str] | None = None, candidate_text: str = 'sentence',
                batch_size: int | None = None, cache_dir: str | None = None,
-               cache_key: str | None = None, eval_name: str | None = None):
+               cache_key: str | None = None, eval_name: str | None = None,
+               name: str | None = None):
     if cache_dir and not cache_key:
       raise ValueError('LareqaEvaluator: cache_dir needs a cache_key naming the model weights')
     self.predict_fn = predict_fn
@@ -258,8 +265,12 @@ class LareqaEvaluator:
     self.batch_size = batch_size
     self.cache_dir = pathlib.Path(cache_dir) if cache_dir else None
     self.cache_key = cache_key
-    self.eval_name = eval_name or dataset
+    self.eval_name = eval_name or name or dataset
     self.last_result: LareqaResult | None = None
+
+  @property
+  def result(self) -> LareqaResult | None:
+    return self.last_result
 
   def _encode(self, params, texts: list[str], kind: str) -> np.ndarray:
     path = None
@@ -335,3 +346,6 @@ def format_language_table(result: LareqaResult) -> str:
   m = result.metrics()
   lines.append('| macro | ' + ' | '.join(_fmt(m[k], k) for k in keys) + f' | {result.num_questions} |')
   return '\n'.join(lines)
+
+
+Evaluator = LareqaEvaluator  # the name eval.py / train.py look up in each evaluator module

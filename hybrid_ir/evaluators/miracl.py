@@ -99,6 +99,12 @@ class MiraclResult:
             'recall@100': float(self.recall100[keep].mean()) if keep.any() else float('nan'),
             **self.counts}
 
+  def table(self) -> str:
+    m = self.metrics()
+    return (f'| {self.name} | nDCG@10 | Recall@100 | judged queries | documents |\n|---|---|---|---|---|\n'
+            f'| | {m["ndcg@10"]:.3f} | {m["recall@100"]:.3f} | {m["num_judged"]} | '
+            f'{m["num_documents"]} |')
+
   def to_json(self) -> dict:
     nan_none = lambda x: [None if v != v else float(v) for v in x]  # noqa: E731
     return {'name': self.name, 'metrics': self.metrics(), 'counts': self.counts,
@@ -154,11 +160,12 @@ class MiraclEvaluator:
     cache_dir: where corpus shards go (required for a large corpus: it makes encoding resumable);
       cache_key names the model weights (required with cache_dir).
     shard_size: documents per shard (and per predict_fn call); k: retrieval depth (>= 100).
-  After `run`, `last_result` holds the `MiraclResult`.
+    eval_name (alias name): metric-name prefix (default 'miracl').
+  After `run`, `result` (alias `last_result`) holds the `MiraclResult`.
   """
 
   def __init__(self, predict_fn: PredictFn, topics: str, qrels: str, corpus: str, *,
-               eval_name: str = 'miracl', cache_dir: str | None = None,
+               eval_name: str | None = None, name: str | None = None, cache_dir: str | None = None,
                cache_key: str | None = None, shard_size: int = 4096, k: int = 100,
                query_block: int = 256, cand_block: int = 8192):
     if cache_dir and not cache_key:
@@ -168,10 +175,15 @@ class MiraclEvaluator:
     self.qrels = miracl_data.load_qrels(qrels)
     self.docids, self.texts = miracl_data.load_corpus(corpus)
     self.counts = miracl_data.check_qrels(self.qrels, self.docids, self.topics, qrels)
-    self.eval_name, self.cache_dir, self.cache_key = eval_name, cache_dir, cache_key
+    self.eval_name = eval_name or name or 'miracl'
+    self.cache_dir, self.cache_key = cache_dir, cache_key
     self.shard_size, self.k = shard_size, k
     self.query_block, self.cand_block = query_block, cand_block
     self.last_result: MiraclResult | None = None
+
+  @property
+  def result(self) -> MiraclResult | None:
+    return self.last_result
 
   def run(self, params) -> Iterator[tuple[str, float]]:
     qids = list(self.topics)
@@ -190,3 +202,6 @@ class MiraclEvaluator:
     self.last_result = evaluate_topk(idx, self.docids, qids, self.qrels, self.eval_name)
     for name, value in self.last_result.metrics().items():
       yield f'{self.eval_name}/{name}', value
+
+
+Evaluator = MiraclEvaluator  # the name eval.py / train.py look up in each evaluator module
