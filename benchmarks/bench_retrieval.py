@@ -71,17 +71,20 @@ def main() -> None:
   t0 = time.perf_counter()
   once()
   first = time.perf_counter() - t0
-  times = []
+  times, cpu = [], []
   for _ in range(args.repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = once()
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   assert out.ranks.min() >= 1 and out.group_ranks.max() <= nc
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
   best, med = min(times), float(np.median(times))
   print(f'first call (incl. compile): {first:.2f} s')
   print(f'scoring + ranking: best {best:.2f} s, median {med:.2f} s over {args.repeats} runs '
         f'-> {best / TARGET_S:.2f}x of the {TARGET_S:.0f} s target (median {med / TARGET_S:.2f}x)')
+  print(f'CPU time per run (all threads of this process): median {np.median(cpu):.2f} s; on a '
+        f'shared machine wall time above CPU time / 2 means other processes took the cores')
   print(f'peak RSS: {peak / 2**30:.2f} GiB -> {peak / TARGET_BYTES:.2f}x of the 2 GiB target')
 
 
