@@ -1,0 +1,100 @@
+"""Train-step throughput of the real update step (encoder fwd+bwd, InfoNCE, AdamW) per model.
+
+  python benchmarks/bench_train.py [--models e5-small,use-m3] [--batch 32] [--steps 5]
+      [--peak_gflops 256] [--dtype float32]
+
+Prints per model: step time (median of --steps after 2 compile/warm-up steps), examples/s
+(queries), tokens/s (non-pad query + passage tokens), FLOPs/step from XLA's cost analysis of the
+compiled step, and MFU = FLOPs/step / step time / peak. The default peak, 256 GFLOP/s, is this
+2-core CPU's f32 limit (2 cores x 2 FMA units x 8 f32 lanes (AVX2) x 2 flops x ~4 GHz); pass
+the accelerator's peak (e.g. H100 bf16 dense: 989000) when run on one.
+Batch as in DESIGN.md: B queries padded to 32 tokens + B passages padded to 64 tokens.
+"""
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from configs import common
+from hybrid_ir import sharding, train
+
+WORDS = ("the river city museum history science north language music water children "
+         "government century football island market ancient energy").split()
+
+
+def texts(n: int, words: int, seed: int) -> list[str]:
+  rng = np.random.default_rng(seed)
+  return [" ".join(rng.choice(WORDS, size=words)) for _ in range(n)]
+
+
+def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> dict:
+  config = ml_collections.ConfigDict(dict(
+      total_steps=1000, grad_cache_chunks=0, model=common.model(model),
+      optimizer=dict(lr=3e-5, weight_decay=0.01, warmup_steps=100, decay="linear", grad_clip=1.0),
+      loss=dict(variant="standard", temperature=0.05, symmetric=False, mask_groups=True,
+                mse_weight=0.0, learn_temperature=False)))
+  config.model.dtype = dtype
+  encoder = train.load_encoder(config.model)
+  mesh = sharding.make_mesh({"data": -1})
+  # 24 / 48 words: long enough to fill the 32 / 64 buckets after subword tokenization.
+  ids = lambda n, kind, length: [x[:length] for x in encoder.tokenizer.encode_ids(
+      texts(batch_size, n, length), kind)]
+  q = encoder.tokenizer.pad(ids(24, "query", 32), 32)
+  p = encoder.tokenizer.pad(ids(48, "passage", 64), 64)
+  batch = sharding.host_local_to_global(
+      {"query": q, "passage": p, "group": np.arange(batch_size, dtype=np.int32),
+       "query_lang_id": np.zeros(batch_size, np.int32)}, mesh)
+  tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
+  tx = train.make_optimizer(config)
+  loss_and_grads = train.make_loss_and_grads(encoder, config)
+  trainable = {"params": encoder.params, "loss_params": {"log_temperature": jnp.float32(-3.0)}}
+  state = (trainable, tx.init(trainable))
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def update(state, batch):
+    trainable, opt_state = state
+    (loss, _), grads = loss_and_grads(trainable, batch)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    return (optax.apply_updates(trainable, updates), opt_state), loss
+
+  cost = update.lower(state, batch).compile().cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+  times = []
+  for i in range(steps + 2):
+    t = time.perf_counter()
+    state, loss = update(state, batch)
+    loss.block_until_ready()
+    if i >= 2:
+      times.append(time.perf_counter() - t)
+  step = float(np.median(times))
+  n_params = sum(x.size for x in jax.tree.leaves(encoder.params))
+  return dict(model=model, dtype=dtype, device=jax.devices()[0].device_kind, params_m=n_params / 1e6,
+              batch=batch_size, step_s=step, examples_per_s=batch_size / step,
+              tokens_per_s=tokens / step, gflops_per_step=flops / 1e9,
+              mfu=flops / step / (peak * 1e9 * mesh.size), loss=float(loss))
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--models", default="e5-small,use-m3")
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--steps", type=int, default=5)
+  ap.add_argument("--peak_gflops", type=float, default=256.0, help="per device")
+  ap.add_argument("--dtype", default="float32")
+  args = ap.parse_args()
+  print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}")
+  print("model     dtype    params  batch  step_s  ex/s    tok/s    GFLOP/step  MFU")
+  for m in args.models.split(","):
+    r = bench(m, args.batch, args.steps, args.peak_gflops, args.dtype)
+    print(f"{r['model']:9s} {r['dtype']:8s} {r['params_m']:5.0f}M  {r['batch']:5d}  "
+          f"{r['step_s']:6.2f}  {r['examples_per_s']:6.1f}  {r['tokens_per_s']:7.0f}  "
+          f"{r['gflops_per_step']:10.1f}  {r['mfu']:.1%}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
