@@ -28,12 +28,12 @@ def model(name: str) -> ml_collections.ConfigDict:
   raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3")
 
 
-def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence",
-                 batch_size: int = 64) -> ml_collections.ConfigDict:
+def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"
+                 ) -> ml_collections.ConfigDict:
   """Evaluator configs for LAReQA sets ('xquad-r', 'mlqa-r'), keyed by eval name."""
   evals = ml_collections.ConfigDict()
   for n in names:
     evals[n] = ml_collections.ConfigDict(dict(
         type="lareqa", dataset=n, data_dir=DATA_DIR, langs=langs,
-        candidate_text=candidate_text, batch_size=batch_size))
+        candidate_text=candidate_text))
   return evals

@@ -15,6 +15,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = common.model("e5-small")
   config.evals = common.lareqa_evals("xquad-r", "mlqa-r")
+  config.eval_batch_size = 64
+  config.cache_dir = "cache/embeddings"  # pretrained embeddings, reused across metric changes
   if arg == "runlocal":
     config.evals = common.lareqa_evals("xquad-r", langs=("en", "de"))
   elif arg:
