@@ -127,7 +127,7 @@ def test_json_and_tables(fixture_dir):
   assert blob['per_query']['mul_ranks'][2] == [7, 1, 5]
   assert blob['per_query']['mul_top10'][4] == [0, 1, 2, 3, 4, 5, 6, -1, -1, -1]
   table = ev.format_table({'fake': e.last_result})
-  assert table.splitlines()[0].startswith('| model | XQUAD-R Mo | Cr | Mul |')
+  assert table.splitlines()[0].startswith('| model | XQuAD-R Mo | Cr | Mul |')
   assert f'| fake | 0.750 | {float(CR_MAP):.3f} | {float(MUL_MAP):.3f} |' in table
   assert '| de |' in ev.format_language_table(e.last_result)
 

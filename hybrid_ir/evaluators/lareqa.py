@@ -322,7 +322,8 @@ def format_table(results: Mapping[str, LareqaResult | Sequence[LareqaResult]]) -
         datasets.append(r.dataset)
   cols = ['Mo', 'Cr', 'Mul', 'Mo R@1', 'Cr R@1', 'Mul R@10', 'rank dist.']
   keys = ['mo_map', 'cr_map', 'mul_map', 'mo_r1', 'cr_r1', 'mul_r10', 'rank_distance']
-  header = ['model'] + [f'{ds.upper()} {c}' if i == 0 else c for ds in datasets
+  pretty = {'xquad-r': 'XQuAD-R', 'mlqa-r': 'MLQA-R'}
+  header = ['model'] + [f'{pretty.get(ds, ds)} {c}' if i == 0 else c for ds in datasets
                         for i, c in enumerate(cols)]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for name, rs in rows.items():
