@@ -2,8 +2,10 @@
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from hybrid_ir import models
 from hybrid_ir.models import encoder as encoder_lib
@@ -58,9 +60,7 @@ def test_hf_import_matches_torch(tmp_path, kind, pooling):
   cfg, params = weights.load_hf_snapshot(path, pooling=pooling)
   assert cfg.position_offset == (2 if kind == "xlmr" else 0)
   assert cfg.has_pooler == (kind == "bert")
-  module = encoder_lib.BertModel(cfg, __import__("flax").nnx.Rngs(0))
-  import jax
-  from flax import nnx
+  module = encoder_lib.BertModel(cfg, nnx.Rngs(0))
   state = nnx.state(module)
   nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
   nnx.update(module, state)
