@@ -57,9 +57,10 @@ def assert_same_embeddings(encoder, params, out_dir, texts=TEXTS):
 @pytest.fixture(scope="module")
 def e5(tmp_path_factory):
   from configs import common
-  config = ml_collections.ConfigDict({"model": common.model("e5-small")})
-  out = export.export(config, tmp_path_factory.mktemp("e5") / "st", pretrained=True)
-  return models.load_encoder(config.model), out
+  # export_encoder on the loaded encoder: one e5 load instead of two (export(pretrained=True) is
+  # covered on a tiny model in test_cli_exports_a_chosen_step).
+  encoder = models.load_encoder(common.model("e5-small"))
+  return encoder, export.export_encoder(encoder, encoder.params, tmp_path_factory.mktemp("e5"))
 
 
 def test_e5_export_matches_sentence_transformers(e5):
@@ -200,6 +201,8 @@ def test_cli_exports_a_chosen_step(tmp_path):
     export.export(config, out, workdir=tmp_path / "wd")
   with pytest.raises(FileNotFoundError, match=r"finished steps: \[5, 9\]"):
     export.export(config, tmp_path / "st2", workdir=tmp_path / "wd", step=4)
+  out = export.export(config, tmp_path / "pretrained", pretrained=True)
+  assert_same_embeddings(encoder, encoder.params, out, TEXTS[:4])
 
 
 # ------------------------------------------------------------------------------------------------
