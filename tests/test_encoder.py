@@ -161,3 +161,14 @@ def test_load_encoder_takes_configdict_prefixes_and_buckets():
   assert enc.tokenizer.buckets == (16, 32)
   ids = enc.tokenizer.encode_ids(["hello"], "query")[0]
   assert ids == enc.tokenizer.sp.encode("Query: hello", add_bos=True, add_eos=True)
+
+
+def test_params_roundtrip_through_orbax(tmp_path):
+  import orbax.checkpoint as ocp
+  enc = tiny_encoder("pooler")
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "params", enc.params)
+    ckpt.wait_until_finished()
+    restored = ckpt.restore(tmp_path / "params", jax.tree.map(jnp.zeros_like, enc.params))
+  batch = enc.tokenize(["a b c", "d e"], "passage")
+  np.testing.assert_array_equal(enc.apply(restored, batch), enc.apply(enc.params, batch))
