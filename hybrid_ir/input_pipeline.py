@@ -318,7 +318,12 @@ class Pipeline:
     def tokenize_np(*texts):
       out = []
       for (name, _, kind), t in zip(kinds, texts):
-        tokens = tokenize_fn([s.decode('utf-8') for s in t], kind)
+        try:
+          tokens = tokenize_fn([s.decode('utf-8') for s in t], kind)
+        except Exception:
+          # tf.data reports only the exception type from here; keep the traceback.
+          logging.exception('input: tokenize_fn failed on a %s batch', kind)
+          raise
         out.extend(tokens[k] for n, _, _, k, _ in layout if n == name)
       return out
 
