@@ -172,13 +172,21 @@ def test_two_hosts_disjoint_shards_identical_schedule():
   assert hosts[0].spec == hosts[1].spec == single.spec
 
 
-def test_state_of_other_host_or_config_rejected():
-  recs = {'a': make_records(40)}
-  s0 = input_pipeline.Sampler(recs, _config(), process_index=0, process_count=2)
-  s1 = input_pipeline.Sampler(recs, _config(), process_index=1, process_count=2)
-  with pytest.raises(ValueError, match='process_index'):
-    s1.set_state(s0.get_state())
-  other = input_pipeline.Sampler(recs, _config(seed=2), process_index=0, process_count=2)
+def test_state_of_other_host_replays_and_other_config_rejected():
+  recs = {'a': make_records(40, missing={'zh': .3})}
+  config = _config(batch_size=16)
+  s0, s1, straight = (input_pipeline.Sampler(recs, config, process_index=h, process_count=2)
+                      for h in (0, 1, 1))
+  for _ in range(23):
+    s0.next_texts()
+    straight.next_texts()
+  s1.set_state(s0.get_state())  # e.g. a checkpoint written by process 0 only
+  assert s1.get_state() == straight.get_state()
+  for _ in range(5):
+    a, b = s1.next_texts(), straight.next_texts()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+  other = input_pipeline.Sampler(recs, _config(batch_size=16, seed=2), process_index=0,
+                                 process_count=2)
   with pytest.raises(ValueError, match='fingerprint'):
     other.set_state(s0.get_state())
 
