@@ -194,9 +194,8 @@ class Encoder:
     self.params = jax.tree.map(jnp.asarray, params)
     self._embed_fn = embed_fn
     self._jit_apply = jax.jit(self.apply)
-    self.dim = int(jax.eval_shape(
-        self.apply, self.params, tokenizer.pad([[tokenizer.pad_id]], 16 if 16 in tokenizer.buckets
-                                                else tokenizer.buckets[0])).shape[-1])
+    probe = tokenizer.pad([[tokenizer.pad_id]], tokenizer.buckets[0])
+    self.dim = int(jax.eval_shape(self.apply, self.params, probe).shape[-1])
 
   def module(self, params: dict) -> nnx.Module:
     """Rebuilds the NNX module around `params` (works on tracers inside jit)."""
