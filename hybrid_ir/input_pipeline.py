@@ -164,20 +164,17 @@ class Sampler:
     pairs, dropped = [], []
     for q in src_langs:
       for p in src_langs:
-        eligible = entries[q].keys() & entries[p].keys()
+        eligible = np.array(sorted(entries[q].keys() & entries[p].keys()), np.int64)
         # Every host must be able to fill its slice from this stream with distinct groups.
-        per_host = [sum(1 for g in eligible if g % self.process_count == h)
-                    for h in range(self.process_count)]
-        if min(per_host) < self.local_batch_size:
-          dropped.append(((q, p), len(eligible), min(per_host)))
+        per_host = np.bincount(eligible % self.process_count, minlength=self.process_count)
+        if per_host.min() < self.local_batch_size:
+          dropped.append(((q, p), len(eligible), int(per_host.min())))
           continue
         pairs.append((q, p))
         key = f'{name}|{q}|{p}'
         self._global_sizes[key] = len(eligible)
-        self.streams[key] = _Stream(key, np.array(sorted(g for g in eligible
-                                                         if g % self.process_count ==
-                                                         self.process_index), np.int64),
-                                    self.seed)
+        mine = eligible[eligible % self.process_count == self.process_index]
+        self.streams[key] = _Stream(key, mine, self.seed)
     if dropped:
       msg = (f'input: source {name!r}: language pairs with too few groups for a host batch of '
              f'{self.local_batch_size} (pair, groups, fewest on a host): {dropped}')

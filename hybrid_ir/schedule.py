@@ -107,10 +107,12 @@ def make_spec(config: Any, sources: Sequence[SourceSpec]) -> ScheduleSpec:
     raise ValueError(f'schedule: type_probs must be >= 0 and sum to 1, got {raw_probs}')
   mono_sampling = str(_get(config, 'mono_lang_sampling', 'uniform'))
   if mono_sampling not in ('uniform', 'size'):
-    raise ValueError(f"schedule: mono_lang_sampling must be 'uniform' or 'size', got {mono_sampling!r}")
+    raise ValueError("schedule: mono_lang_sampling must be 'uniform' or 'size', "
+                     f'got {mono_sampling!r}')
   cross_pairs = str(_get(config, 'cross_pairs', 'per_example'))
   if cross_pairs not in ('per_example', 'per_batch'):
-    raise ValueError(f"schedule: cross_pairs must be 'per_example' or 'per_batch', got {cross_pairs!r}")
+    raise ValueError("schedule: cross_pairs must be 'per_example' or 'per_batch', "
+                     f'got {cross_pairs!r}')
   temps = {k: float(_get(config, k, 1.0)) for k in ('source_temperature', 'lang_temperature')}
   for k, t in temps.items():
     if t <= 0:

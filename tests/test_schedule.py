@@ -41,8 +41,8 @@ def test_type_source_and_language_frequencies_match_config():
   mono_langs = collections.Counter(p.query_langs[0] for p in mono)
   for l in LANGS:  # uniform over languages, once per batch
     assert _within(mono_langs[l], len(mono), 1 / len(LANGS)), mono_langs
-  cross_slots = collections.Counter(
-      pair for p in plans if p.batch_type == 'cross' for pair in zip(p.query_langs, p.passage_langs))
+  cross_slots = collections.Counter(pair for p in plans if p.batch_type == 'cross'
+                                    for pair in zip(p.query_langs, p.passage_langs))
   n_cross = sum(cross_slots.values())
   cross_pairs = [(q, p) for q, p in ALL_PAIRS if q != p]
   assert set(cross_slots) == set(cross_pairs)
