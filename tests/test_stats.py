@@ -67,3 +67,30 @@ def test_bad_input_raises():
     stats.paired_bootstrap(np.zeros(3), np.zeros(4))
   with pytest.raises(ValueError, match='NaN'):
     stats.paired_randomization(np.array([0.1, np.nan]), np.array([0.2, 0.3]))
+
+
+def test_strata_give_the_macro_average_and_its_ci():
+  # Two languages of unequal size: 900 queries gain exactly 0, 100 queries gain exactly 0.2.
+  # Query-weighted mean gain = 0.02; the macro average over the two languages = (0 + 0.2) / 2 = 0.1.
+  b = np.zeros(1000)
+  a = np.concatenate([np.zeros(900), np.full(100, 0.2)])
+  strata = np.array(["en"] * 900 + ["de"] * 100)
+  assert stats.macro_mean(a - b, strata) == pytest.approx(0.1)
+  mean, low, high = stats.paired_bootstrap(a, b, strata=strata, n_resamples=500)
+  # Constant differences within each stratum: every resample has the same macro mean.
+  assert mean == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+  plain_mean, _, _ = stats.paired_bootstrap(a, b, n_resamples=500)
+  assert plain_mean == pytest.approx(0.02)
+  assert stats.paired_randomization(a, b, strata=strata, n_resamples=500) < 0.01
+
+
+def test_strata_of_equal_size_match_the_plain_statistics():
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(0.1, 1, 400), rng.normal(0, 1, 400)
+  strata = np.repeat(["x", "y"], 200)
+  assert stats.macro_mean(a - b, strata) == pytest.approx(np.mean(a - b))
+  p_plain = stats.paired_randomization(a, b, n_resamples=2000, seed=1)
+  p_strat = stats.paired_randomization(a, b, n_resamples=2000, seed=1, strata=strata)
+  assert p_plain == pytest.approx(p_strat)  # equal weights: the same statistic, same flips
+  with pytest.raises(ValueError, match="one label per value"):
+    stats.paired_bootstrap(a, b, strata=strata[:10])

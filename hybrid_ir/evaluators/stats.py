@@ -46,11 +46,45 @@ def _chunks(total: int, n: int, budget: int = 1 << 22):
     yield min(step, total - start)
 
 
+def _strata(strata, n: int) -> list[np.ndarray] | None:
+  if strata is None:
+    return None
+  strata = np.asarray(strata)
+  if strata.shape != (n,):
+    raise ValueError(f'strata must have one label per value ({n}); got shape {strata.shape}')
+  return [np.flatnonzero(strata == s) for s in np.unique(strata)]
+
+
+def macro_mean(values: np.ndarray, strata=None) -> float:
+  """Mean of the per-stratum means (e.g. macro average over query languages)."""
+  values = np.asarray(values, np.float64)
+  groups = _strata(strata, values.size)
+  return float(values.mean() if groups is None else np.mean([values[g].mean() for g in groups]))
+
+
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000,
-                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-  """(mean difference, CI low, CI high) of mean(a - b); percentile bootstrap over queries."""
+                     confidence: float = 0.95, seed: int = 0, strata=None
+                     ) -> tuple[float, float, float]:
+  """(mean difference, CI low, CI high) of mean(a - b); percentile bootstrap over queries.
+
+  With `strata` (one label per query, e.g. its language) the statistic is the macro average
+  over strata of the per-stratum mean difference -- the way the paper averages over languages --
+  and queries are resampled within their stratum.
+  """
   d = _diff(a, b)
   rng = np.random.default_rng(seed)
+  groups = _strata(strata, d.size)
+  if groups is not None:
+    means = np.zeros(n_resamples)
+    for g in groups:
+      start = 0
+      for m in _chunks(n_resamples, g.size):
+        means[start:start + m] += d[g][rng.integers(0, g.size, (m, g.size))].mean(axis=1)
+        start += m
+    means /= len(groups)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return macro_mean(d, strata), float(low), float(high)
   means = np.concatenate([d[rng.integers(0, d.size, (m, d.size))].mean(axis=1)
                           for m in _chunks(n_resamples, d.size)])
   alpha = (1 - confidence) / 2
@@ -59,23 +93,32 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000,
 
 
 def paired_randomization(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000,
-                         seed: int = 0) -> float:
-  """Two-sided sign-flip randomisation test p-value for mean(a - b) == 0."""
+                         seed: int = 0, strata=None) -> float:
+  """Two-sided sign-flip randomisation test p-value for mean(a - b) == 0.
+
+  With `strata`, the statistic is the macro average over strata (see `paired_bootstrap`).
+  """
   d = _diff(a, b)
-  observed = abs(d.mean())
+  groups = _strata(strata, d.size)
+  weights = np.full(d.size, 1.0 / d.size)
+  if groups is not None:
+    for g in groups:
+      weights[g] = 1.0 / (len(groups) * g.size)
+  wd = weights * d
+  observed = abs(wd.sum())
   rng = np.random.default_rng(seed)
   hits = 0
   for m in _chunks(n_resamples, d.size):
     signs = rng.integers(0, 2, (m, d.size), dtype=np.int8) * 2 - 1
     # Tiny tolerance so that flips reproducing |observed| up to rounding count as "as extreme".
-    hits += int((np.abs(signs @ d / d.size) >= observed - 1e-12).sum())
+    hits += int((np.abs(signs @ wd) >= observed - 1e-12).sum())
   return (1 + hits) / (1 + n_resamples)
 
 
 def compare(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000, confidence: float = 0.95,
-            seed: int = 0) -> PairedComparison:
+            seed: int = 0, strata=None) -> PairedComparison:
   """Bootstrap CI and randomisation p-value in one call (same seed for both)."""
   mean, low, high = paired_bootstrap(a, b, n_resamples=n_resamples, confidence=confidence,
-                                     seed=seed)
-  p = paired_randomization(a, b, n_resamples=n_resamples, seed=seed)
+                                     seed=seed, strata=strata)
+  p = paired_randomization(a, b, n_resamples=n_resamples, seed=seed, strata=strata)
   return PairedComparison(mean_diff=mean, ci_low=low, ci_high=high, p_value=p, n=len(a))
