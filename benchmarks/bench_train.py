@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from configs import common
-from hybrid_ir import sharding, train
+from hybrid_ir import models, sharding, train
 
 WORDS = ("the river city museum history science north language music water children "
          "government century football island market ancient energy").split()
@@ -39,7 +39,7 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> d
       loss=dict(variant="standard", temperature=0.05, symmetric=False, mask_groups=True,
                 mse_weight=0.0, learn_temperature=False)))
   config.model.dtype = dtype
-  encoder = train.load_encoder(config.model)
+  encoder = models.load_encoder(config.model)
   mesh = sharding.make_mesh({"data": -1})
   # 24 / 48 words: long enough to fill the 32 / 64 buckets after subword tokenization.
   ids = lambda n, kind, length: [x[:length] for x in encoder.tokenizer.encode_ids(

