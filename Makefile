@@ -16,8 +16,14 @@ $(VENV)/.installed: setup.py
 
 install: $(VENV)/.installed
 
+# The demo: evaluate the untrained model, fine-tune with hybrid batches, evaluate again, compare.
+# DEMO_CONFIG=configs/demo.py:runlocal makes it a one-minute smoke test.
+DEMO_CONFIG ?= configs/demo.py
 demo: install
-	$(PY) -m hybrid_ir.demo --workdir $(WORKDIR)
+	$(PY) -m hybrid_ir.eval --config $(DEMO_CONFIG) --workdir $(WORKDIR) --pretrained
+	$(PY) -m hybrid_ir.train --config $(DEMO_CONFIG) --workdir $(WORKDIR)
+	$(PY) -m hybrid_ir.eval --config $(DEMO_CONFIG) --workdir $(WORKDIR) --once
+	$(PY) -m hybrid_ir.report before-after $(WORKDIR)
 
 test: install
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile

@@ -1,0 +1,333 @@
+"""Runs -> markdown tables with 95% CIs and paired tests, and PNG plots.
+
+  python -m hybrid_ir.report compare BEFORE.json AFTER.json   # two eval.py outputs
+  python -m hybrid_ir.report before-after WORKDIR             # untrained vs last step (the demo)
+  python -m hybrid_ir.report <experiment> [--results results] # results/<experiment>/*.json
+
+Statistics. Each run keeps per-query values (Mo AP, Cr AP averaged over the query's other
+languages, Mul AP, rank distance). A run's 95% CI is a bootstrap over queries, resampled within
+each query language so that the statistic is the macro average over languages, as reported; a
+comparison with the baseline is paired by query: the same stratified bootstrap of the difference
+and a sign-flip randomisation p-value (`hybrid_ir.evaluators.stats`). For Cr the per-query unit is
+the mean over the query's other languages, so its macro average over query languages equals the
+reported macro average over language pairs exactly on XQuAD-R and closely on MLQA-R (where a
+question lacks some languages).
+"""
+import json
+import pathlib
+import sys
+import warnings
+
+import numpy as np
+
+from hybrid_ir.evaluators import stats
+
+METRICS = ("mo_map", "cr_map", "mul_map", "mo_r1", "cr_r1", "mul_r10", "rank_distance")
+TESTED = ("mo_map", "cr_map", "mul_map", "rank_distance")  # those with per-query vectors
+HEADERS = {"mo_map": "Mo mAP", "cr_map": "Cr mAP", "mul_map": "Mul mAP", "mo_r1": "Mo R@1",
+           "cr_r1": "Cr R@1", "mul_r10": "Mul R@10", "rank_distance": "rank dist."}
+BASELINES = {"ratio": "alpha1", "languages": "pretrained"}  # strategies: '<train set>-mono'
+N_RESAMPLES = 2000
+
+
+# ------------------------------------------------------------------------------------------------
+# Run summaries (what results/ holds).
+# ------------------------------------------------------------------------------------------------
+
+def per_query(details: dict) -> dict[str, np.ndarray]:
+  """Per-query vectors of a `LareqaResult.to_json()` dict, for paired tests."""
+  pq = details["per_query"]
+  langs = details["langs"]
+  q_lang = np.array([langs.index(l) for l in pq["lang"]])
+  pair_ap = np.array(pq["pair_ap"], dtype=np.float64)  # None -> nan
+  own = np.zeros(pair_ap.shape, bool)
+  own[np.arange(len(q_lang)), q_lang] = True
+  others = np.where(own, np.nan, pair_ap)
+  with warnings.catch_warnings():  # all-NaN rows (no other language has the id) stay NaN
+    warnings.simplefilter("ignore", RuntimeWarning)
+    cr = np.nanmean(others, axis=1) if len(langs) > 1 else np.full(len(q_lang), np.nan)
+  return {"lang": np.array(pq["lang"]), "mo_map": pair_ap[own], "cr_map": cr,
+          "mul_map": np.array(pq["mul_ap"], np.float64),
+          "rank_distance": np.array(pq["rank_distance"], np.float64)}
+
+
+def compact(details: dict) -> dict:
+  """The small part of a LAReQA result worth keeping under results/ (no rank arrays)."""
+  vectors = per_query(details)
+  return {"dataset": details["dataset"], "langs": details["langs"], "counts": details["counts"],
+          "metrics": details["metrics"], "languages": details["languages"],
+          "matrix_map": details["matrix"]["map"],
+          "per_query": {k: (v.tolist() if k == "lang" else
+                            [None if np.isnan(x) else round(float(x), 5) for x in v])
+                        for k, v in vectors.items()}}
+
+
+def loss_curve(workdir: pathlib.Path) -> list[dict]:
+  """Training loss (overall and per batch type) per logged step, from metrics.jsonl."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  return [{k: v for k, v in r.items() if k == "step" or k.startswith("train/loss")} for r in rows
+          if "train/loss" in r]
+
+
+def summarize_run(workdir: pathlib.Path, tag: str) -> dict:
+  """The results/ summary of one evaluated run: compact results per dataset + loss curve."""
+  path = workdir / "eval" / f"{tag}.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no evaluation output (run hybrid_ir.eval first)")
+  ev = json.loads(path.read_text())
+  return {"model": ev["model"], "tag": tag, "uncovered_langs": ev.get("uncovered_langs", []),
+          "datasets": {name: compact(d) for name, d in ev["details"].items()},
+          "loss_curve": loss_curve(workdir)}
+
+
+def _vectors(dataset_summary: dict) -> dict[str, np.ndarray]:
+  pq = dataset_summary["per_query"]
+  return {k: (np.array(v) if k == "lang" else np.array([np.nan if x is None else x for x in v]))
+          for k, v in pq.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables.
+# ------------------------------------------------------------------------------------------------
+
+def _ci(values: np.ndarray, langs: np.ndarray) -> tuple[float, float]:
+  ok = ~np.isnan(values)
+  _, low, high = stats.paired_bootstrap(values[ok], np.zeros(ok.sum()), strata=langs[ok],
+                                        n_resamples=N_RESAMPLES)
+  return low, high
+
+
+def _fmt(x: float, key: str) -> str:
+  return "—" if x is None or x != x else (f"{x:.1f}" if key == "rank_distance" else f"{x:.3f}")
+
+
+def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str:
+  """Markdown: one row per run (value [95% CI]); then each run vs `baseline`, paired."""
+  lines = [f"| run ({dataset}) | " + " | ".join(HEADERS[k] for k in METRICS) + " |",
+           "|---|" + "---|" * len(METRICS)]
+  for name, run in runs.items():
+    ds = run["datasets"][dataset]
+    vec = _vectors(ds)
+    cells = []
+    for k in METRICS:
+      cell = _fmt(ds["metrics"][k], k)
+      if k in TESTED and not np.all(np.isnan(vec[k])):
+        low, high = _ci(vec[k], vec["lang"])
+        cell += f" [{_fmt(low, k)}, {_fmt(high, k)}]"
+      cells.append(cell)
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  if baseline is None or baseline not in runs:
+    return "\n".join(lines)
+  base = _vectors(runs[baseline]["datasets"][dataset])
+  lines += ["", f"Paired against **{baseline}** (difference of macro averages, 95% bootstrap CI, "
+            f"sign-flip randomisation p; {N_RESAMPLES} resamples):", "",
+            f"| run ({dataset}) | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
+            "|---|" + "---|" * len(TESTED)]
+  for name, run in runs.items():
+    if name == baseline:
+      continue
+    vec = _vectors(run["datasets"][dataset])
+    cells = []
+    for k in TESTED:
+      ok = ~(np.isnan(vec[k]) | np.isnan(base[k]))
+      if not ok.any():
+        cells.append("—")
+        continue
+      c = stats.compare(vec[k][ok], base[k][ok], strata=vec["lang"][ok], n_resamples=N_RESAMPLES)
+      cells.append(f"{c.mean_diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] p={c.p_value:.3g}"
+                   if k != "rank_distance" else
+                   f"{c.mean_diff:+.1f} [{c.ci_low:+.1f}, {c.ci_high:+.1f}] p={c.p_value:.3g}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def seen_unseen_table(runs: dict[str, dict], dataset: str) -> str:
+  """Per run: Mo/Cr/Mul mAP averaged over the query languages seen in training vs not seen."""
+  lines = [f"| run ({dataset}) | train langs | seen: Mo | Cr | Mul | unseen: Mo | Cr | Mul |",
+           "|---|---|---|---|---|---|---|---|"]
+  for name, run in runs.items():
+    seen_langs = set(run.get("train_langs") or [])
+    rows = run["datasets"][dataset]["languages"]
+    cells = []
+    for seen in (True, False):
+      langs = [l for l in rows if (l in seen_langs) == seen]
+      for k in ("mo_map", "cr_map", "mul_map"):
+        cells.append(_fmt(float(np.mean([rows[l][k] for l in langs])), k) if langs else "—")
+    lines.append(f"| {name} | {'+'.join(sorted(seen_langs)) or 'none'} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots.
+# ------------------------------------------------------------------------------------------------
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for name, run in runs.items():
+    curve = run.get("loss_curve") or []
+    for key, style in (("train/loss_mono", "-"), ("train/loss_cross", "--"),
+                       ("train/loss_mixed", ":")):
+      pts = [(r["step"], r[key]) for r in curve if key in r]
+      if pts:
+        ax.plot(*zip(*pts), style, label=f"{name} {key.split('_')[-1]}")
+  ax.set(xlabel="step", ylabel="InfoNCE loss (per batch type)", title="training loss")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_metric_vs(xs: list[float], runs: list[dict], dataset: str, xlabel: str,
+                   path: pathlib.Path) -> None:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for k in ("mo_map", "cr_map", "mul_map"):
+    ax.plot(xs, [r["datasets"][dataset]["metrics"][k] for r in runs], "o-", label=HEADERS[k])
+  ax.set(xlabel=xlabel, ylabel=f"{dataset} mAP")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_heatmap(run: dict, dataset: str, title: str, path: pathlib.Path) -> None:
+  plt = _plt()
+  ds = run["datasets"][dataset]
+  m = np.array([[np.nan if x is None else x for x in row] for row in ds["matrix_map"]])
+  fig, ax = plt.subplots(figsize=(6, 5))
+  im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+  ax.set_xticks(range(len(ds["langs"])), ds["langs"])
+  ax.set_yticks(range(len(ds["langs"])), ds["langs"])
+  ax.set(xlabel="candidate language", ylabel="query language", title=title)
+  for i in range(m.shape[0]):
+    for j in range(m.shape[1]):
+      if m[i, j] == m[i, j]:
+        ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+  fig.colorbar(im, ax=ax, label="mAP")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reports.
+# ------------------------------------------------------------------------------------------------
+
+def load_runs(directory: pathlib.Path) -> dict[str, dict]:
+  paths = sorted(directory.glob("*.json"))
+  if not paths:
+    raise FileNotFoundError(f"no run summaries (*.json) in {directory}")
+  runs = {}
+  for p in paths:
+    run = json.loads(p.read_text())
+    if "datasets" not in run:
+      raise ValueError(f"{p}: not a run summary (no 'datasets')")
+    langs = run.get("args", {}).get("langs")
+    if langs is not None:
+      run["train_langs"] = _train_langs(run)
+    runs[run.get("run", p.stem)] = run
+  return runs
+
+
+def _train_langs(run: dict) -> list[str]:
+  from configs.experiments import base  # the config decides what 'all' means
+  return list(base.train_langs(base.parse(",".join(f"{k}={v}" for k, v in run["args"].items()))))
+
+
+def write_report(experiment: str, directory: pathlib.Path) -> str:
+  """Writes `<directory>/report.md` and PNGs from the run summaries there; returns the markdown."""
+  runs = load_runs(directory)
+  parts = [f"# Experiment: {experiment}", ""]
+  datasets = sorted({d for r in runs.values() for d in r["datasets"]})
+  for dataset in datasets:
+    group = {n: r for n, r in runs.items() if dataset in r["datasets"]}
+    baseline = BASELINES.get(experiment) or next(
+        (n for n in group if n.endswith("-mono")), None)
+    parts += [f"## Evaluated on {dataset}", "", comparison_table(group, dataset, baseline), ""]
+    trained = {n: r for n, r in group.items() if r.get("loss_curve")}
+    if trained:
+      png = directory / f"loss_{dataset}.png"
+      plot_loss_curves(trained, png)
+      parts += [f"![loss curves]({png.name})", ""]
+      best = max(trained, key=lambda n: trained[n]["datasets"][dataset]["metrics"]["cr_map"])
+      png = directory / f"heatmap_{dataset}_{best}.png"
+      plot_heatmap(trained[best], dataset, f"{best}: mAP, query x candidate language", png)
+      parts += [f"![heatmap]({png.name})", ""]
+    if experiment == "ratio":
+      alphas = sorted((r["args"]["mono"], n) for n, r in group.items()
+                      if n.startswith("alpha"))
+      png = directory / f"alpha_{dataset}.png"
+      plot_metric_vs([a for a, _ in alphas], [group[n] for _, n in alphas], dataset,
+                     "alpha (probability of an X-X-mono batch)", png)
+      parts += [f"![alpha]({png.name})", ""]
+    if experiment == "languages":
+      parts += [seen_unseen_table(group, dataset), ""]
+      ordered = sorted(((len(r["train_langs"]), n) for n, r in group.items()
+                        if n.startswith("langs")))
+      png = directory / f"languages_{dataset}.png"
+      plot_metric_vs([k for k, _ in ordered], [group[n] for _, n in ordered], dataset,
+                     "number of training languages", png)
+      parts += [f"![languages]({png.name})", ""]
+  text = "\n".join(parts)
+  (directory / "report.md").write_text(text)
+  return text
+
+
+def compare_files(before: pathlib.Path, after: pathlib.Path) -> str:
+  """Before/after table of two eval.py outputs (the demo), paired by query."""
+  runs = {}
+  for label, path in (("before", before), ("after", after)):
+    ev = json.loads(path.read_text())
+    runs[label] = {"datasets": {n: compact(d) for n, d in ev["details"].items()}}
+  out = []
+  for dataset in runs["before"]["datasets"]:
+    out += [comparison_table(runs, dataset, "before"), ""]
+  return "\n".join(out)
+
+
+def before_after(workdir: pathlib.Path) -> str:
+  """The demo's table: the untrained model vs the newest evaluated checkpoint of `workdir`."""
+  ev = workdir / "eval"
+  steps = sorted(int(p.stem[5:]) for p in ev.glob("step_*.json"))
+  if not (ev / "pretrained.json").exists() or not steps:
+    raise FileNotFoundError(f"{ev} needs pretrained.json and a step_<N>.json (run the demo's "
+                            "eval commands first)")
+  after = ev / f"step_{steps[-1]}.json"
+  ev_after = json.loads(after.read_text())
+  evaluated = {l for d in ev_after["details"].values() for l in d["langs"]}
+  uncovered = sorted(set(ev_after.get("uncovered_langs") or []) & evaluated)
+  note = (f"\nNote: {ev_after['model']} was never trained on {', '.join(uncovered)}; those "
+          "languages are unseen (see each run's per-language table in eval/*.md).\n"
+          if uncovered else "")
+  return (f"## Before (untrained) vs after {steps[-1]} steps of hybrid-batch training\n\n"
+          + compare_files(ev / "pretrained.json", after) + note)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) == 4 and argv[1] == "compare":
+    print(compare_files(pathlib.Path(argv[2]), pathlib.Path(argv[3])))
+    return
+  if len(argv) == 3 and argv[1] == "before-after":
+    print(before_after(pathlib.Path(argv[2])))
+    return
+  args = [a for a in argv[1:] if not a.startswith("--results")]
+  results = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--results=")), "results")
+  if len(args) != 1:
+    sys.exit("usage: python -m hybrid_ir.report compare BEFORE.json AFTER.json\n"
+             "       python -m hybrid_ir.report <experiment> [--results=results]")
+  print(write_report(args[0], pathlib.Path(results) / args[0]))
+
+
+if __name__ == "__main__":
+  main(sys.argv)
