@@ -10,10 +10,10 @@ import ml_collections
 from configs import common
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None, model: str = "e5-small") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = common.model("e5-small")
+  config.model = common.model(model)
   config.evals = common.lareqa_evals("xquad-r", "mlqa-r")
   config.eval_batch_size = 64
   config.cache_dir = "cache/embeddings"  # pretrained embeddings, reused across metric changes

@@ -26,15 +26,20 @@ from absl import logging
 
 from hybrid_ir import report
 
-_MODEL = flags.DEFINE_enum("model", "use-m3", ["use-m3", "e5-small"], "Encoder of every run.")
-_STEPS = flags.DEFINE_integer("steps", 150, "Training steps per run.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Global batch size.")
-_SIZE = flags.DEFINE_enum("size", "full", ["full", "mini"], "mini: tiny model, for tests.")
-_RESULTS = flags.DEFINE_string("results", "results", "Where run summaries go (<results>/<name>/).")
-_WORKDIRS = flags.DEFINE_string("workdirs", "workdirs/experiments", "Where run workdirs go.")
-_ONLY = flags.DEFINE_list("only", [], "Run only these run names.")
-_DIRECTIONS = flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
-                                "Training sets for `strategies` (evaluation is on the other).")
+
+
+def define_flags() -> None:
+  """The runner's flags, defined only when run as a program (see hybrid_ir.train.define_flags)."""
+  flags.DEFINE_enum("model", "use-m3", ["use-m3", "e5-small"], "Encoder of every run.")
+  flags.DEFINE_integer("steps", 150, "Training steps per run.")
+  flags.DEFINE_integer("batch", 32, "Global batch size.")
+  flags.DEFINE_enum("size", "full", ["full", "mini"], "mini: a tiny random BERT, for tests.")
+  flags.DEFINE_string("results", "results", "Where run summaries go (<results>/<name>/).")
+  flags.DEFINE_string("workdirs", "workdirs/experiments", "Where run workdirs go.")
+  flags.DEFINE_list("only", [], "Run only these run names.")
+  flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
+                    "Training sets for `strategies` (evaluation is on the other).")
+
 
 CONFIG = "configs/experiments/base.py"
 STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
@@ -115,20 +120,21 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
 def main(argv) -> None:
   if len(argv) != 2:
     raise app.UsageError("usage: python -m hybrid_ir.experiments {strategies,ratio,languages}")
-  name = argv[1]
-  common = dict(model=_MODEL.value, steps=_STEPS.value, batch=_BATCH.value, size=_SIZE.value)
-  grid = runs(name, tuple(_DIRECTIONS.value))
-  if _ONLY.value:
-    unknown = set(_ONLY.value) - {r.name for r in grid}
+  name, f = argv[1], flags.FLAGS
+  common = dict(model=f.model, steps=f.steps, batch=f.batch, size=f.size)
+  grid = runs(name, tuple(f.directions))
+  if f.only:
+    unknown = set(f.only) - {r.name for r in grid}
     if unknown:
       raise app.UsageError(f"--only {sorted(unknown)}: not runs of {name}; "
                            f"runs: {[r.name for r in grid]}")
-    grid = [r for r in grid if r.name in _ONLY.value]
-  results, workdirs = pathlib.Path(_RESULTS.value), pathlib.Path(_WORKDIRS.value)
+    grid = [r for r in grid if r.name in f.only]
+  results, workdirs = pathlib.Path(f.results), pathlib.Path(f.workdirs)
   for run in grid:
     execute(name, run, common, results, workdirs)
   print(report.write_report(name, results / name))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -214,9 +214,6 @@ def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path |
                      "architecture and cannot be exported; serve it with "
                      "hybrid_ir.models.load_encoder + checkpoint.restore_params, or train a "
                      "BERT-family model (e.g. configs/e5_small.py) to export")
-  if config.model.get("random_init"):
-    raise ValueError("export: model.random_init configs are built by hybrid_ir.train.load_encoder;"
-                     " export supports hybrid_ir.models.load_encoder names")
   encoder = models.load_encoder(config.model)
   if pretrained:
     params, provenance = encoder.params, f"Pretrained `{name}`, not fine-tuned."

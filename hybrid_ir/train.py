@@ -242,9 +242,9 @@ def train(config, workdir: pathlib.Path) -> dict[str, Any]:
     (loss, m), grads = loss_and_grads(trainable, batch)
     updates, opt_state = tx.update(grads, state["opt_state"], trainable)
     trainable = optax.apply_updates(trainable, updates)
-    m.update(loss=loss, grad_norm=optax.global_norm(grads),
-             update_norm=optax.global_norm(updates),
-             param_norm=optax.global_norm(trainable["params"]))
+    m.update(loss=loss, grad_norm=optax.tree.norm(grads),
+             update_norm=optax.tree.norm(updates),
+             param_norm=optax.tree.norm(trainable["params"]))
     new = dict(trainable, opt_state=opt_state, step=state["step"] + 1,
                rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]))
     return new, m

@@ -1,0 +1,49 @@
+"""Every config file loads with each documented arg, and rejects unknown ones by name."""
+import pathlib
+
+import pytest
+
+from hybrid_ir import config_flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_KEYS = {"seed", "total_steps", "model", "optimizer", "loss", "checkpoint", "input", "evals",
+              "mesh"}
+
+CASES = [
+    ("configs/e5_small.py", None), ("configs/e5_small.py", "runlocal"),
+    ("configs/use_m3.py", None), ("configs/demo.py", None), ("configs/demo.py", "runlocal"),
+    ("configs/paper/xlmr_hybrid.py", None), ("configs/paper/xlmr_hybrid.py", "mono"),
+    ("configs/paper/xlmr_hybrid.py", "cross"), ("configs/paper/labse_hybrid.py", None),
+    ("configs/experiments/base.py", None),
+    ("configs/experiments/base.py", "train=mlqa-r,mono=1.0,cross=0.0,langs=en+de,size=mini"),
+]
+
+
+@pytest.mark.parametrize("path,arg", CASES)
+def test_config_loads(path, arg, monkeypatch):
+  monkeypatch.chdir(REPO)
+  config = config_flags.load_config_file(f"{path}:{arg}" if arg else path)
+  assert config.evals and config.model.name
+  if "total_steps" in config:
+    assert TRAIN_KEYS <= set(config.keys())
+    probs = config.input.type_probs
+    assert probs.mono + probs.cross + probs.get("mixed", 0.0) == pytest.approx(1.0)
+    # Zero-shot protocol: never evaluate on a set the run trains on.
+    train_sets = {pathlib.Path(s["path"]).name for s in config.input.sources if "path" in s}
+    assert not train_sets & set(config.evals.keys())
+
+
+@pytest.mark.parametrize("path", ["configs/demo.py", "configs/e5_small.py",
+                                  "configs/paper/xlmr_hybrid.py"])
+def test_unknown_arg_is_named(path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(ValueError, match="unknown config arg 'bogus'"):
+    config_flags.load_config_file(f"{path}:bogus")
+
+
+def test_experiment_arg_errors_name_the_problem(monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(ValueError, match="key in"):
+    config_flags.load_config_file("configs/experiments/base.py:alpha=0.5")
+  with pytest.raises(ValueError, match=r"langs \['xx'\] are not in xquad-r"):
+    config_flags.load_config_file("configs/experiments/base.py:langs=en+xx")

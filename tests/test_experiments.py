@@ -1,0 +1,111 @@
+"""Miniature experiments end to end (tiny random BERT, a few steps) and the report they produce."""
+import json
+
+import numpy as np
+import pytest
+
+from hybrid_ir import experiments
+from hybrid_ir import report
+
+MINI = dict(model="use-m3", steps=2, batch=8, size="mini")
+
+
+def _run_grid(name, tmp_path, runs):
+  results, workdirs = tmp_path / "results", tmp_path / "w"
+  for run in runs:
+    experiments.execute(name, run, MINI, results, workdirs)
+  return report.write_report(name, results / name), results / name
+
+
+def _table_rows(markdown: str, dataset: str) -> list[str]:
+  return [l.split("|")[1].strip() for l in markdown.splitlines()
+          if l.startswith("| ") and not l.startswith(f"| run ({dataset})")]
+
+
+def test_grids_have_the_runs_the_paper_needs():
+  names = [r.name for r in experiments.runs("strategies")]
+  assert names == ["xquad-r-pretrained", "xquad-r-mono", "xquad-r-cross", "xquad-r-hybrid",
+                   "mlqa-r-pretrained", "mlqa-r-mono", "mlqa-r-cross", "mlqa-r-hybrid"]
+  hybrid = next(r for r in experiments.runs("strategies") if r.name == "xquad-r-hybrid")
+  assert (hybrid.args["mono"], hybrid.args["cross"], hybrid.args["mixed"]) == (0.5, 0.5, 0.0)
+  ratio = {r.name: r.args for r in experiments.runs("ratio") if not r.pretrained}
+  assert [a["mono"] for n, a in ratio.items() if n.startswith("alpha")] == [0, .25, .5, .75, 1]
+  for a in ratio.values():
+    assert a["mono"] + a["cross"] + a["mixed"] == pytest.approx(1.0)
+  langs = {r.name: r.args for r in experiments.runs("languages")}
+  assert langs["langs1"]["cross"] == 0.0  # one language cannot make X-Y batches
+  with pytest.raises(ValueError, match="known: strategies, ratio, languages"):
+    experiments.runs("alpha")
+
+
+def test_strategies_miniature_end_to_end(tmp_path):
+  grid = experiments.runs("strategies", directions=("xquad-r",))
+  text, out_dir = _run_grid("strategies", tmp_path, grid)
+  rows = _table_rows(text, "mlqa-r")
+  for run in grid:
+    assert run.name in rows, f"report lacks a row for {run.name}:\n{text}"
+  # Every trained run is paired against the X-X-mono baseline.
+  assert "Paired against **xquad-r-mono**" in text
+  for name in ("xquad-r-cross", "xquad-r-hybrid", "xquad-r-pretrained"):
+    assert rows.count(name) == 2  # once with its CIs, once in the paired table
+  # The summaries are small and carry what the report needs, nothing from the training set.
+  hybrid = json.loads((out_dir / "xquad-r-hybrid.json").read_text())
+  assert list(hybrid["datasets"]) == ["mlqa-r"]
+  assert [r["step"] for r in hybrid["loss_curve"]][-1] == MINI["steps"]
+  assert (out_dir / "xquad-r-hybrid.json").stat().st_size < 400_000
+  assert (out_dir / "loss_mlqa-r.png").stat().st_size > 0
+  assert any(out_dir.glob("heatmap_mlqa-r_*.png"))
+  # A rerun skips finished runs and rebuilds the same report from the saved summaries.
+  again, _ = _run_grid("strategies", tmp_path, grid)
+  assert again == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ratio", "languages", "strategies"])
+def test_every_experiment_miniature_has_every_row(tmp_path, name):
+  grid = experiments.runs(name)
+  text, out_dir = _run_grid(name, tmp_path, grid)
+  datasets = {"xquad-r", "mlqa-r"} if name == "strategies" else {"mlqa-r"}
+  rows = [r for d in datasets for r in _table_rows(text, d)]
+  for run in grid:
+    assert run.name in rows, f"report lacks {run.name}"
+  if name == "ratio":
+    assert (out_dir / "alpha_mlqa-r.png").exists()
+  if name == "languages":
+    assert (out_dir / "languages_mlqa-r.png").exists()
+    assert "seen: Mo" in text
+    # langs1 trained on English only: en is its only seen MLQA-R language.
+    line = next(l for l in text.splitlines() if l.startswith("| langs1 | en |"))
+    assert line
+
+
+def _fake_summary(values_by_lang: dict[str, np.ndarray], name: str) -> dict:
+  langs = list(values_by_lang)
+  lang = [l for l in langs for _ in values_by_lang[l]]
+  v = np.concatenate(list(values_by_lang.values()))
+  per_lang = {l: float(values_by_lang[l].mean()) for l in langs}
+  macro = float(np.mean(list(per_lang.values())))
+  metrics = {k: macro for k in ("mo_map", "cr_map", "mul_map", "mo_r1", "cr_r1", "mul_r10")}
+  metrics["rank_distance"] = 10 * macro
+  return {"run": name, "datasets": {"toy": {
+      "dataset": "toy", "langs": langs, "metrics": metrics,
+      "languages": {l: {"mo_map": per_lang[l], "cr_map": per_lang[l], "mul_map": per_lang[l]}
+                    for l in langs},
+      "matrix_map": [[per_lang[l]] * len(langs) for l in langs],
+      "per_query": {"lang": lang, "mo_map": v.tolist(), "cr_map": v.tolist(),
+                    "mul_map": v.tolist(), "rank_distance": (10 * v).tolist()}}}}
+
+
+def test_comparison_table_ci_and_paired_test_on_known_runs():
+  # Baseline: AP 0.5 everywhere. Better run: +0.2 on every 'de' query, +0 on 'en' (3x larger).
+  # Macro difference = (0 + 0.2) / 2 = 0.1, constant within each language, so the stratified
+  # bootstrap CI collapses to [+0.100, +0.100] and the sign-flip p-value is tiny.
+  base = _fake_summary({"en": np.full(300, 0.5), "de": np.full(100, 0.5)}, "base")
+  better = _fake_summary({"en": np.full(300, 0.5), "de": np.full(100, 0.7)}, "better")
+  text = report.comparison_table({"base": base, "better": better}, "toy", "base")
+  line = next(l for l in text.splitlines() if l.startswith("| better |") and "Δ" not in l
+              and "p=" in l)
+  assert "+0.100 [+0.100, +0.100] p=0.0005" in line  # (1 + 0) / (1 + 2000)
+  assert "+1.0 [+1.0, +1.0]" in line  # rank distance = 10 x AP here
+  row = next(l for l in text.splitlines() if l.startswith("| better |") and "p=" not in l)
+  assert "0.600 [0.600, 0.600]" in row  # its own macro mean (0.5 + 0.7) / 2 with its CI
