@@ -32,7 +32,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 bench: install
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do PYTHONPATH=. $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) workdirs build *.egg-info

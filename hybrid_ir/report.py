@@ -4,19 +4,17 @@
   python -m hybrid_ir.report before-after WORKDIR             # untrained vs last step (the demo)
   python -m hybrid_ir.report <experiment> [--results results] # results/<experiment>/*.json
 
-Statistics. Each run keeps per-query values (Mo AP, Cr AP averaged over the query's other
-languages, Mul AP, rank distance). A run's 95% CI is a bootstrap over queries, resampled within
-each query language so that the statistic is the macro average over languages, as reported; a
-comparison with the baseline is paired by query: the same stratified bootstrap of the difference
-and a sign-flip randomisation p-value (`hybrid_ir.evaluators.stats`). For Cr the per-query unit is
-the mean over the query's other languages, so its macro average over query languages equals the
-reported macro average over language pairs exactly on XQuAD-R and closely on MLQA-R (where a
-question lacks some languages).
+Statistics. Each run keeps one value per query for Mo AP, Cr AP (weighted over the query's other
+languages, see `per_query`), Mul AP and rank distance, such that their macro average over query
+languages is exactly the reported figure. A run's 95% CI is a bootstrap over queries, resampled
+within each query language; a comparison with the baseline is paired by query: the same
+stratified bootstrap of the difference, and a sign-flip randomisation p-value
+(`hybrid_ir.evaluators.stats`). The query is the resampling unit because a query's settings
+(X->Y for every Y) are not independent.
 """
 import json
 import pathlib
 import sys
-import warnings
 
 import numpy as np
 
@@ -35,17 +33,33 @@ N_RESAMPLES = 2000
 # ------------------------------------------------------------------------------------------------
 
 def per_query(details: dict) -> dict[str, np.ndarray]:
-  """Per-query vectors of a `LareqaResult.to_json()` dict, for paired tests."""
+  """Per-query vectors of a `LareqaResult.to_json()` dict, for CIs and paired tests.
+
+  Each vector's macro average over query languages (`stats.macro_mean(v, lang)`) is exactly the
+  reported metric. For Cr that takes a weight: query q of language X contributes
+  v_q = sum over its other languages Y of AP(q, X->Y) * n_X / (n_XY * P_X), where n_X counts X's
+  queries, n_XY those with a relevant item in Y and P_X the settings X->Y that have any; then
+  mean_q∈X v_q = the mean over X's settings of each setting's mean AP, and the macro average
+  over X is the macro average over all X->Y settings (when every X has the same number of them,
+  as on full XQuAD-R and MLQA-R).
+  """
   pq = details["per_query"]
   langs = details["langs"]
   q_lang = np.array([langs.index(l) for l in pq["lang"]])
-  pair_ap = np.array(pq["pair_ap"], dtype=np.float64)  # None -> nan
+  pair_ap = np.array(pq["pair_ap"], dtype=np.float64)  # None -> nan: no relevant item in Y
   own = np.zeros(pair_ap.shape, bool)
   own[np.arange(len(q_lang)), q_lang] = True
   others = np.where(own, np.nan, pair_ap)
-  with warnings.catch_warnings():  # all-NaN rows (no other language has the id) stay NaN
-    warnings.simplefilter("ignore", RuntimeWarning)
-    cr = np.nanmean(others, axis=1) if len(langs) > 1 else np.full(len(q_lang), np.nan)
+  valid = ~np.isnan(others)
+  onehot = np.eye(len(langs))[q_lang]  # [Nq, L]
+  n_x = onehot.sum(0)  # [L]
+  n_xy = onehot.T @ valid  # [L, L] queries of X with a relevant item in Y
+  p_x = (n_xy > 0).sum(1)  # [L]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    w = n_x[q_lang, None] / (n_xy[q_lang] * p_x[q_lang, None])
+  cr = np.where(valid, np.nan_to_num(others) * np.where(valid, w, 0.0), 0.0).sum(1)
+  if len(langs) == 1:
+    cr = np.full(len(q_lang), np.nan)
   return {"lang": np.array(pq["lang"]), "mo_map": pair_ap[own], "cr_map": cr,
           "mul_map": np.array(pq["mul_ap"], np.float64),
           "rank_distance": np.array(pq["rank_distance"], np.float64)}

@@ -109,3 +109,30 @@ def test_comparison_table_ci_and_paired_test_on_known_runs():
   assert "+1.0 [+1.0, +1.0]" in line  # rank distance = 10 x AP here
   row = next(l for l in text.splitlines() if l.startswith("| better |") and "p=" not in l)
   assert "0.600 [0.600, 0.600]" in row  # its own macro mean (0.5 + 0.7) / 2 with its CI
+
+
+@pytest.mark.parametrize("langs", [("de", "en", "vi", "zh"), None])
+def test_per_query_vectors_macro_average_to_the_reported_metrics(shared_data, langs):
+  """On MLQA-R (questions in 2-4 languages, so X->Y settings have unequal sizes), each per-query
+  vector's macro average over query languages reproduces the evaluator's figure exactly."""
+  from hybrid_ir.data import lareqa as lareqa_data
+  from hybrid_ir.evaluators import lareqa, stats
+  data = lareqa_data.load_lareqa(shared_data, "mlqa-r", langs)
+  rng = np.random.default_rng(0)
+  # Embeddings that make the relevant sentence findable but not always first.
+  ids = sorted(set(data.question_ids))
+  topic = {i: rng.normal(size=32) for i in ids}
+  q = np.stack([topic[i] + rng.normal(size=32) for i in data.question_ids])
+  cand_topic = np.full(data.num_candidates, -1)
+  for row, rel in zip(data.relevant_by_lang, data.question_ids):
+    for c in row[row >= 0]:
+      cand_topic[c] = ids.index(rel)
+  c = np.stack([topic[ids[t]] + rng.normal(size=32) if t >= 0 else rng.normal(size=32) * 1.4
+                for t in cand_topic])
+  q /= np.linalg.norm(q, axis=1, keepdims=True)
+  c /= np.linalg.norm(c, axis=1, keepdims=True)
+  result = lareqa.evaluate_embeddings(data, q.astype(np.float32), c.astype(np.float32))
+  vectors = report.per_query(result.to_json())
+  metrics = result.metrics()
+  for k in ("mo_map", "cr_map", "mul_map", "rank_distance"):
+    assert stats.macro_mean(vectors[k], vectors["lang"]) == pytest.approx(metrics[k], rel=1e-9), k
