@@ -12,7 +12,6 @@ import importlib.util
 import pathlib
 import re
 import sys
-from typing import Any
 
 from absl import flags
 import ml_collections
@@ -82,7 +81,3 @@ def parse_flags(argv: list[str], flag: str = "config") -> list[str]:
   except flags.Error as e:
     print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
     sys.exit(2)
-
-
-def to_dict(config: Any) -> dict:
-  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)

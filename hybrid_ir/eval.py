@@ -76,7 +76,7 @@ def evaluate(config, encoder, params, tag: str, out_dir: pathlib.Path) -> dict[s
     metrics[f"{name}/eval_seconds"] = time.time() - t0
     if hasattr(evaluator, "result"):
       details[name] = evaluator.result.to_json()
-      tables.append(f"### {name} — {tag}\n\n{evaluator.result.table()}")
+      tables.append(f"### {name} — {tag}\n\n{evaluator.result.table(f'{config.model.name} ({tag})')}")
   out_dir.mkdir(parents=True, exist_ok=True)
   report = {"tag": tag, "model": config.model.name, "uncovered_langs": list(uncovered),
             "metrics": metrics, "details": details,

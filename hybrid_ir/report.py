@@ -71,8 +71,10 @@ def compact(details: dict) -> dict:
   return {"dataset": details["dataset"], "langs": details["langs"], "counts": details["counts"],
           "metrics": details["metrics"], "languages": details["languages"],
           "matrix_map": details["matrix"]["map"],
+          # 4 decimals keep any mean exact to 5e-5; rank distances are whole numbers.
           "per_query": {k: (v.tolist() if k == "lang" else
-                            [None if np.isnan(x) else round(float(x), 5) for x in v])
+                            [None if np.isnan(x) else int(x) if k == "rank_distance"
+                             else round(float(x), 4) for x in v])
                         for k, v in vectors.items()}}
 
 

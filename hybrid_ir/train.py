@@ -271,13 +271,11 @@ def train(config, workdir: pathlib.Path) -> dict[str, Any]:
   # Evaluators (optional; the same ones eval.py runs).
   # ----------------------------------------------------------------------------------------------
   def run_evals(step):
-    import importlib
+    from hybrid_ir import eval as eval_lib
     predict = functools.partial(encoder.encode, progress=False)
-    for name, ec in config.evals.items():
-      ec = dict(ec)
-      module = importlib.import_module(f"hybrid_ir.evaluators.{ec.pop('type')}")
+    for name, evaluator in eval_lib.make_evaluators(config, predict).items():
       t = time.time()
-      results = dict(module.Evaluator(predict, name=name, **ec).run(state["params"]))
+      results = dict(evaluator.run(state["params"]))
       writer.write(step, {**results, f"{name}/eval_seconds": time.time() - t})
 
   # ----------------------------------------------------------------------------------------------

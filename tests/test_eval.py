@@ -92,3 +92,14 @@ def test_cli_rejects_a_misspelt_config_key(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "evalz" in out.stderr and "valid:" in out.stderr
+
+
+def test_in_training_evaluation_writes_metrics(tmp_path, shared_data):
+  """train.py's optional evaluator hook uses the same evaluators as the eval binary."""
+  from hybrid_ir import train
+  config = small_config(shared_data, total_steps=4, eval_every=4)
+  train.train(config, tmp_path)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in rows if "mlqa-r/mo_map" in r]
+  assert [r["step"] for r in evals] == [4]
+  assert 0.0 < evals[0]["mlqa-r/mo_map"] <= 1.0 and evals[0]["mlqa-r/num_questions"] == 1016

@@ -160,9 +160,9 @@ class LareqaResult:
       raise ValueError(f'unknown per-query metric {metric!r}')
     return table[metric]
 
-  def table(self) -> str:
-    """Markdown: the PAPER.md-shaped summary row, then one row per query language."""
-    return format_table({self.dataset: self}) + '\n\n' + format_language_table(self)
+  def table(self, label: str | None = None) -> str:
+    """Markdown: the PAPER.md-shaped summary row (named `label`), then one row per language."""
+    return format_table({label or self.dataset: self}) + '\n\n' + format_language_table(self)
 
   def named_metrics(self, prefix: str | None = None) -> Iterator[tuple[str, float]]:
     """(name, value) pairs: aggregates, per-language rows and the Mo/Cr mAP matrix."""
