@@ -14,9 +14,10 @@ re-scan the directory, so a poller never sees a step before its rename.
 """
 import json
 import logging
-import pathlib
+import os
 from typing import Any
 
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -24,11 +25,13 @@ import orbax.checkpoint as ocp
 STATE_ITEMS = ("params", "train_state", "data", "config")
 
 
-def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(workdir) / "checkpoints"
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  """`<workdir>/checkpoints`, absolute; an epath, so gs:// workdirs work (pathlib mangles them)."""
+  d = epath.Path(workdir) / "checkpoints"
+  return d if "://" in str(workdir) else epath.Path(os.path.abspath(d))
 
 
-def make_manager(workdir: str | pathlib.Path, *, max_to_keep: int | None = 3,
+def make_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
                  save_interval_steps: int = 1, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """CheckpointManager for `<workdir>/checkpoints`.
@@ -41,7 +44,7 @@ def make_manager(workdir: str | pathlib.Path, *, max_to_keep: int | None = 3,
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
       cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir).absolute(), options=options,
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=STATE_ITEMS)
 
 
@@ -90,7 +93,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict[str,
   return state, out["data"], out["config"]
 
 
-def finished_steps(workdir: str | pathlib.Path) -> list[int]:
+def finished_steps(workdir: str | os.PathLike) -> list[int]:
   """Steps whose checkpoint is complete (re-scans the directory; tmp dirs are skipped)."""
   d = checkpoint_dir(workdir)
   if not d.is_dir():
@@ -104,13 +107,13 @@ def finished_steps(workdir: str | pathlib.Path) -> list[int]:
   return sorted(steps)
 
 
-def latest_finished_step(workdir: str | pathlib.Path) -> int | None:
+def latest_finished_step(workdir: str | os.PathLike) -> int | None:
   """The newest complete step in `<workdir>/checkpoints`, or None when there is none."""
   steps = finished_steps(workdir)
   return steps[-1] if steps else None
 
 
-def restore_params(workdir: str | pathlib.Path, step: int | None, abstract_params: Any) -> Any:
+def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params: Any) -> Any:
   """Params alone of a finished `step` (None: the latest), into `abstract_params`' shardings.
 
   Inputs: abstract_params, a pytree of jax.ShapeDtypeStruct (with .sharding) shaped like the

@@ -14,13 +14,13 @@ Only finished checkpoints are ever read (see hybrid_ir.checkpoint). Polling ends
 import functools
 import importlib
 import json
-import pathlib
 import time
 from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 
 from hybrid_ir import config_flags
 
@@ -56,7 +56,7 @@ def make_evaluators(config, predict_fn, **extra) -> dict[str, Any]:
   return evaluators
 
 
-def evaluate(config, encoder, params, tag: str, out_dir: pathlib.Path) -> dict[str, float]:
+def evaluate(config, encoder, params, tag: str, out_dir: epath.Path) -> dict[str, float]:
   """Runs every evaluator on `params`; writes `<tag>.json` and `<tag>.md`; returns the metrics."""
   uncovered = UNCOVERED_LANGS.get(config.model.name, ())
   if uncovered:
@@ -89,7 +89,7 @@ def evaluate(config, encoder, params, tag: str, out_dir: pathlib.Path) -> dict[s
   return metrics
 
 
-def poll(config, encoder, workdir: pathlib.Path, *, once: bool, poll_seconds: float = 30.0,
+def poll(config, encoder, workdir: epath.Path, *, once: bool, poll_seconds: float = 30.0,
          max_idle_seconds: float = 3600.0) -> list[int]:
   """Evaluates each finished checkpoint not yet evaluated; returns the steps evaluated.
 
@@ -122,9 +122,10 @@ def poll(config, encoder, workdir: pathlib.Path, *, once: bool, poll_seconds: fl
     time.sleep(poll_seconds)
 
 
-def run(config, workdir: pathlib.Path, *, pretrained: bool = False, once: bool = False,
+def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = False,
         **poll_kwargs) -> list[str]:
   """What the binary does, callable in-process: returns the tags evaluated."""
+  workdir = epath.Path(workdir)  # local or gs://
   if not config.get("evals"):
     raise ValueError(f"config has no `evals` to run; keys: {sorted(config.keys())}")
   from hybrid_ir import models  # heavy import; keeps --help fast
@@ -140,7 +141,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  run(f.config, pathlib.Path(f.workdir), pretrained=f.pretrained, once=f.once,
+  run(f.config, f.workdir, pretrained=f.pretrained, once=f.once,
       poll_seconds=f.poll_seconds, max_idle_seconds=f.max_idle_seconds)
 
 

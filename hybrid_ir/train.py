@@ -19,7 +19,7 @@ checkpoint kept (never saved over).
 """
 import functools
 import json
-import pathlib
+import os
 import signal
 import time
 import zlib
@@ -28,6 +28,7 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,10 +143,10 @@ def to_device_batch(batch: dict, mesh) -> dict:
 class MetricWriter:
   """JSONL + TensorBoard, written by process 0 only."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: epath.Path):
     self.active = jax.process_index() == 0
     if self.active:
-      self.jsonl = open(workdir / "metrics.jsonl", "a")
+      self.jsonl = (workdir / "metrics.jsonl").open("a")
       try:
         import tensorboardX
         self.tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
@@ -171,20 +172,20 @@ class MetricWriter:
 
 def main(argv) -> None:
   del argv
-  config, workdir = flags.FLAGS.config, pathlib.Path(flags.FLAGS.workdir or "")
   if not flags.FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  train(config, workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
-def train(config, workdir: pathlib.Path) -> dict[str, Any]:
+def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs (or resumes) training; returns the final state. See the module docstring."""
   # ----------------------------------------------------------------------------------------------
   # Logging.
   # ----------------------------------------------------------------------------------------------
   sharding.maybe_initialize_distributed()
+  workdir = epath.Path(workdir)  # local or gs://
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and "://" not in str(workdir):
     logging.get_absl_handler().use_absl_log_file("train", str(workdir))
   logging.info("config:\n%s", config)
   writer = MetricWriter(workdir)
