@@ -37,10 +37,6 @@ def define_flags() -> None:
                      "Stop polling after this long without a new checkpoint.")
 
 
-# Evaluation languages a bundled model was never trained on; their rows are still computed.
-UNCOVERED_LANGS = {"bundled:use-m3": ("el", "hi", "vi")}
-
-
 def make_evaluators(config, predict_fn, **extra) -> dict[str, Any]:
   """{eval name: Evaluator} from `config.evals` (the same construction train.py uses)."""
   evaluators = {}
@@ -58,7 +54,8 @@ def make_evaluators(config, predict_fn, **extra) -> dict[str, Any]:
 
 def evaluate(config, encoder, params, tag: str, out_dir: epath.Path) -> dict[str, float]:
   """Runs every evaluator on `params`; writes `<tag>.json` and `<tag>.md`; returns the metrics."""
-  uncovered = UNCOVERED_LANGS.get(config.model.name, ())
+  from hybrid_ir import models
+  uncovered = models.UNCOVERED_LANGS.get(config.model.name, ())
   if uncovered:
     logging.warning("%s was not trained on %s: those rows measure an unseen language.",
                     config.model.name, ", ".join(uncovered))

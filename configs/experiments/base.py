@@ -18,10 +18,11 @@ USE-m3 was never trained on el, hi, vi: with model=use-m3, 'all' leaves them out
 import ml_collections
 
 from configs import common
+from hybrid_ir import models
 
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full")
-UNCOVERED = {"use-m3": ("el", "hi", "vi"), "e5-small": ()}
+MODELS = ("use-m3", "e5-small")
 
 
 def parse(arg: str | None) -> dict:
@@ -34,15 +35,16 @@ def parse(arg: str | None) -> dict:
     out[key] = type(DEFAULTS[key])(value)
   if out["train"] not in common.LAREQA_LANGS:
     raise ValueError(f"train={out['train']!r}; known: {sorted(common.LAREQA_LANGS)}")
-  if out["model"] not in UNCOVERED:
-    raise ValueError(f"model={out['model']!r}; known: {sorted(UNCOVERED)}")
+  if out["model"] not in MODELS:
+    raise ValueError(f"model={out['model']!r}; known: {MODELS}")
   return out
 
 
 def train_langs(a: dict) -> tuple[str, ...]:
   available = common.LAREQA_LANGS[a["train"]]
   if a["langs"] == "all":
-    return tuple(l for l in available if l not in UNCOVERED[a["model"]])
+    uncovered = models.UNCOVERED_LANGS.get(common.model(a["model"]).name, ())
+    return tuple(l for l in available if l not in uncovered)
   langs = tuple(a["langs"].split("+"))
   unknown = [l for l in langs if l not in available]
   if unknown:
