@@ -37,3 +37,11 @@ def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"
         type="lareqa", dataset=n, data_dir=DATA_DIR, langs=langs,
         candidate_text=candidate_text))
   return evals
+
+
+def loss(**overrides) -> dict:
+  """InfoNCE defaults shared by the training configs: in-batch negatives incl. the other queries'
+  positives ('standard'; 'paper' = as printed), fixed temperature (unstated in the paper),
+  translations of the same item masked as negatives, no auxiliary MSE."""
+  return dict(dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
+                   mask_groups=True, mse_weight=0.0), **overrides)

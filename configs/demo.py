@@ -31,8 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1)
   c.model = common.model("use-m3")
   c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=15, decay="linear", grad_clip=1.0)
-  c.loss = dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
-                mask_groups=True, mse_weight=0.0)
+  c.loss = common.loss()
   c.checkpoint = dict(every=50, keep=2, async_save=True)
   c.input = dict(
       batch_size=32, seed=0, num_negatives=0, prefetch=2, too_few="error",

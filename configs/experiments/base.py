@@ -66,8 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = common.model(a["model"])
   c.optimizer = dict(lr=a["lr"], weight_decay=0.01, warmup_steps=max(1, a["steps"] // 10),
                      decay="linear", grad_clip=1.0)
-  c.loss = dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
-                mask_groups=True, mse_weight=0.0)
+  c.loss = common.loss()
   c.checkpoint = dict(every=a["steps"], keep=1, async_save=True)
   c.input = dict(batch_size=a["batch"], seed=a["seed"], num_negatives=0, prefetch=2,
                  too_few="error", type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=a["mixed"]),

@@ -44,8 +44,7 @@ def get_config(arg: str | None = None, model: str = "hf:FacebookAI/xlm-roberta-b
       name=model, pooling=pooling, dtype="bfloat16", query_prefix="Query: ",
       passage_prefix="Passage: ", buckets=(32, 64, 128, 256)))
   c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=1000, decay="linear", grad_clip=1.0)
-  c.loss = dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
-                mask_groups=True, mse_weight=0.0)
+  c.loss = common.loss()
   c.checkpoint = dict(every=1000, keep=5, async_save=True)
   c.input = dict(
       batch_size=100, seed=0, num_negatives=0, prefetch=4, too_few="drop",
