@@ -160,19 +160,43 @@ def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) 
   return "\n".join(lines)
 
 
-def seen_unseen_table(runs: dict[str, dict], dataset: str) -> str:
-  """Per run: Mo/Cr/Mul mAP averaged over the query languages seen in training vs not seen."""
+def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None = None) -> str:
+  """Per run: Mo/Cr/Mul mAP over the query languages seen in training, and over those not seen.
+
+  Which languages are seen differs from run to run, so absolute values are not comparable down a
+  column; the paired gain over `baseline` (the untrained model) on the same queries is: each cell
+  is 'value (Δ [95% CI])', grouped by query language.
+  """
+  base = _vectors(runs[baseline]["datasets"][dataset]) if baseline in runs else None
   lines = [f"| run ({dataset}) | train langs | seen: Mo | Cr | Mul | unseen: Mo | Cr | Mul |",
            "|---|---|---|---|---|---|---|---|"]
   for name, run in runs.items():
     seen_langs = set(run.get("train_langs") or [])
-    rows = run["datasets"][dataset]["languages"]
+    vec = _vectors(run["datasets"][dataset])
     cells = []
     for seen in (True, False):
-      langs = [l for l in rows if (l in seen_langs) == seen]
+      group = np.array([(l in seen_langs) == seen for l in vec["lang"]])
       for k in ("mo_map", "cr_map", "mul_map"):
-        cells.append(_fmt(float(np.mean([rows[l][k] for l in langs])), k) if langs else "—")
+        ok = group & ~np.isnan(vec[k])
+        if not ok.any():
+          cells.append("—")
+          continue
+        cell = _fmt(stats.macro_mean(vec[k][ok], vec["lang"][ok]), k)
+        if base is not None and name != baseline:
+          ok &= ~np.isnan(base[k])
+          c = stats.compare(vec[k][ok], base[k][ok], strata=vec["lang"][ok],
+                            n_resamples=N_RESAMPLES)
+          cell += f" ({c.mean_diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}])"
+        cells.append(cell)
     lines.append(f"| {name} | {'+'.join(sorted(seen_langs)) or 'none'} | " + " | ".join(cells) + " |")
+  if base is not None:
+    lines += ["", f"In brackets: paired difference to **{baseline}** on the same queries, 95% "
+              "stratified-bootstrap CI."]
+  # Such languages are unseen by the encoder itself, not only by our fine-tuning.
+  uncovered = sorted({l for run in runs.values() for l in run.get("uncovered_langs") or []
+                      if l in run["datasets"][dataset]["languages"]})
+  if uncovered:
+    lines += ["", f"Languages the model does not cover (always unseen): {', '.join(uncovered)}."]
   return "\n".join(lines)
 
 
@@ -188,17 +212,23 @@ def _plt():
 
 
 def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
+  """One panel per batch type, one line per run: each batch type has its own difficulty (an X-Y
+  batch's loss sits above a mono batch's), so only same-type curves are comparable."""
   plt = _plt()
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for name, run in runs.items():
-    curve = run.get("loss_curve") or []
-    for key, style in (("train/loss_mono", "-"), ("train/loss_cross", "--"),
-                       ("train/loss_mixed", ":")):
-      pts = [(r["step"], r[key]) for r in curve if key in r]
+  kinds = [k for k in ("mono", "cross", "mixed")
+           if any(f"train/loss_{k}" in r for run in runs.values() for r in run["loss_curve"])]
+  fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), sharey=True,
+                           squeeze=False)
+  colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
+  for ax, kind in zip(axes[0], kinds):
+    for name, run in runs.items():
+      pts = [(r["step"], r[f"train/loss_{kind}"]) for r in run["loss_curve"]
+             if f"train/loss_{kind}" in r]
       if pts:
-        ax.plot(*zip(*pts), style, label=f"{name} {key.split('_')[-1]}")
-  ax.set(xlabel="step", ylabel="InfoNCE loss (per batch type)", title="training loss")
-  ax.legend(fontsize=7)
+        ax.plot(*zip(*pts), "-", color=colors[name], label=name, lw=1.2)
+    ax.set(xlabel="step", title=f"{kind} batches")
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel("InfoNCE loss (mean over each log window)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -206,11 +236,15 @@ def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
 
 def plot_metric_vs(xs: list[float], runs: list[dict], dataset: str, xlabel: str,
                    path: pathlib.Path) -> None:
+  """Mo/Cr/Mul mAP against `xs`, with each run's 95% CI as error bars."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 4))
   for k in ("mo_map", "cr_map", "mul_map"):
-    ax.plot(xs, [r["datasets"][dataset]["metrics"][k] for r in runs], "o-", label=HEADERS[k])
-  ax.set(xlabel=xlabel, ylabel=f"{dataset} mAP")
+    ys = [r["datasets"][dataset]["metrics"][k] for r in runs]
+    cis = [_ci((v := _vectors(r["datasets"][dataset]))[k], v["lang"]) for r in runs]
+    err = np.array([[y - lo for y, (lo, _) in zip(ys, cis)], [hi - y for y, (_, hi) in zip(ys, cis)]])
+    ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=HEADERS[k])
+  ax.set(xlabel=xlabel, ylabel=f"{dataset} mAP (95% CI)")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -261,9 +295,20 @@ def _train_langs(run: dict) -> list[str]:
   return list(base.train_langs(base.parse(",".join(f"{k}={v}" for k, v in run["args"].items()))))
 
 
+def _in_grid_order(runs: dict[str, dict], experiment: str) -> dict[str, dict]:
+  """The experiment's own run order (alpha0 ... alpha1, not alpha0.25 ... alpha1); others last."""
+  from hybrid_ir import experiments  # experiments imports this module
+  try:
+    order = [r.name for r in experiments.runs(experiment)]
+  except ValueError:
+    order = []
+  rank = {n: i for i, n in enumerate(order)}
+  return dict(sorted(runs.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
+
+
 def write_report(experiment: str, directory: pathlib.Path) -> str:
   """Writes `<directory>/report.md` and PNGs from the run summaries there; returns the markdown."""
-  runs = load_runs(directory)
+  runs = _in_grid_order(load_runs(directory), experiment)
   parts = [f"# Experiment: {experiment}", ""]
   datasets = sorted({d for r in runs.values() for d in r["datasets"]})
   for dataset in datasets:
@@ -288,7 +333,7 @@ def write_report(experiment: str, directory: pathlib.Path) -> str:
                      "alpha (probability of an X-X-mono batch)", png)
       parts += [f"![alpha]({png.name})", ""]
     if experiment == "languages":
-      parts += [seen_unseen_table(group, dataset), ""]
+      parts += [seen_unseen_table(group, dataset, baseline), ""]
       ordered = sorted(((len(r["train_langs"]), n) for n, r in group.items()
                         if n.startswith("langs")))
       png = directory / f"languages_{dataset}.png"
