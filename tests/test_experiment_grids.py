@@ -1,0 +1,38 @@
+"""The α sweep and the languages experiment, each run in miniature end to end (tiny random BERT,
+two steps per run): every run of the grid reaches the report, in the grid's order, with its plots.
+(A file of its own so that pytest-xdist runs it beside test_experiments.py.)"""
+import pytest
+
+from hybrid_ir import experiments
+from test_experiments import _run_grid, _table_rows
+
+
+@pytest.fixture(scope="module")
+def grids(tmp_path_factory):
+  out = {}
+  for name in ("ratio", "languages"):
+    tmp = tmp_path_factory.mktemp(name)
+    out[name] = _run_grid(name, tmp, experiments.runs(name))
+  return out
+
+
+def test_ratio_report_has_every_alpha_in_order_paired_against_mono(grids):
+  text, out_dir = grids["ratio"]
+  names = [r.name for r in experiments.runs("ratio")]
+  rows = _table_rows(text, "mlqa-r")
+  assert rows[:len(names)] == names  # alpha0, alpha0.25, ..., alpha1, not string order
+  assert "Paired against **alpha1**" in text  # alpha = 1: X-X-mono only
+  assert rows[len(names):] == [n for n in names if n != "alpha1"]
+  for png in ("alpha_mlqa-r.png", "loss_mlqa-r.png"):
+    assert (out_dir / png).stat().st_size > 0
+
+
+def test_languages_report_splits_seen_and_unseen_languages(grids):
+  text, out_dir = grids["languages"]
+  for run in experiments.runs("languages"):
+    assert f"| {run.name} |" in text
+  # langs1 trains on English only: of the miniature's eval languages (de, en, zh), en is seen.
+  line = next(l for l in text.splitlines() if l.startswith("| langs1 | en |"))
+  assert line.count("[") == 6  # seen and unseen Mo/Cr/Mul, each with its paired CI
+  assert next(l for l in text.splitlines() if l.startswith("| langs4 | ar+de+en+zh |"))
+  assert (out_dir / "languages_mlqa-r.png").stat().st_size > 0
