@@ -85,12 +85,28 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict[str,
   Inputs: abstract_state, the same structure as the saved state (see `abstract`).
   """
   rest = {k: v for k, v in abstract_state.items() if k != "params"}
-  out = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state["params"]),
-      train_state=ocp.args.StandardRestore(rest),
-      data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        train_state=ocp.args.StandardRestore(rest),
+        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+  except ValueError as e:
+    raise _mismatch(manager, step) from e
   state = dict(out["train_state"], params=out["params"])
   return state, out["data"], out["config"]
+
+
+def _mismatch(manager: ocp.CheckpointManager, step: int) -> ValueError:
+  """The error for a checkpoint whose tree does not fit this config's model: typically a workdir
+  reused for another model (Orbax's own message lists every parameter)."""
+  try:
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    model = (saved.get("model") or {}).get("name", "?")
+  except Exception:  # an old or partial checkpoint: the message still names the directory
+    model = "?"
+  return ValueError(f"{manager.directory} step {step}: its parameters do not fit this config's "
+                    f"model (the checkpoint was written for model {model!r}); use a fresh "
+                    "--workdir, or the config the checkpoint was trained with")
 
 
 def finished_steps(workdir: str | os.PathLike) -> list[int]:
@@ -130,6 +146,8 @@ def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params
   try:
     out = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))
+  except ValueError as e:
+    raise _mismatch(manager, step) from e
   finally:
     manager.close()
   return out["params"]

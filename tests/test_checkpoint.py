@@ -55,6 +55,22 @@ def test_round_trip_into_another_sharding(tmp_path):
   mngr.close()
 
 
+def test_a_workdir_of_another_model_fails_naming_that_model(tmp_path):
+  mesh = sharding.make_mesh({"data": 8})
+  state = make_state(mesh)
+  mngr = checkpoint.make_manager(tmp_path)
+  config = ml_collections.ConfigDict({"model": {"name": "bundled:use-m3"}})
+  checkpoint.save(mngr, 7, state, {}, config)
+  mngr.wait_until_finished()
+  other = make_state(mesh, size=32)  # another model: same names, other shapes
+  other["params"]["extra"] = other["params"]["b"]  # ... and another tree
+  for restore in (lambda: checkpoint.restore(mngr, 7, checkpoint.abstract(other)),
+                  lambda: checkpoint.restore_params(tmp_path, 7, checkpoint.abstract(other["params"]))):
+    with pytest.raises(ValueError, match=r"step 7: .*written for model 'bundled:use-m3'.*fresh --workdir"):
+      restore()
+  mngr.close()
+
+
 def test_keep_n_and_interval(tmp_path):
   mesh = sharding.make_mesh({"data": 8})
   mngr = checkpoint.make_manager(tmp_path, max_to_keep=2, save_interval_steps=2)
