@@ -92,10 +92,18 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   from hybrid_ir import eval as eval_lib
   from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
+  args = {**common, **run.args}
   if out.exists():
+    done = json.loads(out.read_text()).get("args", {})
+    differ = {k: (done.get(k), v) for k, v in args.items() if done.get(k) != v}
+    if differ:
+      raise ValueError(f"{out} holds run {run.name} with other settings (saved, wanted): {differ}; "
+                       "pass another --results, or delete it to rerun")
     logging.info("%s exists; skipping run %s", out, run.name)
     return out
-  workdir = workdirs / name / run.name
+  # Keyed by the shared settings too: a workdir trained with another model or budget would be
+  # resumed from, not replaced.
+  workdir = workdirs / name / "_".join(str(v) for v in common.values()) / run.name
   spec = f"{CONFIG}:{run.config_arg(common)}"
   config = config_flags.load_config_file(spec)
   t0 = time.time()
@@ -109,7 +117,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
     train_lib.train(config, workdir)
     tag = eval_lib.run(config, workdir, once=True)[-1]
   summary = report.summarize_run(workdir, tag)
-  summary.update(run=run.name, experiment=name, config=spec, args={**common, **run.args},
+  summary.update(run=run.name, experiment=name, config=spec, args=args,
                  wall_seconds=time.time() - t0,
                  hardware=f"{platform.machine()} CPU x{os.cpu_count()}")
   out.parent.mkdir(parents=True, exist_ok=True)

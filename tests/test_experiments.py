@@ -55,9 +55,22 @@ def test_strategies_miniature_end_to_end(tmp_path):
   assert (out_dir / "xquad-r-hybrid.json").stat().st_size < 400_000
   assert (out_dir / "loss_mlqa-r.png").stat().st_size > 0
   assert any(out_dir.glob("heatmap_mlqa-r_*.png"))
+  # Workdirs are keyed by the shared settings, so another model never resumes from these.
+  assert (tmp_path / "w" / "strategies" / "use-m3_2_8_mini" / "xquad-r-hybrid").is_dir()
   # A rerun skips finished runs and rebuilds the same report from the saved summaries.
   again, _ = _run_grid("strategies", tmp_path, grid)
   assert again == text
+
+
+def test_a_saved_run_with_other_settings_is_an_error_not_a_skip(tmp_path):
+  run = experiments.runs("ratio")[1]
+  saved = tmp_path / "results" / "ratio" / f"{run.name}.json"
+  saved.parent.mkdir(parents=True)
+  saved.write_text(json.dumps({"args": {**MINI, **run.args, "model": "e5-small"}}))
+  with pytest.raises(ValueError, match=r"alpha0.json holds run alpha0 with other settings .*"
+                                       r"'model': \('e5-small', 'use-m3'\)"):
+    experiments.execute("ratio", run, MINI, tmp_path / "results", tmp_path / "w")
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow
