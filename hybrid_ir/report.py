@@ -120,6 +120,21 @@ def _fmt(x: float, key: str) -> str:
   return "—" if x is None or x != x else (f"{x:.1f}" if key == "rank_distance" else f"{x:.3f}")
 
 
+def _paired(vec: dict, base: dict, k: str, where: np.ndarray | None = None,
+            p_value: bool = True) -> str:
+  """'Δ [95% CI] p=…' of metric `k`, run minus baseline, paired by query over the queries both
+  have (and `where`); '—' when there are none."""
+  ok = ~(np.isnan(vec[k]) | np.isnan(base[k]))
+  if where is not None:
+    ok &= where
+  if not ok.any():
+    return "—"
+  c = stats.compare(vec[k][ok], base[k][ok], strata=vec["lang"][ok], n_resamples=N_RESAMPLES)
+  d = 1 if k == "rank_distance" else 3
+  return (f"{c.mean_diff:+.{d}f} [{c.ci_low:+.{d}f}, {c.ci_high:+.{d}f}]"
+          + (f" p={c.p_value:.3g}" if p_value else ""))
+
+
 def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str:
   """Markdown: one row per run (value [95% CI]); then each run vs `baseline`, paired."""
   lines = [f"| run ({dataset}) | " + " | ".join(HEADERS[k] for k in METRICS) + " |",
@@ -146,16 +161,7 @@ def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) 
     if name == baseline:
       continue
     vec = _vectors(run["datasets"][dataset])
-    cells = []
-    for k in TESTED:
-      ok = ~(np.isnan(vec[k]) | np.isnan(base[k]))
-      if not ok.any():
-        cells.append("—")
-        continue
-      c = stats.compare(vec[k][ok], base[k][ok], strata=vec["lang"][ok], n_resamples=N_RESAMPLES)
-      cells.append(f"{c.mean_diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] p={c.p_value:.3g}"
-                   if k != "rank_distance" else
-                   f"{c.mean_diff:+.1f} [{c.ci_low:+.1f}, {c.ci_high:+.1f}] p={c.p_value:.3g}")
+    cells = [_paired(vec, base, k) for k in TESTED]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -183,10 +189,7 @@ def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None 
           continue
         cell = _fmt(stats.macro_mean(vec[k][ok], vec["lang"][ok]), k)
         if base is not None and name != baseline:
-          ok &= ~np.isnan(base[k])
-          c = stats.compare(vec[k][ok], base[k][ok], strata=vec["lang"][ok],
-                            n_resamples=N_RESAMPLES)
-          cell += f" ({c.mean_diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}])"
+          cell += f" ({_paired(vec, base, k, where=group, p_value=False)})"
         cells.append(cell)
     lines.append(f"| {name} | {'+'.join(sorted(seen_langs)) or 'none'} | " + " | ".join(cells) + " |")
   if base is not None:
