@@ -1,94 +1,100 @@
-"""The paper's experiments as grids of runs: `python -m hybrid_ir.experiments <name> [flags]`.
+r"""The paper's experiments as grids of runs: `python -m hybrid_ir.experiments <name> [flags]`.
+
+  python -m hybrid_ir.experiments strategies --model use-m3 --steps 150 --batch 32 \
+      --results results/use_m3
 
   strategies  X-X-mono vs X-Y vs hybrid (alpha = 0.5), both directions (XQuAD-R -> MLQA-R and
               MLQA-R -> XQuAD-R), plus the untrained model.
   ratio       alpha in {0, .25, .5, .75, 1} (cross = 1 - alpha) and mixed-batch fractions, trained
               on XQuAD-R, evaluated on MLQA-R; loss curves per batch type and final accuracy.
   languages   1, 2, 4 and all training languages; seen and unseen evaluation languages apart.
+The grids themselves are `hybrid_ir.grids.runs`. Each run is the config file
+configs/experiments/base.py (part of the repository, not of the pip package: run from a checkout,
+or point --base_config at one) with that run's arg.
 
 Runs execute in this process; each prints the two commands that repeat it by hand:
   python -m hybrid_ir.train --config configs/experiments/base.py:<arg> --workdir <workdirs>/<run>
   python -m hybrid_ir.eval  --config configs/experiments/base.py:<arg> --workdir <workdirs>/<run> --once
 Its small summary (metrics, per-language rows, matrices, per-query vectors for paired tests, loss
-curve, wall time) goes to `<results>/<name>/<run>.json`; `python -m hybrid_ir.report <name>` turns
-those into tables and plots without rerunning anything. Finished runs are skipped on a rerun.
+curve, wall time) goes to `<results>/<name>/<run>.json`; `python -m hybrid_ir.report <name>
+--results <results>` turns those into tables and plots without rerunning anything. Finished runs
+are skipped on a rerun.
 """
-import dataclasses
 import json
 import os
 import pathlib
 import platform
+import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from hybrid_ir import grids
 from hybrid_ir import report
 
+CONFIG = "configs/experiments/base.py"
 
 
 def define_flags() -> None:
   """The runner's flags, defined only when run as a program (see hybrid_ir.train.define_flags)."""
-  flags.DEFINE_enum("model", "use-m3", ["use-m3", "e5-small"], "Encoder of every run.")
+  flags.DEFINE_enum("model", "use-m3", list(grids.MODELS), "Encoder of every run.")
   flags.DEFINE_integer("steps", 150, "Training steps per run.")
   flags.DEFINE_integer("batch", 32, "Global batch size.")
-  flags.DEFINE_enum("size", "full", ["full", "mini"], "mini: a tiny random BERT, for tests.")
+  flags.DEFINE_enum("size", "full", list(grids.SIZES), "mini: a tiny random BERT, for tests.")
   flags.DEFINE_string("results", "results", "Where run summaries go (<results>/<name>/).")
   flags.DEFINE_string("workdirs", "workdirs/experiments", "Where run workdirs go.")
   flags.DEFINE_list("only", [], "Run only these run names.")
   flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
                     "Training sets for `strategies` (evaluation is on the other).")
+  flags.DEFINE_string("base_config", None, f"The experiment config file (default: {CONFIG} in "
+                      "the current directory or in the checkout the package runs from).")
 
 
-CONFIG = "configs/experiments/base.py"
-STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
+# The grids live in the library (the report reads them too); these names stay importable here.
+Run, runs, STRATEGIES = grids.Run, grids.runs, grids.STRATEGIES
 
 
-@dataclasses.dataclass(frozen=True)
-class Run:
-  name: str
-  args: dict  # the config arg's key=values (see configs/experiments/base.py)
-  pretrained: bool = False  # evaluate the untrained model instead of training
+def find_config(path: str | None = None) -> pathlib.Path:
+  """The experiment config file: `path` (--base_config) if given, else CONFIG under the current
+  directory, else CONFIG in the checkout this package runs from (an editable install).
 
-  def config_arg(self, common: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in {**common, **self.args}.items())
-
-
-def _mix(mono, cross, mixed=0.0) -> dict:
-  return dict(mono=mono, cross=cross, mixed=mixed)
-
-
-def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
-  """The grid of experiment `name`."""
-  if name == "strategies":
-    out = []
-    for train in directions:
-      out.append(Run(f"{train}-pretrained", dict(train=train), pretrained=True))
-      out += [Run(f"{train}-{s}", dict(train=train, **_mix(*p))) for s, p in STRATEGIES.items()]
-    return out
-  if name == "ratio":
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
-    out += [Run(f"alpha{a:g}", dict(train="xquad-r", **_mix(a, 1 - a)))
-            for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    out += [Run(f"mixed{m:g}", dict(train="xquad-r", **_mix((1 - m) / 2, (1 - m) / 2, m)))
-            for m in (0.5, 1.0)]
-    return out
-  if name == "languages":
-    # Nested subsets, English first; one language cannot make X-Y batches, so it trains mono.
-    subsets = {1: "en", 2: "en+de", 4: "en+de+ar+zh", "all": "all"}
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
-    for n, langs in subsets.items():
-      mix = _mix(1.0, 0.0) if n == 1 else _mix(0.5, 0.5)
-      out.append(Run(f"langs{n}", dict(train="xquad-r", langs=langs, **mix)))
-    return out
-  raise ValueError(f"unknown experiment {name!r}; known: strategies, ratio, languages")
+  `pip install .` installs the library without `configs/` (plain data files of the repository),
+  so a non-editable install needs a checkout's file: the error says so.
+  """
+  if path:
+    if not pathlib.Path(path).is_file():
+      raise FileNotFoundError(f"--base_config={path}: no such file")
+    return pathlib.Path(path)
+  candidates = [pathlib.Path(CONFIG), pathlib.Path(__file__).resolve().parents[1] / CONFIG]
+  for c in candidates:
+    if c.is_file():
+      return c
+  raise FileNotFoundError(
+      f"the experiment config {CONFIG} is not in {os.getcwd()} nor next to the installed package "
+      f"({candidates[1].parents[2]}): configs/ is part of the repository, not of the pip package. "
+      "Run from a checkout's root, or pass --base_config=<checkout>/" + CONFIG)
 
 
-def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: pathlib.Path
-            ) -> pathlib.Path:
-  """Trains (unless pretrained) and evaluates one run in this process; writes its summary JSON."""
+def load_config(path: pathlib.Path, arg: str):
+  """`get_config(arg)` of the config file at `path`, whose `from configs import common` needs the
+  checkout root (the first folder above it that is not a package) on sys.path."""
   from hybrid_ir import config_flags
+  root = path.resolve().parent
+  while (root / "__init__.py").is_file():
+    root = root.parent
+  if str(root) not in sys.path:
+    sys.path.append(str(root))
+  return config_flags.load_config_file(f"{path}:{arg}")
+
+
+def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: pathlib.Path,
+            config_path: str | os.PathLike | None = None) -> pathlib.Path:
+  """Trains (unless pretrained) and evaluates one run in this process; writes its summary JSON.
+
+  config_path: the experiment config file (default: `find_config()`).
+  """
   from hybrid_ir import eval as eval_lib
   from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
@@ -104,8 +110,9 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   # Keyed by the shared settings too: a workdir trained with another model or budget would be
   # resumed from, not replaced.
   workdir = workdirs / name / "_".join(str(v) for v in common.values()) / run.name
-  spec = f"{CONFIG}:{run.config_arg(common)}"
-  config = config_flags.load_config_file(spec)
+  path = find_config(config_path)
+  spec = f"{path}:{run.config_arg(common)}"
+  config = load_config(path, run.config_arg(common))
   t0 = time.time()
   cli = f"--config '{spec}' --workdir {workdir}"
   if run.pretrained:
@@ -126,9 +133,12 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
 
 
 def main(argv) -> None:
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m hybrid_ir.experiments {strategies,ratio,languages}")
+  if len(argv) != 2 or argv[1] not in grids.EXPERIMENTS:
+    raise app.UsageError("usage: python -m hybrid_ir.experiments "
+                         f"{{{','.join(grids.EXPERIMENTS)}}} [flags] (got {argv[1:]}); --help "
+                         "lists the flags")
   name, f = argv[1], flags.FLAGS
+  config_path = find_config(f.base_config)
   common = dict(model=f.model, steps=f.steps, batch=f.batch, size=f.size)
   grid = runs(name, tuple(f.directions))
   if f.only:
@@ -139,7 +149,7 @@ def main(argv) -> None:
     grid = [r for r in grid if r.name in f.only]
   results, workdirs = pathlib.Path(f.results), pathlib.Path(f.workdirs)
   for run in grid:
-    execute(name, run, common, results, workdirs)
+    execute(name, run, common, results, workdirs, config_path)
   print(report.write_report(name, results / name))
 
 

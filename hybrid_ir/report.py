@@ -2,7 +2,12 @@
 
   python -m hybrid_ir.report compare BEFORE.json AFTER.json   # two eval.py outputs
   python -m hybrid_ir.report before-after WORKDIR             # untrained vs last step (the demo)
-  python -m hybrid_ir.report <experiment> [--results results] # results/<experiment>/*.json
+  python -m hybrid_ir.report <experiment> [--results DIR]     # DIR/<experiment>/*.json
+
+<experiment> is strategies, ratio or languages; it writes DIR/<experiment>/report.md and its PNGs
+from the run summaries there (`python -m hybrid_ir.experiments` writes them) and prints the
+markdown. Without --results it reports every results/<experiment>/ and results/*/<experiment>/
+found under the current directory (the committed ones: results/use_m3/, results/e5_small/).
 
 Statistics. Each run keeps one value per query for Mo AP, Cr AP (weighted over the query's other
 languages, see `per_query`), Mul AP and rank distance, such that their macro average over query
@@ -12,12 +17,14 @@ stratified bootstrap of the difference, and a sign-flip randomisation p-value
 (`hybrid_ir.evaluators.stats`). The query is the resampling unit because a query's settings
 (X->Y for every Y) are not independent.
 """
+import argparse
 import json
 import pathlib
 import sys
 
 import numpy as np
 
+from hybrid_ir import grids
 from hybrid_ir.evaluators import stats
 
 METRICS = ("mo_map", "cr_map", "mul_map", "mo_r1", "cr_r1", "mul_r10", "rank_distance")
@@ -294,15 +301,14 @@ def load_runs(directory: pathlib.Path) -> dict[str, dict]:
 
 
 def _train_langs(run: dict) -> list[str]:
-  from configs.experiments import base  # the config decides what 'all' means
-  return list(base.train_langs(base.parse(",".join(f"{k}={v}" for k, v in run["args"].items()))))
+  # The run's arg says which languages it trained on ('all' depends on the model: grids).
+  return list(grids.train_langs(grids.parse(",".join(f"{k}={v}" for k, v in run["args"].items()))))
 
 
 def _in_grid_order(runs: dict[str, dict], experiment: str) -> dict[str, dict]:
   """The experiment's own run order (alpha0 ... alpha1, not alpha0.25 ... alpha1); others last."""
-  from hybrid_ir import experiments  # experiments imports this module
   try:
-    order = [r.name for r in experiments.runs(experiment)]
+    order = [r.name for r in grids.runs(experiment)]
   except ValueError:
     order = []
   rank = {n: i for i, n in enumerate(order)}
@@ -378,19 +384,72 @@ def before_after(workdir: pathlib.Path) -> str:
           + compare_files(ev / "pretrained.json", after) + note)
 
 
+def find_results(experiment: str, results: str | None = None,
+                 root: pathlib.Path = pathlib.Path(".")) -> list[pathlib.Path]:
+  """The folders holding `experiment`'s run summaries.
+
+  With `results`: `<results>/<experiment>` (or `results` itself when it is that folder). Without:
+  every `results/<experiment>` and `results/*/<experiment>` under `root`. Raises
+  FileNotFoundError listing what exists when nothing matches.
+  """
+  if results is not None:
+    base = pathlib.Path(results)
+    for d in (base / experiment, base):
+      if d.name == experiment and d.is_dir() and any(d.glob("*.json")):
+        return [d]
+    found = sorted(str(p.parent.parent) for p in base.glob(f"*/{experiment}/*.json"))
+    hint = (f"; {experiment} results are under --results {' or '.join(sorted(set(found)))}"
+            if found else "")
+    raise FileNotFoundError(f"no {experiment} run summaries (*.json) in {base / experiment}"
+                            + hint)
+  dirs = sorted({p.parent for pattern in (f"results/{experiment}/*.json",
+                                          f"results/*/{experiment}/*.json")
+                 for p in root.glob(pattern)})
+  if not dirs:
+    have = sorted({str(p.parent.relative_to(root)) for p in root.glob("results/**/*.json")})
+    raise FileNotFoundError(
+        f"no {experiment} run summaries under {(root / 'results').resolve()}/ "
+        f"(looked for results/{experiment}/ and results/*/{experiment}/; folders with summaries: "
+        f"{have or 'none'}). Run `python -m hybrid_ir.experiments {experiment} --results DIR` "
+        "first, then pass the same --results DIR")
+  return dirs
+
+
+def _parser() -> argparse.ArgumentParser:
+  doc = __doc__.split("\n\nStatistics.")[0]
+  parser = argparse.ArgumentParser(prog="python -m hybrid_ir.report", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  p = sub.add_parser("compare", help="paired before/after table of two hybrid_ir.eval outputs")
+  p.add_argument("before", type=pathlib.Path, help="eval output JSON (W/eval/<tag>.json)")
+  p.add_argument("after", type=pathlib.Path, help="eval output JSON of the run compared")
+  p = sub.add_parser("before-after", help="the demo's table: W/eval/pretrained.json vs the newest "
+                     "W/eval/step_<N>.json")
+  p.add_argument("workdir", type=pathlib.Path)
+  for name in grids.EXPERIMENTS:
+    p = sub.add_parser(name, help=f"report.md + plots of the {name} experiment")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help=f"the folder holding {name}/ (e.g. results/use_m3); default: every "
+                   f"results/{name}/ and results/*/{name}/ under the current directory")
+  return parser
+
+
 def main(argv: list[str]) -> None:
-  if len(argv) == 4 and argv[1] == "compare":
-    print(compare_files(pathlib.Path(argv[2]), pathlib.Path(argv[3])))
-    return
-  if len(argv) == 3 and argv[1] == "before-after":
-    print(before_after(pathlib.Path(argv[2])))
-    return
-  args = [a for a in argv[1:] if not a.startswith("--results")]
-  results = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--results=")), "results")
-  if len(args) != 1:
-    sys.exit("usage: python -m hybrid_ir.report compare BEFORE.json AFTER.json\n"
-             "       python -m hybrid_ir.report <experiment> [--results=results]")
-  print(write_report(args[0], pathlib.Path(results) / args[0]))
+  """`argv` as sys.argv (program name first)."""
+  args = _parser().parse_args(argv[1:])
+  try:
+    if args.command == "compare":
+      print(compare_files(args.before, args.after))
+    elif args.command == "before-after":
+      print(before_after(args.workdir))
+    else:
+      dirs = find_results(args.command, args.results)
+      for d in dirs:
+        if len(dirs) > 1:
+          print(f"<!-- {d / 'report.md'} -->")
+        print(write_report(args.command, d))
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Miniature experiments end to end (tiny random BERT, a few steps) and the report they produce."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
 from hybrid_ir import experiments
+from hybrid_ir import grids
 from hybrid_ir import report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 MINI = dict(model="use-m3", steps=2, batch=8, size="mini")
 
@@ -155,3 +159,63 @@ def test_per_query_vectors_macro_average_to_the_reported_metrics(shared_data, la
   metrics = result.metrics()
   for k in ("mo_map", "cr_map", "mul_map", "rank_distance"):
     assert stats.macro_mean(vectors[k], vectors["lang"]) == pytest.approx(metrics[k], rel=1e-9), k
+
+
+def test_grid_model_names_are_the_config_presets(monkeypatch):
+  monkeypatch.syspath_prepend(str(REPO))
+  from configs import common
+  for short, name in grids.MODELS.items():
+    assert common.model(short).name == name
+  # What 'all' means is decided in the library, so the report needs no config file.
+  assert "el" not in grids.train_langs(grids.parse("model=use-m3,langs=all"))
+  assert len(grids.train_langs(grids.parse("model=e5-small,langs=all"))) == 11
+
+
+def _write_runs(directory: pathlib.Path, names=("xquad-r-mono", "xquad-r-hybrid")) -> None:
+  directory.mkdir(parents=True)
+  for i, name in enumerate(names):
+    summary = _fake_summary({"en": np.full(30, 0.5 + 0.1 * i), "de": np.full(10, 0.5)}, name)
+    (directory / f"{name}.json").write_text(json.dumps(summary))
+
+
+def _main(capsys, *argv) -> str:
+  report.main(["report", *argv])
+  return capsys.readouterr().out
+
+
+def test_report_cli_help_results_spellings_and_default_search(tmp_path, monkeypatch, capsys):
+  with pytest.raises(SystemExit) as e:
+    report.main(["report", "--help"])
+  assert e.value.code == 0
+  usage = capsys.readouterr().out
+  for command in ("compare", "before-after", "strategies", "ratio", "languages"):
+    assert command in usage
+  _write_runs(tmp_path / "results" / "use_m3" / "strategies")
+  spaced = _main(capsys, "strategies", "--results", str(tmp_path / "results" / "use_m3"))
+  assert "Paired against **xquad-r-mono**" in spaced
+  assert _main(capsys, "strategies", f"--results={tmp_path / 'results' / 'use_m3'}") == spaced
+  # Without --results: the one results/*/strategies/ under the current directory.
+  monkeypatch.chdir(tmp_path)
+  assert _main(capsys, "strategies") == spaced
+  # Two of them: both are reported, each under its path.
+  _write_runs(tmp_path / "results" / "e5_small" / "strategies")
+  both = _main(capsys, "strategies")
+  assert both.count("# Experiment: strategies") == 2
+  assert "<!-- results/e5_small/strategies/report.md -->" in both
+  # A --results one level too high names the folders that hold the experiment.
+  with pytest.raises(SystemExit, match=r"no strategies run summaries .* in results/strategies; "
+                                       r"strategies results are under --results "
+                                       r"results/e5_small or results/use_m3"):
+    report.main(["report", "strategies", "--results", "results"])
+  with pytest.raises(SystemExit, match=r"no ratio run summaries .*folders with summaries: "
+                                       r"\['results/e5_small/strategies', "
+                                       r"'results/use_m3/strategies'\]"):
+    report.main(["report", "ratio"])
+
+
+def test_experiment_config_is_found_from_another_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  # An editable install (this checkout) finds the config next to the package.
+  assert experiments.find_config() == REPO / experiments.CONFIG
+  with pytest.raises(FileNotFoundError, match="--base_config=nope.py: no such file"):
+    experiments.find_config("nope.py")

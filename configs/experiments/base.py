@@ -6,55 +6,21 @@ evaluation on the other. `python -m hybrid_ir.experiments <name>` runs a grid of
   python -m hybrid_ir.eval  --config 'configs/experiments/base.py:train=xquad-r,mono=0.5,cross=0.5' \
       --workdir workdirs/x --once
 
-The arg is comma-separated key=value pairs (defaults in DEFAULTS):
-  model   use-m3 | e5-small
-  train   xquad-r | mlqa-r   (evaluation is on the other set; never on the training set)
-  mono, cross, mixed         batch-type probabilities (paper hybrid: mono=0.5, cross=0.5)
-  langs   training languages joined by '+', or 'all' (all the model covers, see below)
-  steps, batch, lr, seed
-  size    full | mini        (mini: a tiny random BERT and 2 eval languages, for tests)
-USE-m3 was never trained on el, hi, vi: with model=use-m3, 'all' leaves them out of training.
+The arg is comma-separated key=value pairs: model, train, mono/cross/mixed, langs, steps, batch,
+lr, seed, size; `hybrid_ir.grids` documents them and owns their parsing (the runner and the report
+read the same arg). USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
+them out of training.
 """
 import ml_collections
 
 from configs import common
-from hybrid_ir import models
-
-DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
-                steps=150, batch=32, lr=3e-5, seed=0, size="full")
-MODELS = ("use-m3", "e5-small")
-
-
-def parse(arg: str | None) -> dict:
-  """'k=v,k=v' -> DEFAULTS updated, with each value converted to its default's type."""
-  out = dict(DEFAULTS)
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in DEFAULTS:
-      raise ValueError(f"config arg {item!r}: expected key=value with key in {sorted(DEFAULTS)}")
-    out[key] = type(DEFAULTS[key])(value)
-  if out["train"] not in common.LAREQA_LANGS:
-    raise ValueError(f"train={out['train']!r}; known: {sorted(common.LAREQA_LANGS)}")
-  if out["model"] not in MODELS:
-    raise ValueError(f"model={out['model']!r}; known: {MODELS}")
-  return out
-
-
-def train_langs(a: dict) -> tuple[str, ...]:
-  available = common.LAREQA_LANGS[a["train"]]
-  if a["langs"] == "all":
-    uncovered = models.UNCOVERED_LANGS.get(common.model(a["model"]).name, ())
-    return tuple(l for l in available if l not in uncovered)
-  langs = tuple(a["langs"].split("+"))
-  unknown = [l for l in langs if l not in available]
-  if unknown:
-    raise ValueError(f"langs {unknown} are not in {a['train']}; available: {available}")
-  return langs
+from hybrid_ir import grids
+from hybrid_ir.grids import DEFAULTS, parse, train_langs  # noqa: F401  (this config's arg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse(arg)
-  evaluate_on = "mlqa-r" if a["train"] == "xquad-r" else "xquad-r"
+  evaluate_on = grids.evaluated_on(a)
   c = ml_collections.ConfigDict()
   c.seed = a["seed"]
   c.total_steps = a["steps"]
@@ -82,6 +48,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                             max_position_embeddings=64)))
     c.eval_batch_size = 256
     c.evals = common.lareqa_evals(evaluate_on, langs=("de", "en", "zh"))
-  elif a["size"] != "full":
-    raise ValueError(f"size={a['size']!r}; known: full, mini")
   return c

@@ -1,0 +1,113 @@
+"""The paper's experiments as grids of runs, and the `key=value` arg that names one run.
+
+One run is `configs/experiments/base.py:<arg>`; this module owns what the arg means, so that the
+runner (`hybrid_ir.experiments`), the report (`hybrid_ir.report`) and the config file agree on it
+without importing each other, and without the library importing `configs/` (which `pip install`
+does not install). The config file turns a parsed arg into a ConfigDict and nothing else.
+
+The arg is comma-separated key=value pairs (defaults in DEFAULTS):
+  model   use-m3 | e5-small
+  train   xquad-r | mlqa-r   (evaluation is on the other set; never on the training set)
+  mono, cross, mixed         batch-type probabilities (paper hybrid: mono=0.5, cross=0.5)
+  langs   training languages joined by '+', or 'all' (every language of `train` the model covers)
+  steps, batch, lr, seed
+  size    full | mini        (mini: a tiny random BERT and 3 eval languages, for tests)
+
+Related: `hybrid_ir.experiments` (runs a grid), `hybrid_ir.report` (tables from its summaries).
+"""
+import dataclasses
+
+from hybrid_ir.data import lareqa
+
+DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
+                steps=150, batch=32, lr=3e-5, seed=0, size="full")
+# Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
+MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
+SIZES = ("full", "mini")
+EXPERIMENTS = ("strategies", "ratio", "languages")
+STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
+
+
+def parse(arg: str | None) -> dict:
+  """'k=v,k=v' -> DEFAULTS updated, with each value converted to its default's type."""
+  out = dict(DEFAULTS)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in DEFAULTS:
+      raise ValueError(f"config arg {item!r}: expected key=value with key in {sorted(DEFAULTS)}")
+    out[key] = type(DEFAULTS[key])(value)
+  if out["train"] not in lareqa.LANGS:
+    raise ValueError(f"train={out['train']!r}; known: {sorted(lareqa.LANGS)}")
+  if out["model"] not in MODELS:
+    raise ValueError(f"model={out['model']!r}; known: {tuple(MODELS)}")
+  if out["size"] not in SIZES:
+    raise ValueError(f"size={out['size']!r}; known: {', '.join(SIZES)}")
+  return out
+
+
+def train_langs(a: dict) -> tuple[str, ...]:
+  """The training languages of a parsed arg; 'all' leaves out those the model does not cover
+  (USE-m3: el, hi, vi), since fine-tuning on them would teach a tokenizer it never learnt."""
+  available = lareqa.LANGS[a["train"]]
+  if a["langs"] == "all":
+    from hybrid_ir import models  # jax + flax: only when the table is needed
+    uncovered = models.UNCOVERED_LANGS.get(MODELS[a["model"]], ())
+    return tuple(l for l in available if l not in uncovered)
+  langs = tuple(a["langs"].split("+"))
+  unknown = [l for l in langs if l not in available]
+  if unknown:
+    raise ValueError(f"langs {unknown} are not in {a['train']}; available: {available}")
+  return langs
+
+
+def evaluated_on(a: dict) -> str:
+  """The LAReQA set a run is evaluated on: the one it does not train on."""
+  return "mlqa-r" if a["train"] == "xquad-r" else "xquad-r"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a grid: its name (the summary's file name) and its arg's key=values."""
+  name: str
+  args: dict
+  pretrained: bool = False  # evaluate the untrained model instead of training
+
+  def config_arg(self, common: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in {**common, **self.args}.items())
+
+
+def _mix(mono, cross, mixed=0.0) -> dict:
+  return dict(mono=mono, cross=cross, mixed=mixed)
+
+
+def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
+  """The grid of experiment `name` (one of EXPERIMENTS), in the order its report lists runs.
+
+  strategies  X-X-mono vs X-Y vs hybrid (alpha = 0.5) per training set in `directions`, each
+              with the untrained model.
+  ratio       alpha in {0, .25, .5, .75, 1} (cross = 1 - alpha) and mixed-batch fractions, trained
+              on XQuAD-R, evaluated on MLQA-R.
+  languages   1, 2, 4 and all training languages (nested, English first), hybrid batches.
+  """
+  if name == "strategies":
+    out = []
+    for train in directions:
+      out.append(Run(f"{train}-pretrained", dict(train=train), pretrained=True))
+      out += [Run(f"{train}-{s}", dict(train=train, **_mix(*p))) for s, p in STRATEGIES.items()]
+    return out
+  if name == "ratio":
+    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+    out += [Run(f"alpha{a:g}", dict(train="xquad-r", **_mix(a, 1 - a)))
+            for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    out += [Run(f"mixed{m:g}", dict(train="xquad-r", **_mix((1 - m) / 2, (1 - m) / 2, m)))
+            for m in (0.5, 1.0)]
+    return out
+  if name == "languages":
+    # Nested subsets, English first; one language cannot make X-Y batches, so it trains mono.
+    subsets = {1: "en", 2: "en+de", 4: "en+de+ar+zh", "all": "all"}
+    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+    for n, langs in subsets.items():
+      mix = _mix(1.0, 0.0) if n == 1 else _mix(0.5, 0.5)
+      out.append(Run(f"langs{n}", dict(train="xquad-r", langs=langs, **mix)))
+    return out
+  raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
