@@ -1,0 +1,463 @@
+r"""Encode -> index -> search your own corpus with a trained (or pretrained) model.
+
+  python -m hybrid_ir.search --config configs/demo.py --workdir workdirs/demo \
+      --corpus corpus.jsonl --queries queries.tsv --qrels qrels.txt     # latest checkpoint
+  python -m hybrid_ir.search --config configs/e5_small.py --pretrained \
+      --corpus corpus.jsonl --queries queries.tsv --out runs/e5.trec    # the model as loaded
+
+Inputs. The corpus and the queries share one format, chosen by the file name (`.gz` allowed):
+  *.jsonl  one JSON object per line: {"id": "d1", "text": "...", "lang": "de"}; `lang` and
+           `title` (prepended to the text, as MIRACL/BEIR do) are optional, other fields ignored.
+  *.tsv    `id<TAB>text` or `id<TAB>text<TAB>lang` per line; no header, no quoting.
+  qrels    TREC: `qid Q0 docid relevance` per line, whitespace separated.
+Blank lines are skipped. A missing field, an empty id or text, an id with whitespace (TREC files
+are whitespace separated), a duplicate id, or a qrels line naming a query or document that is not
+in the files stops with `file:line` and the offending value.
+
+Model: the config's `model` (any hybrid_ir.eval config works); its params are the workdir's
+finished checkpoint (--step, default the latest), restored alone into the encoder's abstract
+params (`checkpoint.restore_params`), or the model as loaded (--pretrained).
+
+Search is exact: dot products of L2-normalised embeddings, streamed through `retrieval.top_k` in
+[query_block, cand_block] score blocks, so memory grows with the block sizes and k, not with the
+corpus (cached corpus embeddings are memory-mapped). Ties: higher score first, then corpus order.
+
+Outputs:
+  --out (default <workdir>/search/<queries file>.<step_N|pretrained>.trec): a TREC run file,
+      `qid Q0 docid rank score tag`, the top --k documents per query (scores to 9 digits).
+  with --qrels: the run scored by ir_measures (default nDCG@10, R@100, RR@10 = MRR@10) over the
+      judged queries, and per query language when the queries carry `lang`; printed as a table
+      and written to <out>.metrics.json. (trec_eval and ir_measures order exact score ties by
+      docid, not corpus order; only exact ties can differ.)
+
+Cache: corpus embeddings are kept in --cache_dir/<corpus file>-<key>/ (shards + manifest; a
+killed encode resumes), key = sha256 of (model config, a sha256 of every parameter's bytes, the
+corpus file's sha256). Another checkpoint, a retrained step or an edited corpus gets a new entry;
+identical params and corpus reuse the old one. Old entries are never deleted: remove them by hand.
+
+Recommended for: a trained model on your own corpus (Tevatron's encode -> index -> search in one
+command). Related: `hybrid_ir.eval` (LAReQA/MIRACL benchmarks), `hybrid_ir.evaluators.miracl`
+(MIRACL's file layout), `hybrid_ir.export` (a sentence-transformers model for other tools).
+"""
+import dataclasses
+import functools
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import sys
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from hybrid_ir import config_flags
+
+PredictFn = Callable[[Any, list[str], str], np.ndarray]  # (params, texts, kind) -> [N, D]
+DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
+
+
+# ------------------------------------------------------------------------------------------------
+# Input files.
+# ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Texts:
+  """Records of a corpus or queries file, in file order.
+
+  Attributes: path; ids, texts, langs (None where a record has no lang), lines (the 1-based line
+  of each record, for error messages).
+  """
+  path: pathlib.Path
+  ids: list[str]
+  texts: list[str]
+  langs: list[str | None]
+  lines: list[int]
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  @property
+  def has_langs(self) -> bool:
+    return any(l is not None for l in self.langs)
+
+
+def _open(path: pathlib.Path):
+  return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
+      path, encoding="utf-8")
+
+
+def _format(path: pathlib.Path) -> str:
+  name = path.name[:-3] if path.name.endswith(".gz") else path.name
+  ext = name.rpartition(".")[2].lower()
+  if ext in ("jsonl", "json"):
+    return "jsonl"
+  if ext in ("tsv", "txt"):
+    return "tsv"
+  raise ValueError(f"{path}: unknown format (from the file name); use .jsonl ({{\"id\", \"text\", "
+                   "\"lang\"}} per line) or .tsv (id<TAB>text[<TAB>lang]), optionally .gz")
+
+
+def _check_id(value, where: str, field: str) -> str:
+  if isinstance(value, bool) or not isinstance(value, (str, int)):
+    raise ValueError(f"{where}: {field} must be a string or an integer, got {value!r}")
+  value = str(value).strip()
+  if not value:
+    raise ValueError(f"{where}: empty {field}")
+  if any(c.isspace() for c in value):
+    raise ValueError(f"{where}: {field} {value!r} contains whitespace (TREC files are whitespace "
+                     "separated)")
+  return value
+
+
+def read_texts(path: str | os.PathLike, what: str = "corpus") -> Texts:
+  """Reads a corpus or queries file (format by extension, see the module docstring).
+
+  Raises ValueError naming `file:line` for any malformed record, and FileNotFoundError.
+  `what` ('corpus' / 'queries') only words the messages.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{what} file not found: {path}")
+  fmt = _format(path)
+  ids, texts, langs, lines, seen = [], [], [], [], {}
+  with _open(path) as f:
+    for n, line in enumerate(f, 1):
+      where = f"{path}:{n}"
+      line = line.rstrip("\n").rstrip("\r")
+      if not line.strip():
+        continue
+      if fmt == "jsonl":
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{where}: invalid JSON: {e.msg} at column {e.colno}") from None
+        if not isinstance(obj, dict):
+          raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        for field in ("id", "text"):
+          if field not in obj:
+            raise ValueError(f"{where}: missing field {field!r} (have {sorted(obj)}; a {what} "
+                             "record needs 'id' and 'text', optionally 'lang' and 'title')")
+        rid, text, lang, title = obj["id"], obj["text"], obj.get("lang"), obj.get("title")
+        if not isinstance(text, str):
+          raise ValueError(f"{where}: text must be a string, got {text!r}")
+        if title is not None and not isinstance(title, str):
+          raise ValueError(f"{where}: title must be a string, got {title!r}")
+        if title and title.strip() and text.strip():
+          text = f"{title.strip()} {text.strip()}"
+      else:
+        parts = line.split("\t")
+        if len(parts) not in (2, 3):
+          raise ValueError(f"{where}: expected id<TAB>text[<TAB>lang], got {len(parts)} "
+                           f"tab-separated fields: {line[:80]!r}")
+        rid, text = parts[0], parts[1]
+        lang = parts[2] if len(parts) == 3 else None
+      rid = _check_id(rid, where, "id")
+      if not text.strip():
+        raise ValueError(f"{where}: empty text for id {rid!r}")
+      if lang is not None:
+        if not isinstance(lang, str) or not lang.strip():
+          raise ValueError(f"{where}: lang must be a non-empty string, got {lang!r}")
+        lang = lang.strip()
+      if rid in seen:
+        raise ValueError(f"{where}: duplicate id {rid!r} (first at line {seen[rid]})")
+      seen[rid] = n
+      ids.append(rid)
+      texts.append(text.strip())
+      langs.append(lang)
+      lines.append(n)
+  if not ids:
+    raise ValueError(f"{path}: no {what} records")
+  return Texts(path=path, ids=ids, texts=texts, langs=langs, lines=lines)
+
+
+def read_qrels(path: str | os.PathLike, queries: Texts, corpus: Texts) -> dict[str, dict[str, int]]:
+  """{qid: {docid: relevance}} from TREC qrels, every id checked against the queries and corpus.
+
+  Raises ValueError naming `file:line` for a malformed line, a non-integer relevance, a duplicate
+  judgement, or a qid / docid that is not in the queries / corpus file.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"qrels file not found: {path}")
+  qids, docids = set(queries.ids), set(corpus.ids)
+  qrels: dict[str, dict[str, int]] = {}
+  with _open(path) as f:
+    for n, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      where = f"{path}:{n}"
+      if len(parts) != 4:
+        raise ValueError(f"{where}: expected 'qid Q0 docid relevance', got {len(parts)} fields: "
+                         f"{line.strip()[:80]!r}")
+      qid, _, docid, rel = parts
+      try:
+        rel = int(rel)
+      except ValueError:
+        raise ValueError(f"{where}: relevance {rel!r} is not an integer") from None
+      if qid not in qids:
+        raise ValueError(f"{where}: qid {qid!r} is not in the queries file {queries.path}")
+      if docid not in docids:
+        raise ValueError(f"{where}: docid {docid!r} (qid {qid!r}) is not in the corpus file "
+                         f"{corpus.path}")
+      if docid in qrels.setdefault(qid, {}):
+        raise ValueError(f"{where}: duplicate judgement for qid {qid!r} docid {docid!r}")
+      qrels[qid][docid] = rel
+  if not qrels:
+    raise ValueError(f"{path}: no judgements")
+  return qrels
+
+
+# ------------------------------------------------------------------------------------------------
+# Encode (cached) and search.
+# ------------------------------------------------------------------------------------------------
+
+def params_fingerprint(params: Any) -> str:
+  """sha256 over every parameter leaf (path, dtype, shape, bytes): names the weights exactly.
+
+  Costs one pass over the params on the host (e5-small: ~0.5 GB, about a second); cheaper
+  identities (step, file mtimes) miss a checkpoint rewritten in place.
+  """
+  import jax
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for key, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(key)}|{a.dtype}|{a.shape}|".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def cache_entry(cache_dir: str | os.PathLike, model_config: Any, params_fp: str,
+                corpus_path: str | os.PathLike) -> tuple[pathlib.Path, str]:
+  """(directory, key) of a corpus' cached embeddings (see the module docstring)."""
+  if hasattr(model_config, "to_dict"):
+    model_config = model_config.to_dict()
+  ident = {"model": model_config, "params_sha256": params_fp,
+           "corpus_sha256": file_sha256(corpus_path)}
+  key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+  return pathlib.Path(cache_dir) / f"{pathlib.Path(corpus_path).name}-{key[:16]}", key
+
+
+def search(predict_fn: PredictFn, params: Any, queries: Texts, corpus: Texts, *, k: int = 100,
+           cache: tuple[pathlib.Path, str] | None = None, shard_size: int = 4096,
+           query_block: int = 256, cand_block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+  """Exact top-k of each query over the corpus: (scores [Nq, k], corpus indices [Nq, k]).
+
+  Inputs:
+    predict_fn: (params, texts, kind) -> [n, D] L2-normalised (kind 'query' / 'passage'), e.g.
+      `functools.partial(encoder.encode, batch_size=64)`.
+    cache: (directory, key) from `cache_entry`, or None to encode the corpus in memory.
+    shard_size: documents per encoded (and cached) shard; query_block / cand_block: the score
+      block shape, [query_block, cand_block] float32 on device at a time.
+  Rows past the corpus (k > corpus size) are -1 / -inf.
+  """
+  from hybrid_ir import retrieval
+  from hybrid_ir.evaluators import miracl
+  if cache is not None:
+    # The encoder shows its own progress per shard; a second bar over shards would interleave.
+    shards = miracl.encode_sharded(predict_fn, params, corpus.texts, cache[0], key=cache[1],
+                                   shard_size=shard_size, progress=False)
+  else:
+    shards = [np.asarray(predict_fn(params, corpus.texts[i:i + shard_size], "passage"),
+                         np.float32) for i in range(0, len(corpus), shard_size)]
+  q = np.asarray(predict_fn(params, queries.texts, "query"), np.float32)
+  # Blocks no larger than the next power of two of the inputs: a 20-document corpus needs no
+  # 8192-row padding (and few shapes means few compiles).
+  fit = lambda n, block: min(block, max(8, 1 << (n - 1).bit_length()))  # noqa: E731
+  return retrieval.top_k(q, shards, k, query_block=fit(len(queries), query_block),
+                         cand_block=fit(len(corpus), cand_block))
+
+
+def write_run(path: str | os.PathLike, queries: Texts, corpus: Texts, scores: np.ndarray,
+              indices: np.ndarray, tag: str = "hybrid_ir") -> dict[str, dict[str, float]]:
+  """Writes the TREC run file; returns the run as {qid: {docid: score}} (what ir_measures takes)."""
+  if not tag or any(c.isspace() for c in tag):
+    raise ValueError(f"run tag {tag!r}: must be non-empty without whitespace")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  run, lines = {}, []
+  for qid, row_s, row_i in zip(queries.ids, scores, indices):
+    run[qid] = {}
+    for rank, (s, i) in enumerate(((s, i) for s, i in zip(row_s, row_i) if i >= 0), 1):
+      docid = corpus.ids[i]
+      run[qid][docid] = float(s)
+      lines.append(f"{qid} Q0 {docid} {rank} {float(s):.9g} {tag}\n")
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(lines))
+  os.replace(tmp, path)
+  return run
+
+
+def _ir_measures():
+  try:
+    import ir_measures
+  except ImportError as e:
+    raise ImportError("scoring a run (--qrels) needs ir_measures: pip install 'hybrid_ir[search]'"
+                      " (or pip install ir-measures)") from e
+  return ir_measures
+
+
+def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
+                 queries: Texts, measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
+  """ir_measures over the judged queries: {'all': {measure: mean}, 'per_lang': {lang: {...}},
+  'num_queries', 'num_judged'}; per_lang only when the queries carry `lang`."""
+  irm = _ir_measures()
+  parsed = []
+  for m in measures:
+    try:
+      parsed.append(irm.parse_measure(m))
+    except (ValueError, NameError, SyntaxError, TypeError) as e:
+      raise ValueError(f"measure {m!r} is not an ir_measures measure ({e}); e.g. "
+                       f"{', '.join(DEFAULT_MEASURES)}, P@10, AP") from None
+  judged = {q: run.get(q, {}) for q in queries.ids if q in qrels}
+  per_query: dict[str, dict[str, float]] = {}
+  for metric in irm.iter_calc(parsed, qrels, judged):
+    per_query.setdefault(str(metric.measure), {})[metric.query_id] = float(metric.value)
+  # Each of these measures is a mean over queries; so is every subset's figure.
+  names = [str(m) for m in parsed]
+  out = {"all": {n: float(np.mean(list(per_query.get(n, {}).values()) or [np.nan]))
+                 for n in names},
+         "num_queries": len(queries), "num_judged": len(judged), "per_query": per_query}
+  if queries.has_langs:
+    by_lang: dict[str, list[str]] = {}
+    for qid, lang in zip(queries.ids, queries.langs):
+      if qid in judged:
+        by_lang.setdefault(lang or "?", []).append(qid)
+    out["per_lang"] = {l: {n: float(np.mean([per_query[n][q] for q in qs if q in per_query[n]]))
+                           for n in names} | {"num_judged": len(qs)}
+                       for l, qs in sorted(by_lang.items())}
+  return out
+
+
+def metrics_table(metrics: dict) -> str:
+  """Markdown: one row for all judged queries, then one per query language."""
+  names = list(metrics["all"])
+  rows = [("all", metrics["all"], metrics["num_judged"])]
+  rows += [(l, m, m["num_judged"]) for l, m in metrics.get("per_lang", {}).items()]
+  lines = ["| queries | judged | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+  for label, m, n in rows:
+    lines.append(f"| {label} | {n} | " + " | ".join(f"{m[k]:.4f}" for k in names) + " |")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# The binary.
+# ------------------------------------------------------------------------------------------------
+
+def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: int | None = None,
+        pretrained: bool = False, qrels: str | None = None, out: str | None = None, k: int = 100,
+        measures: Sequence[str] = DEFAULT_MEASURES, cache_dir: str | None = None,
+        tag: str = "hybrid_ir", batch_size: int | None = None, shard_size: int = 4096,
+        query_block: int = 256, cand_block: int = 8192, encoder=None) -> dict:
+  """What the binary does, callable in-process. Returns {'run': path, 'cache': dir or None,
+  'metrics': evaluate_run's dict or None, 'tag': step_<N> | pretrained}.
+
+  cache_dir: None -> <workdir>/search/cache, or cache/search without a workdir; '' -> no cache.
+  encoder: an already built encoder of `config.model` (tests, notebooks); default: built here.
+  """
+  if not pretrained and workdir is None:
+    raise ValueError("pass --workdir (a training run's checkpoints) or --pretrained")
+  if pretrained and step is not None:
+    raise ValueError("--step reads a checkpoint; it cannot go with --pretrained")
+  queries_t, corpus_t = read_texts(queries, "queries"), read_texts(corpus, "corpus")
+  qrels_d = read_qrels(qrels, queries_t, corpus_t) if qrels else None
+  if qrels_d is not None:
+    _ir_measures()  # fail before encoding, not after
+  from hybrid_ir import checkpoint, models
+  encoder = encoder or models.load_encoder(config.model)
+  if pretrained:
+    params, run_tag = encoder.params, "pretrained"
+  else:
+    step = step if step is not None else checkpoint.latest_finished_step(workdir)
+    params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
+    run_tag = f"step_{step}"
+  if out is None:
+    if workdir is None:
+      raise ValueError("--out is required without --workdir (where the run file goes)")
+    out = os.path.join(workdir, "search", f"{pathlib.Path(queries).name}.{run_tag}.trec")
+  if cache_dir is None:
+    cache_dir = os.path.join(workdir, "search", "cache") if workdir else os.path.join(
+        "cache", "search")
+  cache = None
+  if cache_dir:
+    cache = cache_entry(cache_dir, config.model, params_fingerprint(params), corpus)
+    hit = (cache[0] / "manifest.json").is_file()
+    print(f"corpus embeddings: {cache[0]} ({'cached' if hit else 'encoding'})", flush=True)
+  batch_size = batch_size or config.get("eval_batch_size", 64)
+  predict_fn = functools.partial(encoder.encode, batch_size=batch_size)
+  print(f"search: {len(queries_t)} queries x {len(corpus_t)} documents, top {k}, "
+        f"{config.model.name} ({run_tag})", flush=True)
+  scores, indices = search(predict_fn, params, queries_t, corpus_t, k=k, cache=cache,
+                           shard_size=shard_size, query_block=query_block, cand_block=cand_block)
+  run_dict = write_run(out, queries_t, corpus_t, scores, indices, tag)
+  print(f"wrote {out}", flush=True)
+  metrics = None
+  if qrels_d is not None:
+    if k < 100 and any(str(m).startswith("R@") for m in measures):
+      logging.warning("k=%d: recall at a depth beyond k counts only the top %d", k, k)
+    metrics = evaluate_run(run_dict, qrels_d, queries_t, measures)
+    metrics.update(run=str(out), qrels=str(qrels), model=config.model.name, checkpoint=run_tag,
+                   k=k)
+    path = pathlib.Path(f"{out}.metrics.json")
+    path.write_text(json.dumps(metrics, indent=1))
+    unjudged = metrics["num_queries"] - metrics["num_judged"]
+    print(metrics_table(metrics) + (f"\n\n{unjudged} queries have no qrels and are not scored."
+                                    if unjudged else ""), flush=True)
+    print(f"wrote {path}", flush=True)
+  return {"run": str(out), "cache": str(cache[0]) if cache else None, "metrics": metrics,
+          "tag": run_tag}
+
+
+def define_flags() -> None:
+  """The binary's flags; defined only when run as a program (see hybrid_ir.train.define_flags)."""
+  config_flags.define_config()
+  flags.DEFINE_string("corpus", None, "Corpus file: .jsonl or .tsv (id, text, optional lang).")
+  flags.DEFINE_string("queries", None, "Queries file, same formats as --corpus.")
+  flags.DEFINE_string("qrels", None, "TREC qrels (qid Q0 docid rel): score the run.")
+  flags.DEFINE_string("workdir", None, "Training workdir whose checkpoint to search with.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest finished one).")
+  flags.DEFINE_bool("pretrained", False, "Search with the config's model as loaded.")
+  flags.DEFINE_string("out", None, "Run file (default <workdir>/search/<queries>.<tag>.trec).")
+  flags.DEFINE_integer("k", 100, "Documents per query in the run file.")
+  flags.DEFINE_list("measures", list(DEFAULT_MEASURES), "ir_measures measures, with --qrels.")
+  flags.DEFINE_string("cache_dir", None, "Corpus embedding cache (default <workdir>/search/cache, "
+                      "or cache/search without --workdir); '' disables it.")
+  flags.DEFINE_string("tag", "hybrid_ir", "The run file's last column.")
+  flags.DEFINE_integer("batch_size", None, "Encoding batch (default: config.eval_batch_size).")
+  flags.DEFINE_integer("cand_block", 8192, "Documents per score block (memory: query_block x "
+                       "cand_block float32).")
+  flags.DEFINE_integer("query_block", 256, "Queries per score block.")
+
+
+def main(argv) -> None:
+  del argv
+  f = flags.FLAGS
+  for name in ("config", "corpus", "queries"):
+    if not f[name].value:
+      raise app.UsageError(f"--{name} is required (--help lists the flags)")
+  try:
+    run(f.config, corpus=f.corpus, queries=f.queries, workdir=f.workdir, step=f.step,
+        pretrained=f.pretrained, qrels=f.qrels, out=f.out, k=f.k, measures=f.measures,
+        cache_dir=f.cache_dir, tag=f.tag, batch_size=f.batch_size, query_block=f.query_block,
+        cand_block=f.cand_block)
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    # Bad input: the message names the file and line; a traceback would bury it.
+    sys.exit(f"hybrid_ir.search: error: {e}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=config_flags.parse_flags)
