@@ -138,7 +138,10 @@ def main(argv) -> None:
                          f"{{{','.join(grids.EXPERIMENTS)}}} [flags] (got {argv[1:]}); --help "
                          "lists the flags")
   name, f = argv[1], flags.FLAGS
-  config_path = find_config(f.base_config)
+  try:
+    config_path = find_config(f.base_config)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from e
   common = dict(model=f.model, steps=f.steps, batch=f.batch, size=f.size)
   grid = runs(name, tuple(f.directions))
   if f.only:
@@ -155,4 +158,9 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  try:
+    app.run(main)
+  except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no failure
+    if e.code == 1 and {"--help", "-h", "-?", "--helpshort", "--helpfull"} & set(sys.argv[1:]):
+      sys.exit(0)
+    raise
