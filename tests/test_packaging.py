@@ -89,20 +89,25 @@ def test_every_module_imports(name):
   importlib.import_module(name)
 
 
-def _fresh_install(tmp_path: pathlib.Path) -> pathlib.Path:
-  """A new venv with a non-editable install of a copy of this checkout's package; its
-  dependencies come from the test venv's site-packages by a .pth path entry (nothing is
-  downloaded, and the .pth files there, the editable finder among them, are not run)."""
-  src = tmp_path / "src"
-  shutil.copytree(PACKAGE, src / "hybrid_ir", ignore=shutil.ignore_patterns("__pycache__"))
-  for f in ("setup.py", "README.md"):
-    shutil.copy(REPO / f, src / f)
-  env_dir = tmp_path / "venv"
+def venv_without_hybrid_ir(env_dir: pathlib.Path) -> pathlib.Path:
+  """A new venv (its python returned) that sees the test venv's packages through a .pth path
+  entry, so nothing is downloaded, but not hybrid_ir: the .pth files there (the editable
+  install's finder among them) are not run for a path entry."""
   venv.EnvBuilder(with_pip=False).create(env_dir)
   py = env_dir / "bin" / "python"
   site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                         capture_output=True, text=True, check=True).stdout.strip()
   pathlib.Path(site, "deps_from_test_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+  return py
+
+
+def _fresh_install(tmp_path: pathlib.Path) -> pathlib.Path:
+  """A new venv with a non-editable install of a copy of this checkout's package."""
+  src = tmp_path / "src"
+  shutil.copytree(PACKAGE, src / "hybrid_ir", ignore=shutil.ignore_patterns("__pycache__"))
+  for f in ("setup.py", "README.md"):
+    shutil.copy(REPO / f, src / f)
+  py = venv_without_hybrid_ir(tmp_path / "venv")
   out = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                         "--no-build-isolation", str(src)], capture_output=True, text=True,
                        timeout=600)
