@@ -129,7 +129,9 @@ def test_the_wheel_config_is_configs_demo(tmp_path, monkeypatch):
   path.write_text(text)
   for arg in ("", ":runlocal"):
     ours = config_flags.load_config_file(f"{path}{arg}").to_dict()
-    assert ours == config_flags.load_config_file(f"configs/demo.py{arg}").to_dict(), arg
+    theirs = config_flags.load_config_file(f"configs/demo.py{arg}").to_dict()
+    assert ours == theirs, (f"configs/demo.py{arg} changed: update DEMO_CONFIG in "
+                            "colab/demo.ipynb (the config a wheel install runs) to match")
 
 
 def _notebook_function(name: str):
