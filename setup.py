@@ -13,7 +13,9 @@ setuptools.setup(
         "optax",
         "orbax-checkpoint",
         "tensorflow-cpu; platform_machine=='x86_64'",
-        "tensorflow-datasets",
+        # The prepared training store: texts in ArrayRecord files (random access, local or
+        # gs://), see hybrid_ir.data.store.
+        "array_record",
         "ml-collections",
         "absl-py",
         "numpy",

@@ -8,10 +8,8 @@ import ml_collections
 DATA_DIR = os.environ.get(
     "HYBRID_IR_DATA", str(pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
-LAREQA_LANGS = {
-    "xquad-r": ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
-    "mlqa-r": ("ar", "de", "en", "es", "hi", "vi", "zh"),
-}
+from hybrid_ir.data import DEFAULT_STORE_DIR as STORE_DIR  # noqa: E402  (prepared stores)
+from hybrid_ir.data.lareqa import LANGS as LAREQA_LANGS  # noqa: E402
 
 
 def model(name: str) -> ml_collections.ConfigDict:
@@ -41,7 +39,8 @@ def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"
 
 def loss(**overrides) -> dict:
   """InfoNCE defaults shared by the training configs: in-batch negatives incl. the other queries'
-  positives ('standard'; 'paper' = as printed), fixed temperature (unstated in the paper),
-  translations of the same item masked as negatives, no auxiliary MSE."""
+  positives ('standard'; 'paper' = as printed), fixed temperature (unstated in the paper), and
+  the safety net that masks any in-batch or hard negative sharing a passage identity with a
+  query's positive (the sampler already keeps them out of a batch)."""
   return dict(dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
-                   mask_groups=True, mse_weight=0.0), **overrides)
+                   mask_false_negatives=True), **overrides)

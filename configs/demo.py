@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = common.loss()
   c.checkpoint = dict(every=50, keep=2, async_save=True)
   c.input = dict(
-      batch_size=32, seed=0, num_negatives=0, prefetch=2, too_few="error",
+      batch_size=32, seed=0, prefetch=2, too_few="error", store_dir=common.STORE_DIR,
       # The paper's hybrid: X-X-mono with probability alpha, X-Y with 1 - alpha.
       type_probs=dict(mono=0.5, cross=0.5, mixed=0.0),
       sources=[dict(name="xquad-r", kind="squad", path=f"{common.DATA_DIR}/xquad-r",

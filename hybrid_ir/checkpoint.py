@@ -3,7 +3,7 @@
 Layout: `<workdir>/checkpoints/<step>/{params, train_state, data, config}`.
   params       the encoder params (StandardSave) — a separate item so the eval binary can restore
                them alone, into an abstract (sharded) target, without the optimizer state.
-  train_state  everything else in the state dict: opt_state, step, rng, ... (StandardSave).
+  train_state  everything else in the state dict: opt_state, step (StandardSave).
   data         JSON: input pipeline / schedule position, enough to resume the exact stream.
   config       JSON: the run's config, for provenance.
 
@@ -58,7 +58,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict[str, Any],
          data_state: dict[str, Any], config: Any, *, force: bool = False) -> bool:
   """Saves (asynchronously if the manager is async) when the interval says so or `force`.
 
-  Inputs: state, a dict with at least 'params' (plus e.g. opt_state, step, rng) of jax arrays;
+  Inputs: state, a dict with at least 'params' (plus e.g. opt_state, step) of jax arrays;
   data_state, a JSON-able dict; config, a ConfigDict or JSON-able dict. Returns whether a save
   started. Related: `restore`, `restore_params`.
   """

@@ -1,4 +1,4 @@
-"""Contrastive losses for dual encoders: InfoNCE over the global batch, plus a parallel-query MSE.
+"""Contrastive loss for dual encoders: InfoNCE over the global batch, false negatives masked.
 
 All functions are pure and jit-able. Inside `jax.jit` the inputs are *global* arrays (sharded over
 the mesh), so "in-batch negatives" are the whole global batch: XLA inserts the all-gather. Labels
@@ -9,7 +9,7 @@ Layout used throughout (B = global batch size, K = hard negatives per query, D =
   q:   [B, D]     query embeddings (L2-normalised by the encoder).
   p:   [B, D]     p[i] is the positive passage of q[i].
   neg: [B, K, D]  or [N, D]: hard-negative passages; all of them are negatives for every query.
-  groups: [B] int  group id of each (query, positive) pair; translations of one item share it.
+  identities: [B] int  passage identity of each positive; translations of one passage share it.
 """
 from typing import Any
 
@@ -49,9 +49,11 @@ def info_nce(
     temperature: float | jax.Array = 0.05,
     variant: str = "standard",
     symmetric: bool = False,
-    groups: jax.Array | None = None,
+    identities: jax.Array | None = None,
+    negative_identities: jax.Array | None = None,
+    negative_valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
-  """InfoNCE with in-batch (global) and hard negatives.
+  """InfoNCE with in-batch (global) and hard negatives, false negatives masked.
 
   Inputs:
     q, p: [B, D] queries and their positives (row i is a pair); neg: hard negatives [B, K, D] or
@@ -63,14 +65,21 @@ def info_nce(
         batch's hard negatives only — other queries' positives are excluded. Needs `neg`.
     symmetric: also add the passage->query loss (softmax of passage i over the B queries; there
       are no "negative queries", so this direction is the same for both variants) and average.
-    groups: [B] int group ids. When given, a positive of another pair with the same group id
-      (e.g. the same answer in another language) is masked out of query i's softmax instead of
-      counted as a negative (false-negative masking); same for the symmetric direction.
+    identities: [B] int passage identity of each positive (the same answer sentence in any
+      language, the same mMARCO pid). A positive p_j with the identity of p_i (j != i) is
+      masked out of query i's softmax instead of counted as a negative; same for the symmetric
+      direction. The sampler already keeps identities distinct within a batch, so this is a
+      safety net: `metrics['masked_in_batch']` counts what it masked.
+    negative_identities: [N] identity of each hard negative. A negative with the identity of
+      any positive in the batch is masked for every query: for its own query it is the positive
+      (perhaps in another language), for the others it is already in the softmax as that
+      positive. negative_valid: [N] bool; False slots (a source or query with fewer negatives
+      than the batch's K) are masked too.
   Returns (loss, metrics) with metrics 'loss_q2p', 'acc_q2p' (top-1 in-batch), ['loss_p2q',
-  'acc_p2q'], 'temperature'.
-  Recommended: 'standard' + group masking for hybrid batches (an X-Y batch can hold two
-  translations of one item). 'paper' reproduces the printed formula but learns only from hard
-  negatives. Related: `parallel_query_mse` as an auxiliary term.
+  'acc_p2q'], 'temperature', 'masked_in_batch' (off-diagonal pairs masked) and, with `neg`,
+  'masked_negatives' (valid negatives masked).
+  Recommended: 'standard' with identities for hybrid batches. 'paper' reproduces the printed
+  formula but learns only from hard negatives.
   """
   if variant not in VARIANTS:
     raise ValueError(f"info_nce: unknown variant {variant!r}; valid: {VARIANTS}")
@@ -86,46 +95,26 @@ def info_nce(
   q, p = q.astype(jnp.float32), p.astype(jnp.float32)
   qp = q @ p.T / temperature  # [B, B]; the diagonal are the positives.
   eye = jnp.eye(b, dtype=bool)
-  if variant == "paper":
-    qp_mask = eye
-  elif groups is not None:
-    qp_mask = eye | (groups[:, None] != groups[None, :])
-  else:
-    qp_mask = jnp.ones((b, b), dtype=bool)
+  distinct = (jnp.ones((b, b), dtype=bool) if identities is None
+              else eye | (identities[:, None] != identities[None, :]))
+  qp_mask = eye if variant == "paper" else distinct
+  metrics = {"temperature": jnp.asarray(temperature),
+             "masked_in_batch": jnp.sum(~distinct).astype(jnp.float32)}
   logits, mask = qp, qp_mask
   if neg is not None:
+    n = neg.shape[0]
+    keep = jnp.ones((n,), bool) if negative_valid is None else negative_valid.astype(bool)
+    if negative_identities is not None and identities is not None:
+      same = (negative_identities[None, :] == identities[:, None]).any(axis=0)  # [N]
+      metrics["masked_negatives"] = jnp.sum(same & keep).astype(jnp.float32)
+      keep = keep & ~same
     qn = q @ neg.astype(jnp.float32).T / temperature  # [B, N]
     logits = jnp.concatenate([qp, qn], axis=1)
-    mask = jnp.concatenate([qp_mask, jnp.ones(qn.shape, dtype=bool)], axis=1)
+    mask = jnp.concatenate([qp_mask, jnp.broadcast_to(keep[None, :], qn.shape)], axis=1)
   loss, acc = _masked_xent(logits, mask)
-  metrics = {"loss_q2p": loss, "acc_q2p": acc, "temperature": jnp.asarray(temperature)}
+  metrics.update(loss_q2p=loss, acc_q2p=acc)
   if symmetric:
-    pq_mask = eye | (groups[:, None] != groups[None, :]) if groups is not None else None
-    pq_mask = jnp.ones((b, b), dtype=bool) if pq_mask is None else pq_mask
-    loss_pq, acc_pq = _masked_xent(qp.T, pq_mask)
+    loss_pq, acc_pq = _masked_xent(qp.T, distinct)
     metrics.update(loss_p2q=loss_pq, acc_p2q=acc_pq)
     loss = (loss + loss_pq) / 2
   return loss, metrics
-
-
-def parallel_query_mse(
-    q: jax.Array, groups: jax.Array, langs: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean squared distance between embeddings of parallel queries.
-
-  Inputs: q [B, D] query embeddings; groups [B] int group ids; langs [B] int language ids. A pair
-  (i, j), i != j, counts when groups match and languages differ (the same question in two
-  languages). The MSE is mean over counted pairs of mean_d (q_i - q_j)^2; 0 when there are none.
-  Returns (mse, number_of_ordered_pairs).
-  Recommended as a small auxiliary term (weight ~0.1-1) to pull translations together, to study
-  how batch composition affects cross-lingual alignment. It needs batches that contain parallel
-  queries (X-Y batches with shared group ids); X-X-mono batches give no pairs and contribute 0.
-  Related: `info_nce(groups=...)` masks those same pairs out of the contrastive negatives.
-  """
-  q = q.astype(jnp.float32)
-  pair = (groups[:, None] == groups[None, :]) & (langs[:, None] != langs[None, :])
-  # ||a-b||^2 = |a|^2 + |b|^2 - 2ab, computed on the whole [B, B] matrix to stay a matmul.
-  sq = jnp.sum(q * q, axis=-1)
-  d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2 * q @ q.T, 0.0) / q.shape[-1]
-  n = pair.sum()
-  mse = jnp.where(n > 0, jnp.sum(jnp.where(pair, d2, 0.0)) / jnp.maximum(n, 1), 0.0)
-  return mse, n

@@ -134,16 +134,55 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map_with_path(one, batch)
 
 
-def maybe_initialize_distributed() -> bool:
-  """Calls jax.distributed.initialize() on a multi-host TPU pod / cluster; no-op on one host.
+_ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+        "process_id": "JAX_PROCESS_ID"}
 
-  Detection (env): TPU pod workers have TPU_WORKER_HOSTNAMES with several hosts; SLURM /
-  explicit setups set JAX_COORDINATOR_ADDRESS. Must run before any other jax call.
+
+def define_distributed_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id (for clusters JAX cannot detect)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (or env "
+                      "JAX_COORDINATOR_ADDRESS); only where JAX cannot detect the cluster.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (or env JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer("process_id", None, "This process's index (or env JAX_PROCESS_ID).")
+
+
+def distributed_args_from_flags() -> dict[str, Any]:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  return {k: getattr(flags.FLAGS, k) for k in _ENV}
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """Initialises jax.distributed for a multi-process run; a no-op for one process.
+
+  Inputs (each falls back to its environment variable, JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID): with a coordinator address, the process count and index
+  are required (a GPU cluster without SLURM, processes on one machine). Without one, TPU pod
+  workers (TPU_WORKER_HOSTNAMES lists several hosts) and SLURM jobs of several tasks are left
+  to JAX's own detection. Must run before any other jax call; calling it again is a no-op.
   """
-  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-  if len(hosts) > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
-    logging.info("jax.distributed initialised: process %d of %d", jax.process_index(),
-                 jax.process_count())
+  if jax.distributed.is_initialized():
     return True
-  return False
+  args = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+          "process_id": process_id}
+  for k, env in _ENV.items():
+    if args[k] is None and os.environ.get(env):
+      args[k] = os.environ[env] if k == "coordinator_address" else int(os.environ[env])
+  if args["coordinator_address"]:
+    missing = [f"--{k} (or {_ENV[k]})" for k in ("num_processes", "process_id")
+               if args[k] is None]
+    if missing:
+      raise ValueError(f"coordinator address {args['coordinator_address']!r} given, but not "
+                       f"{' and '.join(missing)}: JAX cannot detect them outside TPU pods and "
+                       "SLURM")
+    jax.distributed.initialize(**args)
+  else:
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if len(hosts) <= 1 and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+      return False
+    jax.distributed.initialize()
+  logging.info("jax.distributed initialised: process %d of %d", jax.process_index(),
+               jax.process_count())
+  return True

@@ -8,12 +8,18 @@ Config keys read here (besides `model`, `mesh`, `input`, `evals`, owned by their
   seed, total_steps, log_every, eval_every (0: off), peak_flops (per device, for MFU; optional),
   optimizer: lr, weight_decay, b1, b2, eps, warmup_steps, decay ('cosine'|'linear'|'constant'),
              grad_clip (global norm; 0: off)
-  loss: variant ('standard'|'paper'), temperature, learn_temperature, symmetric, mask_groups,
-        mse_weight (auxiliary parallel-query MSE; 0: off)
+  loss: variant ('standard'|'paper'), temperature, learn_temperature, symmetric,
+        mask_false_negatives (mask in-batch positives and hard negatives that share a passage
+        identity with a query's positive; the sampler already avoids them, see losses.info_nce)
+Optional keys (peak_flops, b1, b2, eps) are not in every shipped config, whose keys are locked:
+add them to the config file rather than as --config overrides.
   grad_cache_chunks: 0/1 = off; n > 1 = GradCache: embed in n chunks without activations kept,
         then back-propagate chunk by chunk (same gradients, ~1/n of the activation memory).
   checkpoint: every, keep, async_save
 Outputs in the workdir: checkpoints/, metrics.jsonl, tensorboard/ (process 0 only).
+Several processes (a pod, or processes on one machine): jax.distributed is initialised from
+--coordinator_address/--num_processes/--process_id or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
+JAX_PROCESS_ID, or detected by JAX itself on TPU pods and SLURM.
 Signals: SIGTERM (TPU preemption) -> save a checkpoint, exit 0. NaN/Inf -> raise, last good
 checkpoint kept (never saved over).
 """
@@ -22,7 +28,6 @@ import json
 import os
 import signal
 import time
-import zlib
 from typing import Any
 
 from absl import app
@@ -46,6 +51,7 @@ def define_flags() -> None:
   runner, notebooks) can import this module next to hybrid_ir.eval and call `train` directly."""
   config_flags.define_config()
   flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
+  sharding.define_distributed_flags()
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -68,15 +74,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
 
 
-def lang_id(lang: str) -> int:
-  """A language code as an int32 id, identical on every host (no shared vocabulary needed)."""
-  return zlib.crc32(lang.encode()) & 0x7FFFFFFF
-
-
 def make_loss_and_grads(encoder, config):
   """(trainable, batch) -> ((loss, metrics), grads); trainable = {'params', 'loss_params'}.
 
-  batch (global arrays): 'query', 'passage', ['negative'] token dicts, 'group', 'query_lang_id'.
+  batch (global arrays): 'query', 'passage', ['negative'] token dicts, 'identity',
+  ['negative_identity', 'negative_valid'].
   With config.grad_cache_chunks > 1 the gradient is computed GradCache-style (Gao et al. 2021).
   """
   lc = config.loss
@@ -85,15 +87,13 @@ def make_loss_and_grads(encoder, config):
   def loss_from_embeddings(loss_params, q, p, n, batch):
     temp = (losses.temperature_from_log(loss_params["log_temperature"])
             if lc.get("learn_temperature") else lc.temperature)
-    loss, m = losses.info_nce(q, p, n, temperature=temp, variant=lc.get("variant", "standard"),
-                              symmetric=lc.get("symmetric", False),
-                              groups=batch["group"] if lc.get("mask_groups", True) else None)
-    m["contrastive_loss"] = loss
-    if lc.get("mse_weight", 0.0):
-      mse, pairs = losses.parallel_query_mse(q, batch["group"], batch["query_lang_id"])
-      loss = loss + lc.mse_weight * mse
-      m.update(mse=mse, mse_pairs=pairs)
-    return loss, m
+    mask = lc.get("mask_false_negatives", True)
+    return losses.info_nce(
+        q, p, n, temperature=temp, variant=lc.get("variant", "standard"),
+        symmetric=lc.get("symmetric", False),
+        identities=batch["identity"] if mask else None,
+        negative_identities=batch.get("negative_identity") if mask else None,
+        negative_valid=batch.get("negative_valid"))
 
   def embed_all(params, batch):
     return [encoder.apply(params, batch[k]) if k in batch else None
@@ -134,19 +134,30 @@ def make_loss_and_grads(encoder, config):
 
 def to_device_batch(batch: dict, mesh) -> dict:
   """Host-local pipeline batch -> global arrays the update step takes (strings -> int ids)."""
-  keep = {k: batch[k] for k in ("query", "passage", "negative") if k in batch}
-  keep["group"] = batch["group"]
-  keep["query_lang_id"] = np.array([lang_id(l) for l in batch["query_lang"]], np.int32)
+  keep = {k: batch[k] for k in ("query", "passage", "negative", "identity", "negative_identity",
+                                "negative_valid") if k in batch}
   return sharding.host_local_to_global(keep, mesh)
 
 
 class MetricWriter:
-  """JSONL + TensorBoard, written by process 0 only."""
+  """JSONL + TensorBoard, written by process 0 only.
 
-  def __init__(self, workdir: epath.Path):
+  `start` is the step training (re)starts from: rows of later steps, written before a crash
+  or preemption and about to be recomputed, are dropped so that no step appears twice.
+  """
+
+  def __init__(self, workdir: epath.Path, start: int = 0):
     self.active = jax.process_index() == 0
     if self.active:
-      self.jsonl = (workdir / "metrics.jsonl").open("a")
+      path = workdir / "metrics.jsonl"
+      if path.exists():
+        rows = path.read_text().splitlines(keepends=True)
+        kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= start]
+        if len(kept) != len(rows):
+          logging.info("metrics.jsonl: dropped %d rows after step %d (recomputed on resume)",
+                       len(rows) - len(kept), start)
+          path.write_text("".join(kept))
+      self.jsonl = path.open("a")
       try:
         import tensorboardX
         self.tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
@@ -174,6 +185,7 @@ def main(argv) -> None:
   del argv
   if not flags.FLAGS.workdir:
     raise app.UsageError("--workdir is required")
+  sharding.maybe_initialize_distributed(**sharding.distributed_args_from_flags())
   train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -188,7 +200,11 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
   if jax.process_index() == 0 and "://" not in str(workdir):
     logging.get_absl_handler().use_absl_log_file("train", str(workdir))
   logging.info("config:\n%s", config)
-  writer = MetricWriter(workdir)
+  no_negatives = [c.get("name") for c in config.input.sources if not c.get("num_negatives")]
+  if config.loss.get("variant") == "paper" and no_negatives:
+    raise ValueError("loss.variant='paper' learns only from hard negatives, but sources "
+                     f"{no_negatives} have num_negatives=0: give them negatives or use "
+                     "variant 'standard'")
   stop = {"sigterm": False}
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
 
@@ -225,11 +241,10 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
                                  transform_non_params=lambda _: sharding.replicated(mesh))
   rep = sharding.replicated(mesh)
   state_sh = {"params": param_sh["params"], "loss_params": param_sh["loss_params"],
-              "opt_state": opt_sh, "step": rep, "rng": rep}
+              "opt_state": opt_sh, "step": rep}
   init_state = jax.jit(lambda tr: {
       "params": tr["params"], "loss_params": tr["loss_params"], "opt_state": tx.init(tr),
-      "step": jnp.zeros((), jnp.int32),
-      "rng": jax.random.key_data(jax.random.key(config.get("seed", 0)))},
+      "step": jnp.zeros((), jnp.int32)},
       out_shardings=state_sh)
 
   # ----------------------------------------------------------------------------------------------
@@ -246,9 +261,7 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
     m.update(loss=loss, grad_norm=optax.tree.norm(grads),
              update_norm=optax.tree.norm(updates),
              param_norm=optax.tree.norm(trainable["params"]))
-    new = dict(trainable, opt_state=opt_state, step=state["step"] + 1,
-               rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]))
-    return new, m
+    return dict(trainable, opt_state=opt_state, step=state["step"] + 1), m
 
   # ----------------------------------------------------------------------------------------------
   # Checkpoint load (auto-resume) and input pipeline at the restored position.
@@ -267,6 +280,7 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
   from hybrid_ir import input_pipeline  # tensorflow import: after jax has claimed the devices
   pipeline = input_pipeline.make_pipeline(config.input, encoder.tokenize, state=data_state)
   start = int(state["step"])
+  writer = MetricWriter(workdir, start)
 
   # ----------------------------------------------------------------------------------------------
   # Evaluators (optional; the same ones eval.py runs).
@@ -304,6 +318,7 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
     window["examples"] += len(batch["group"]) * jax.process_count()
     window["tokens"] += n_tok
     window["losses"].setdefault(batch["batch_type"], []).append(m["loss"])
+    window["fingerprint"] = batch["fingerprint"]
     is_last = step == total
     if step % log_every == 0 or is_last or manager.should_save(step) or stop["sigterm"]:
       m = jax.device_get(m)
@@ -316,7 +331,8 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
       out = {f"train/{k}": float(v) for k, v in m.items()}
       for bt, ls in window["losses"].items():
         out[f"train/loss_{bt}"] = float(np.mean(jax.device_get(ls)))
-      out.update({"train/examples_per_s": window["examples"] / dt,
+      out.update({"train/batch_fingerprint": window["fingerprint"],  # of this step's batch
+                  "train/examples_per_s": window["examples"] / dt,
                   "train/tokens_per_s": window["tokens"] / dt,
                   "train/step_seconds": dt / max(1, sum(map(len, window["losses"].values())))})
       if peak and flops_by_shape:

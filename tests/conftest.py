@@ -1,11 +1,14 @@
 """Test-wide set-up: 8 fake CPU devices for sharding tests, and paths to the shared data."""
 import os
 import pathlib
+import tempfile
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Prepared training stores go to a fresh folder per test process, never the user's cache.
+os.environ["HYBRID_IR_STORES"] = tempfile.mkdtemp(prefix="hybrid_ir_stores_")
 
 import pytest  # noqa: E402
 

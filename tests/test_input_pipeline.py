@@ -1,11 +1,14 @@
-"""Tests for hybrid_ir.input_pipeline: batch semantics, exact resume, hosts, bad input."""
+"""The sampler and the input pipeline: batch semantics, distinct passage identities, deferral,
+topology-independent global batches, exact resume on any topology, per-source negatives."""
 import collections
 import json
 
 import numpy as np
 import pytest
 
+from hybrid_ir import data
 from hybrid_ir import input_pipeline
+from hybrid_ir import sampler as sampler_lib
 from hybrid_ir import schedule
 
 LANGS = ('ar', 'de', 'en', 'zh')
@@ -14,34 +17,42 @@ BUCKETS = (8, 16, 32)
 
 def toy_tokenize(texts, kind):
   """Whitespace tokenizer with a kind prefix token, padded to the smallest fitting bucket."""
-  ids = [[1 if kind == 'query' else 2] + [_word_id(w) for w in t.split()] for t in texts]
-  length = next((b for b in BUCKETS if b >= max(map(len, ids))), BUCKETS[-1])  # else truncate
+  ids = [[1 if kind == 'query' else 2] + [3 + sum(w.encode()) % 5000 for w in t.split()]
+         for t in texts]
+  length = next((b for b in BUCKETS if b >= max(map(len, ids))), BUCKETS[-1])
   out = np.zeros((len(texts), length), np.int32)
   for i, row in enumerate(ids):
     out[i, :len(row)] = row[:length]
   return {'input_ids': out, 'attention_mask': (out > 0).astype(np.int32)}
 
 
-def _word_id(word):
-  return 3 + sum(word.encode()) % 5000
+def make_source(tmp_path, name='a', num_groups=60, langs=LANGS, missing=None, negatives=0,
+                shared=0, num_negatives=0, offset=0, only=None, **cfg):
+  """A JSONL source whose texts name group and language ('q g7 de', 'p g7 de', 'n1 g7 de').
 
-
-def make_records(num_groups=60, langs=LANGS, missing=None, negatives=0, prefix='g'):
-  """Records whose texts name their group and language, e.g. 'q g7 de'.
-
-  missing: {lang: fraction of groups that lack this language} (MLQA-R-like coverage).
+  missing: {lang: fraction of groups without it}. only: {lang: n}, the lang only in the first n
+  groups. shared: groups 2k and 2k+1 for k < shared
+  share one positive_id (one passage identity), as questions sharing an answer sentence do.
+  Group g's negatives: n0 .. n(negatives - 1 - g % 2): odd groups have one fewer.
   """
-  recs = []
   rng = np.random.default_rng(0)
-  for g in range(num_groups):
-    for l in langs:
-      if missing and rng.random() < missing.get(l, 0.0):
-        continue
-      gid = f'{prefix}{g}'
-      recs.append({'group_id': gid, 'lang': l, 'query': f'q {gid} {l}',
-                   'positive': f'p {gid} {l}',
-                   'negatives': [f'n{j} {gid} {l}' for j in range(negatives)]})
-  return recs
+  path = tmp_path / f'{name}.jsonl'
+  with open(path, 'w') as f:
+    for g in range(num_groups):
+      for l in langs:
+        if missing and rng.random() < missing.get(l, 0.0):
+          continue
+        if only and g >= only.get(l, num_groups):
+          continue
+        gid = f'{name}{g:03d}'
+        rec = {'group_id': gid, 'lang': l, 'query': f'q {gid} {l}', 'positive': f'p {gid} {l}',
+               'negatives': [f'n{j} {gid} {l}' for j in range(max(0, negatives - g % 2))]}
+        if g < 2 * shared:
+          rec['positive_id'] = f'shared{g // 2}'
+        f.write(json.dumps(rec) + '\n')
+  store = data.open_store(dict(name=name, kind='jsonl', paths=[str(path)]),
+                          tmp_path / 'stores')
+  return sampler_lib.make_source(name, store, dict(cfg, num_negatives=num_negatives), offset)
 
 
 def _config(**kw):
@@ -50,36 +61,60 @@ def _config(**kw):
   return base
 
 
-def test_batches_follow_plan_and_records():
-  recs = {'full': make_records(60), 'sparse': make_records(120, missing={'ar': .5, 'zh': .5},
-                                                           prefix='s')}
-  sampler = input_pipeline.Sampler(recs, _config(batch_size=16))
+def texts_of(source, batch, k=0):
+  return input_pipeline.read_slice(source, batch, k)
+
+
+def test_batches_follow_plan_and_records(tmp_path):
+  full = make_source(tmp_path, 'g', 60)
+  sparse = make_source(tmp_path, 's', 120, missing={'ar': .5, 'zh': .5}, offset=60)
+  sources = {'g': full, 's': sparse}
+  sampler = sampler_lib.Sampler(sources, _config(batch_size=16))
   for _ in range(300):
     step = sampler.step
-    b = sampler.next_texts()
+    b = sampler.next_batch()
     plan = schedule.batch_plan(sampler.spec, 1, step)
     assert b['step'] == step and b['batch_type'] == plan.batch_type
-    assert list(b['query_lang']) == list(plan.query_langs)
-    assert list(b['passage_lang']) == list(plan.passage_langs)
-    assert len(set(b['group'])) == 16  # distinct groups: in-batch negatives are true negatives
-    for q, p, ql, pl in zip(b['query_text'], b['passage_text'], b['query_lang'], b['passage_lang']):
+    assert (b['query_lang'], b['passage_lang']) == (plan.query_langs, plan.passage_langs)
+    t = texts_of(sources[b['source']], b)
+    assert len(set(t['identity'])) == 16  # distinct passages: in-batch negatives are negatives
+    for q, p, ql, pl in zip(t['query_text'], t['passage_text'], b['query_lang'],
+                            b['passage_lang']):
       _, qg, qlang = q.split()
       _, pg, plang = p.split()
       assert (qg, qlang, plang) == (pg, ql, pl)  # query and positive: one group, planned langs
-      assert qg.startswith('s' if b['source'] == 'sparse' else 'g')
+      assert qg.startswith(b['source'])
     if b['batch_type'] == 'mono':
       assert len(set(b['query_lang']) | set(b['passage_lang'])) == 1
     if b['batch_type'] == 'cross':
       assert all(q != p for q, p in zip(b['query_lang'], b['passage_lang']))
 
 
-def test_realised_frequencies_over_2000_steps():
+def test_shared_identities_are_deferred_not_dropped(tmp_path):
+  # 40 groups, 30 of them in pairs sharing a passage: 25 identities for batches of 8.
+  src = make_source(tmp_path, 'a', 40, langs=('en',), shared=15)
+  sampler = sampler_lib.Sampler({'a': src}, _config(type_probs={'mono': 1.0}))
+  counts = collections.Counter()
+  epochs = 30  # 40 groups per epoch, 5 batches
+  for _ in range(epochs * 5):
+    b = sampler.next_batch()
+    ident = src.group_identity[b['group']]
+    assert len(set(ident.tolist())) == 8
+    counts.update(b['group'].tolist())
+  assert sampler.deferrals > 0
+  # Every group is drawn once per epoch of its stream, give or take what is pending.
+  pending = len(sampler.pending['a|en|en'])
+  assert set(counts) == set(range(40))
+  assert all(abs(c - epochs) <= pending + 1 for c in counts.values()), counts
+
+
+def test_realised_frequencies_over_2000_steps(tmp_path):
   probs = {'mono': 0.5, 'cross': 0.5, 'mixed': 0.0}
-  sampler = input_pipeline.Sampler({'x': make_records(40)}, _config(type_probs=probs))
+  sampler = sampler_lib.Sampler({'x': make_source(tmp_path, 'x', 40)}, _config(type_probs=probs))
   types, mono_langs, groups = collections.Counter(), collections.Counter(), collections.Counter()
   n = 2000
   for _ in range(n):
-    b = sampler.next_texts()
+    b = sampler.next_batch()
     types[b['batch_type']] += 1
     if b['batch_type'] == 'mono':
       mono_langs[b['query_lang'][0]] += 1
@@ -88,12 +123,28 @@ def test_realised_frequencies_over_2000_steps():
   assert abs(types['mono'] - n * .5) <= sd(n, .5), types
   for l in LANGS:
     assert abs(mono_langs[l] - types['mono'] / 4) <= sd(types['mono'], .25), mono_langs
-  # Streams walk whole epochs: every group is used, none starved.
   assert len(groups) == 40 and min(groups.values()) > 0.8 * n * 8 / 40
 
 
+def _pipeline(sources, config, process_index=0, process_count=1, state=None):
+  return input_pipeline.Pipeline(sources, config, toy_tokenize, process_index=process_index,
+                                 process_count=process_count, state=state)
+
+
 def _collect(pipeline, n):
-  return [next(pipeline) for _ in range(n)]
+  out = [next(pipeline) for _ in range(n)]
+  return out
+
+
+def _concat(host_batches):
+  """The global batch from the hosts' batches, in process order."""
+  first = host_batches[0]
+  out = {k: first[k] for k in ('step', 'batch_type', 'source')}
+  for k in ('group', 'identity', 'query_lang', 'passage_lang', 'negative_identity',
+            'negative_valid'):
+    if k in first:
+      out[k] = np.concatenate([b[k] for b in host_batches])
+  return out
 
 
 def _assert_batches_equal(a, b):
@@ -102,135 +153,148 @@ def _assert_batches_equal(a, b):
     assert x.keys() == y.keys()
     for k in x:
       if isinstance(x[k], dict):
-        assert x[k].keys() == y[k].keys()
         for kk in x[k]:
           np.testing.assert_array_equal(x[k][kk], y[k][kk], err_msg=f'{k}/{kk}')
       else:
         np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-@pytest.mark.parametrize('num_negatives', [0, 2])
-def test_exact_resume(num_negatives):
+@pytest.mark.parametrize('hosts', [2, 4])
+def test_global_batch_is_the_same_on_any_number_of_hosts(tmp_path, hosts):
+  sources = {'a': make_source(tmp_path, 'a', 60, negatives=3, num_negatives=2),
+             'b': make_source(tmp_path, 'b', 50, missing={'zh': .4}, offset=60)}
+  config = _config(batch_size=16)
+  single = _collect(_pipeline(sources, config), 12)
+  per_host = [_collect(_pipeline(sources, config, h, hosts), 12) for h in range(hosts)]
+  for step, one in enumerate(single):
+    parts = [per_host[h][step] for h in range(hosts)]
+    assert all(len(p['group']) == 16 // hosts for p in parts)
+    glob = _concat(parts)
+    for k in glob:
+      np.testing.assert_array_equal(glob[k], one[k], err_msg=k)
+    # Tokens too: each host tokenized exactly its slice of the global batch's texts.
+    rows = np.array_split(np.arange(16), hosts)
+    for h, p in enumerate(parts):
+      texts = texts_of(sources[one['source']], {
+          'query_lang': one['query_lang'][rows[h]], 'passage_lang': one['passage_lang'][rows[h]],
+          'group': one['group'][rows[h]] - sources[one['source']].offset,
+          'epoch': np.zeros(len(rows[h]), int)}, 2)
+      np.testing.assert_array_equal(p['query']['input_ids'],
+                                    toy_tokenize(texts['query_text'], 'query')['input_ids'])
+
+
+@pytest.mark.parametrize('saved_on, restored_on', [((0, 1), (0, 1)), ((1, 2), (0, 1)),
+                                                   ((0, 2), (3, 4)), ((0, 1), (1, 2))])
+def test_exact_resume_on_any_host_and_topology(tmp_path, saved_on, restored_on):
   # 24 groups, batch 8: streams wrap epochs every few steps, so resume crosses epochs.
-  recs = {'a': make_records(24, negatives=2), 'b': make_records(30, negatives=2, prefix='b')}
-  config = _config(num_negatives=num_negatives, prefetch=4)
+  sources = {'a': make_source(tmp_path, 'a', 24, negatives=2, num_negatives=1, shared=3),
+             'b': make_source(tmp_path, 'b', 30, offset=24)}
+  config = _config(prefetch=4)
   n, k = 14, 6
-  straight = input_pipeline.Pipeline(recs, config, toy_tokenize, process_index=0,
-                                     process_count=1)
-  expected = _collect(straight, n)
-  first = input_pipeline.Pipeline(recs, config, toy_tokenize, process_index=0, process_count=1)
-  head = _collect(first, k)
+  expected = _collect(_pipeline(sources, config, *restored_on), n)
+  first = _pipeline(sources, config, *saved_on)
+  _collect(first, k)
   state = json.loads(json.dumps(first.get_state()))  # JSON round trip, as a checkpoint would
   assert state['step'] == k  # the consumed position, although tf.data prefetched further
   first.close()
-  resumed = input_pipeline.Pipeline(recs, config, toy_tokenize, process_index=0,
-                                    process_count=1, state=state)
-  _assert_batches_equal(head + _collect(resumed, n - k), expected)
+  resumed = _pipeline(sources, config, *restored_on, state=state)
+  _assert_batches_equal(_collect(resumed, n - k), expected[k:])
   assert [b['step'] for b in expected] == list(range(n))
 
 
-def test_tokens_negatives_and_shapes():
-  recs = {'a': make_records(24, negatives=3)}
-  p = input_pipeline.Pipeline(recs, _config(num_negatives=2), toy_tokenize, process_index=0,
-                              process_count=1)
-  sampler = input_pipeline.Sampler(recs, _config(num_negatives=2))
+def test_state_of_other_data_or_config_is_rejected(tmp_path):
+  src = make_source(tmp_path, 'a', 40)
+  sampler = sampler_lib.Sampler({'a': src}, _config())
   for _ in range(5):
-    b, texts = next(p), sampler.next_texts()
-    np.testing.assert_array_equal(b['query']['input_ids'],
-                                  toy_tokenize(list(texts['query_text']), 'query')['input_ids'])
-    np.testing.assert_array_equal(b['passage']['input_ids'],
-                                  toy_tokenize(list(texts['passage_text']), 'passage')['input_ids'])
-    assert b['negative']['input_ids'].shape[0] == 16 and b['group'].dtype == np.int32
-    # Hard negatives come from the passage-language record of the same group.
-    negs = texts['negative_text'].reshape(8, 2)
-    for row, pos in zip(negs, texts['passage_text']):
-      assert [n.split()[1:] for n in row] == [pos.split()[1:]] * 2
+    sampler.next_batch()
+  state = sampler.get_state()
+  other = sampler_lib.Sampler({'a': src}, _config(seed=2))
+  with pytest.raises(ValueError, match='fingerprint.*changed since the checkpoint'):
+    other.set_state(state)
+  with pytest.raises(ValueError, match='version'):
+    sampler.set_state(dict(state, version=1))
+
+
+def test_negatives_per_source_masks_and_rotation(tmp_path):
+  a = make_source(tmp_path, 'a', 24, negatives=3, num_negatives=2)  # odd groups have 2
+  b = make_source(tmp_path, 'b', 20, offset=24)  # QA pairs without negatives
+  few = make_source(tmp_path, 'c', 20, negatives=1, num_negatives=2, offset=44)  # 0 or 1
+  p = _pipeline({'a': a, 'b': b, 'c': few}, _config(prefetch=1))
+  seen = collections.defaultdict(set)
+  for _ in range(60):
+    batch = next(p)
+    assert batch['negative']['input_ids'].shape[0] == 16  # K = 2 slots in every batch
+    valid = batch['negative_valid'].reshape(8, 2)
+    if batch['source'] == 'b':
+      assert not valid.any()
+      continue
+    src = {'a': a, 'c': few}[batch['source']]
+    for i, g in enumerate(batch['group'] - src.offset):
+      available = {'a': 3, 'c': 1}[batch['source']] - g % 2
+      assert valid[i].sum() == min(2, available)
+    # Negatives come from the passage language and carry that language's row identities.
+    for j in np.flatnonzero(batch['negative_valid']):
+      idx = src.store.index(batch['passage_lang'][j // 2])
+      assert batch['negative_identity'][j] in np.asarray(idx.row_identity)
+    neg_ident = batch['negative_identity'][batch['negative_valid']]
+    assert not set(neg_ident.tolist()) & set(batch['identity'].tolist())
+    if batch['source'] == 'a':
+      for i, g in enumerate(batch['group'] - src.offset):
+        seen[int(g)].add(tuple(batch['negative']['input_ids'][2 * i:2 * i + 2, 1].tolist()))
+  # Groups with 3 negatives see different pairs of them in different epochs.
+  assert any(len(v) > 1 for g, v in seen.items() if g % 2 == 0)
   p.close()
 
 
-def test_two_hosts_disjoint_shards_identical_schedule():
-  recs = {'a': make_records(80), 'b': make_records(60, missing={'zh': .4}, prefix='b')}
-  config = _config(batch_size=16)
-  hosts = [input_pipeline.Sampler(recs, config, process_index=h, process_count=2)
-           for h in range(2)]
-  single = input_pipeline.Sampler(recs, config)
-  seen = [set(), set()]
-  for _ in range(200):
-    step = hosts[0].step
-    b0, b1 = (h.next_texts() for h in hosts)
-    plan = schedule.batch_plan(single.spec, 1, step)
-    for k in ('step', 'batch_type', 'source'):
-      assert b0[k] == b1[k]
-    assert b0['batch_type'] == plan.batch_type and len(b0['group']) == len(b1['group']) == 8
-    glob_q = list(b0['query_lang']) + list(b1['query_lang'])
-    glob_p = list(b0['passage_lang']) + list(b1['passage_lang'])
-    assert (glob_q, glob_p) == (list(plan.query_langs), list(plan.passage_langs))
-    assert len(set(b0['group']) | set(b1['group'])) == 16  # a global batch of distinct groups
-    seen[0] |= set(b0['group'].tolist())
-    seen[1] |= set(b1['group'].tolist())
-  assert not seen[0] & seen[1] and seen[0] and seen[1]
-  assert hosts[0].spec == hosts[1].spec == single.spec
-
-
-def test_state_of_other_host_replays_and_other_config_rejected():
-  recs = {'a': make_records(40, missing={'zh': .3})}
-  config = _config(batch_size=16)
-  s0, s1, straight = (input_pipeline.Sampler(recs, config, process_index=h, process_count=2)
-                      for h in (0, 1, 1))
-  for _ in range(23):
-    s0.next_texts()
-    straight.next_texts()
-  s1.set_state(s0.get_state())  # e.g. a checkpoint written by process 0 only
-  assert s1.get_state() == straight.get_state()
-  for _ in range(5):
-    a, b = s1.next_texts(), straight.next_texts()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-  other = input_pipeline.Sampler(recs, _config(batch_size=16, seed=2), process_index=0,
-                                 process_count=2)
-  with pytest.raises(ValueError, match='fingerprint'):
-    other.set_state(s0.get_state())
-
-
-def test_unknown_language_lists_available():
-  with pytest.raises(ValueError, match=r"\['xx'\].*available: \['ar', 'de', 'en', 'zh'\]"):
-    input_pipeline.Sampler({'a': make_records(20)}, _config(languages=['en', 'xx']))
-
-
-def test_languages_subset_restricts_batches():
-  sampler = input_pipeline.Sampler({'a': make_records(20)}, _config(languages=['en', 'de']))
-  langs = set()
-  for _ in range(50):
-    b = sampler.next_texts()
-    langs |= set(b['query_lang']) | set(b['passage_lang'])
-  assert langs == {'en', 'de'}
-
-
-def test_too_few_groups():
-  # zh has only 5 of 40 groups: (zh, *) pairs cannot fill a batch of 8 distinct groups.
-  recs = {'a': [r for r in make_records(40) if r['lang'] != 'zh' or int(r['group_id'][1:]) < 5]}
-  with pytest.raises(ValueError, match=r"too few groups.*\('zh', 'zh'\)"):
-    input_pipeline.Sampler(recs, _config(too_few='error'))
-  sampler = input_pipeline.Sampler(recs, _config())  # too_few='drop' (default)
+def test_too_few_distinct_passages(tmp_path):
+  # zh has only 5 of 40 groups: (zh, *) pairs cannot fill a batch of 8 distinct passages.
+  src = make_source(tmp_path, 'a', 40, only={'zh': 5})
+  with pytest.raises(ValueError, match=r"fewer distinct passages than batch_size 8.*\('zh', 'zh'\)"):
+    sampler_lib.Sampler({'a': src}, _config(too_few='error'))
+  sampler = sampler_lib.Sampler({'a': src}, _config())  # too_few='drop' (default)
   pairs = sampler.spec.sources[0].pairs
   assert pairs and not any('zh' in pair for pair in pairs)
+  # Shared passages count once: 10 groups in 5 identities cannot make a batch of 8.
   with pytest.raises(ValueError, match='no pair left'):
-    input_pipeline.Sampler({'a': make_records(5)}, _config())
+    sampler_lib.Sampler({'a': make_source(tmp_path, 'b', 10, shared=5)}, _config())
 
 
-def test_bad_batch_size_and_missing_negatives():
-  with pytest.raises(ValueError, match='multiple of process_count'):
-    input_pipeline.Sampler({'a': make_records(40)}, _config(batch_size=9), process_index=0,
-                           process_count=2)
-  with pytest.raises(ValueError, match='has 0 negatives, num_negatives is 1'):
-    input_pipeline.Sampler({'a': make_records(40)}, _config(num_negatives=1))
+def test_language_selection_and_errors(tmp_path):
+  src = make_source(tmp_path, 'a', 20)
+  with pytest.raises(ValueError, match=r"\['xx'\] are not in its data; available: \['ar', 'de'"):
+    sampler_lib.make_source('a', src.store, {'langs': ['en', 'xx']}, 0)
+  sub = sampler_lib.make_source('a', src.store, {'langs': ['en', 'de']}, 0)
+  sampler = sampler_lib.Sampler({'a': sub}, _config())
+  langs = set()
+  for _ in range(50):
+    b = sampler.next_batch()
+    langs |= set(b['query_lang']) | set(b['passage_lang'])
+  assert langs == {'en', 'de'}
+  with pytest.raises(ValueError, match='multiple of the process count 3'):
+    _pipeline({'a': src}, _config(), 0, 3)
+  with pytest.raises(ValueError, match='num_negatives per source'):
+    input_pipeline.open_sources({'num_negatives': 1, 'sources': []})
 
 
-def test_lareqa_training_source(shared_data):
-  config = _config(batch_size=32, sources=[
+def test_bitext_makes_no_mono_pairs(tmp_path):
+  path = tmp_path / 'b.tsv'
+  path.write_text('id\tlang\ttext\n' + ''.join(f'v{i}\t{l}\ttext {i} {l}\n' for i in range(20)
+                                               for l in ('en', 'de')))
+  store = data.open_store(dict(name='b', kind='bitext', paths=[str(path)]), tmp_path / 's')
+  sampler = sampler_lib.Sampler({'b': sampler_lib.make_source('b', store, {}, 0)},
+                                _config(type_probs={'cross': 1.0}))
+  assert sampler.spec.sources[0].pairs == (('de', 'en'), ('en', 'de'))
+  with pytest.raises(ValueError, match="no source has language pairs usable for 'mono'"):
+    sampler_lib.Sampler({'b': sampler_lib.make_source('b', store, {}, 0)},
+                        _config(type_probs={'mono': 1.0}))
+
+
+def test_lareqa_training_source(shared_data, tmp_path):
+  config = _config(batch_size=32, store_dir=str(tmp_path / 'stores'), sources=[
       {'name': 'xquad-r', 'kind': 'squad', 'path': str(shared_data / 'xquad-r'),
        'split': 'train', 'num_folds': 5, 'fold': 0}])
   p = input_pipeline.make_pipeline(config, toy_tokenize, process_index=0, process_count=1)
   for _ in range(3):
     b = next(p)
-    assert b['query']['input_ids'].shape[0] == 32 and len(set(b['group'])) == 32
+    assert b['query']['input_ids'].shape[0] == 32 and len(set(b['identity'])) == 32
   p.close()

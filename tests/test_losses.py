@@ -39,15 +39,42 @@ def test_temperature_scales_logits():
   assert abs(float(jax.grad(f)(jnp.log(0.5)))) > 0
 
 
-def test_group_masking_removes_translation_from_negatives():
-  # Same group: the other positive is a translation, not a negative -> like 'paper' here.
-  loss, _ = losses.info_nce(Q, P, N, temperature=1.0, groups=jnp.array([7, 7]))
+def test_identity_masking_removes_same_passage_from_negatives():
+  # Same identity: the other positive is the same passage (a translation), not a negative ->
+  # like 'paper' here, and the mask is counted.
+  loss, m = losses.info_nce(Q, P, N, temperature=1.0, identities=jnp.array([7, 7]))
   want = ((-1 + math.log(E + math.exp(.6))) + (-1 + math.log(E + math.exp(.8)))) / 2
   np.testing.assert_allclose(loss, want, rtol=1e-6)
-  # Different groups: identical to no masking.
-  a, _ = losses.info_nce(Q, P, N, temperature=1.0, groups=jnp.array([1, 2]))
+  assert float(m["masked_in_batch"]) == 2
+  # Different identities: identical to no masking.
+  a, m = losses.info_nce(Q, P, N, temperature=1.0, identities=jnp.array([1, 2]))
   b, _ = losses.info_nce(Q, P, N, temperature=1.0)
   np.testing.assert_allclose(a, b, rtol=1e-7)
+  assert float(m["masked_in_batch"]) == 0
+
+
+def test_hard_negative_with_a_positive_identity_is_masked_for_every_query():
+  # The negative is passage 2, query 1's own positive (e.g. in another language): masked in
+  # both rows -> the loss without negatives.
+  loss, m = losses.info_nce(Q, P, N, temperature=1.0, identities=jnp.array([1, 2]),
+                            negative_identities=jnp.array([2]))
+  np.testing.assert_allclose(loss, losses.info_nce(Q, P, None, temperature=1.0)[0], rtol=1e-6)
+  assert float(m["masked_negatives"]) == 1
+  # Another passage: kept.
+  a, m = losses.info_nce(Q, P, N, temperature=1.0, identities=jnp.array([1, 2]),
+                         negative_identities=jnp.array([3]))
+  np.testing.assert_allclose(a, losses.info_nce(Q, P, N, temperature=1.0)[0], rtol=1e-7)
+  assert float(m["masked_negatives"]) == 0
+
+
+def test_invalid_negative_slots_are_left_out():
+  n2 = jnp.concatenate([N, jnp.array([[5.0, 5.0]])])  # a huge logit, if it were counted
+  a, _ = losses.info_nce(Q, P, n2, temperature=1.0, negative_valid=jnp.array([True, False]))
+  np.testing.assert_allclose(a, losses.info_nce(Q, P, N, temperature=1.0)[0], rtol=1e-6)
+  # 'paper' with every negative missing: the softmax holds the positive alone -> loss 0.
+  b, _ = losses.info_nce(Q, P, N, temperature=1.0, variant="paper",
+                         negative_valid=jnp.array([False]))
+  np.testing.assert_allclose(b, 0.0, atol=1e-6)
 
 
 def test_symmetric_averages_both_directions():
@@ -65,11 +92,11 @@ def test_hard_negative_layouts_agree_and_grads_are_finite():
   rng = np.random.default_rng(0)
   q, p = rng.normal(size=(2, 4, 8)).astype(np.float32)
   neg = rng.normal(size=(4, 3, 8)).astype(np.float32)
-  a, _ = losses.info_nce(q, p, neg, variant="paper", groups=jnp.array([0, 0, 1, 1]))
-  b, _ = losses.info_nce(q, p, neg.reshape(12, 8), variant="paper", groups=jnp.array([0, 0, 1, 1]))
+  a, _ = losses.info_nce(q, p, neg, variant="paper", identities=jnp.array([0, 0, 1, 1]))
+  b, _ = losses.info_nce(q, p, neg.reshape(12, 8), variant="paper", identities=jnp.array([0, 0, 1, 1]))
   np.testing.assert_allclose(a, b, rtol=1e-6)
   g = jax.grad(lambda q: losses.info_nce(q, p, neg, variant="paper", symmetric=True,
-                                         groups=jnp.array([0, 0, 1, 1]))[0])(jnp.asarray(q))
+                                         identities=jnp.array([0, 0, 1, 1]))[0])(jnp.asarray(q))
   assert np.isfinite(np.asarray(g)).all()
 
 
@@ -80,17 +107,3 @@ def test_bad_inputs_raise():
     losses.info_nce(Q, P, None, variant="paper")
   with pytest.raises(ValueError, match=r"\[B, D\]"):
     losses.info_nce(Q, P[:1], N)
-
-
-def test_parallel_query_mse():
-  q = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-  mse, n = losses.parallel_query_mse(q, jnp.array([0, 0, 1]), jnp.array([0, 1, 0]))
-  # Only (0,1) and (1,0): mean over dims of (1-0)^2, (0-1)^2 = 1.
-  assert int(n) == 2
-  np.testing.assert_allclose(mse, 1.0, rtol=1e-6)
-  # Same language: not parallel, no pairs, zero loss (and no nan).
-  mse, n = losses.parallel_query_mse(q, jnp.array([0, 0, 1]), jnp.array([0, 0, 0]))
-  assert int(n) == 0 and float(mse) == 0.0
-  g = jax.grad(lambda q: losses.parallel_query_mse(q, jnp.array([0, 0, 1]),
-                                                   jnp.array([0, 0, 0]))[0])(q)
-  assert np.isfinite(np.asarray(g)).all()

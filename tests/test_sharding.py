@@ -36,9 +36,9 @@ def loss_fn(params, batch, variant, symmetric):
   p = encode(params, batch["p_ids"], batch["p_mask"])
   n = encode(params, batch["n_ids"].reshape(-1, LEN), batch["n_mask"].reshape(-1, LEN))
   loss, _ = losses.info_nce(q, p, n, temperature=0.1, variant=variant, symmetric=symmetric,
-                            groups=batch["groups"])
-  mse, _ = losses.parallel_query_mse(q, batch["groups"], batch["langs"])
-  return loss + 0.5 * mse
+                            identities=batch["identities"],
+                            negative_identities=batch["negative_identities"])
+  return loss
 
 
 def make_batch(seed=1):
@@ -47,9 +47,9 @@ def make_batch(seed=1):
   mask = lambda *s: (rng.random(size=s) < 0.8).astype(np.int32)
   return {"q_ids": ids(B, LEN), "q_mask": mask(B, LEN), "p_ids": ids(B, LEN),
           "p_mask": mask(B, LEN), "n_ids": ids(B, K, LEN), "n_mask": mask(B, K, LEN),
-          # pairs of translations: groups 0,0,1,1,... in two languages
-          "groups": np.repeat(np.arange(B // 2), 2).astype(np.int32),
-          "langs": np.tile([0, 1], B // 2).astype(np.int32)}
+          # pairs of translations: identities 0,0,1,1,...; some negatives repeat a positive
+          "identities": np.repeat(np.arange(B // 2), 2).astype(np.int32),
+          "negative_identities": (np.arange(B * K) % (2 * B)).astype(np.int32)}
 
 
 def loss_and_grads(mesh_config, devices, variant, symmetric):

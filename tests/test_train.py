@@ -62,7 +62,6 @@ def final_params(workdir, step):
 
 
 def test_tiny_config_trains_and_loss_goes_down(tmp_path):
-  t = time.time()
   train.train(get_config(), tmp_path)
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [5, 10, 15, 20]
@@ -73,7 +72,8 @@ def test_tiny_config_trains_and_loss_goes_down(tmp_path):
   assert any(k.startswith("train/loss_mono") for r in rows for k in r)
   assert any(k.startswith("train/loss_cross") for r in rows for k in r)
   assert checkpoint.latest_finished_step(tmp_path) == 20
-  assert time.time() - t < 60
+  # The sampler keeps passage identities distinct, so the loss's safety net never fires.
+  assert all(r["train/masked_in_batch"] == 0 for r in rows)
 
 
 def test_exact_resume_after_sigkill(tmp_path):
@@ -117,10 +117,11 @@ def test_grad_cache_matches_plain_gradients():
   tok = lambda n: {"input_ids": rng.integers(5, 1000, size=(n, 16)).astype(np.int32),
                    "attention_mask": (rng.random((n, 16)) < 0.9).astype(np.int32)}
   batch = {"query": tok(8), "passage": tok(8), "negative": tok(16),
-           "group": np.array([0, 0, 1, 2, 3, 4, 5, 6], np.int32),
-           "query_lang_id": np.array([1, 2] * 4, np.int32)}
+           "identity": np.array([0, 0, 1, 2, 3, 4, 5, 6], np.int32),
+           "negative_identity": np.arange(16, dtype=np.int32) % 9,
+           "negative_valid": np.arange(16) % 5 != 0}
   trainable = {"params": encoder.params, "loss_params": {"log_temperature": np.float32(-3.0)}}
-  config.loss.update(symmetric=True, learn_temperature=True, mse_weight=0.5)
+  config.loss.update(symmetric=True, learn_temperature=True)
   (l1, _), g1 = jax.jit(train.make_loss_and_grads(encoder, config))(trainable, batch)
   config.grad_cache_chunks = 4
   (l2, _), g2 = jax.jit(train.make_loss_and_grads(encoder, config))(trainable, batch)

@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      decay="linear", grad_clip=1.0)
   c.loss = common.loss()
   c.checkpoint = dict(every=a["steps"], keep=1, async_save=True)
-  c.input = dict(batch_size=a["batch"], seed=a["seed"], num_negatives=0, prefetch=2,
+  c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, store_dir=common.STORE_DIR,
                  too_few="error", type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=a["mixed"]),
                  sources=[dict(name=a["train"], kind="squad", path=f"{common.DATA_DIR}/{a['train']}",
                                langs=train_langs(a))])

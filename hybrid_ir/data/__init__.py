@@ -1,0 +1,107 @@
+"""Training sources, by kind: each prepares its raw files into a store (`hybrid_ir.data.store`).
+
+A source config (an entry of `config.input.sources`) has `name`, `kind` and the kind's own
+fields; `langs` (the languages to train on; default all), `num_negatives` (hard negatives per
+example; default 0) and `store` (an explicit store directory) are read by the input pipeline,
+not by the preparation. The kinds, one module each, every module exposing
+`inputs(cfg) -> [paths]`, `settings(cfg) -> dict` and `prepare(cfg, builder, workers) -> Store`:
+
+  squad    SQuAD-format translated QA: a folder of <lang>.json (or `files` {lang: path});
+           question ids shared across languages form the groups (hybrid_ir.data.squad).
+  mmarco   mMARCO as distributed: per language a passage collection and training queries,
+           and one id triples file (hybrid_ir.data.mmarco).
+  jsonl    one JSON record per line (hybrid_ir.data.jsonl).
+  bitext   id<TAB>lang<TAB>text files, same id = translations (hybrid_ir.data.bitext).
+  tatoeba  the Tatoeba test sets' aligned <xxx>/eng line files (hybrid_ir.data.bitext).
+"""
+import hashlib
+import importlib
+import json
+import os
+from typing import Any
+
+from etils import epath
+
+from hybrid_ir.data import store as store_lib
+
+KINDS = {'squad': 'squad', 'mmarco': 'mmarco', 'jsonl': 'jsonl', 'bitext': 'bitext',
+         'tatoeba': 'bitext'}
+# Read by the input pipeline (which examples to draw), not by the preparation.
+SELECTION_KEYS = ('name', 'kind', 'langs', 'num_negatives', 'store')
+DEFAULT_STORE_DIR = os.environ.get(
+    'HYBRID_IR_STORES', os.path.join(os.path.expanduser('~'), '.cache', 'hybrid_ir', 'stores'))
+
+
+def source_module(kind: str):
+  """The module that prepares sources of `kind`."""
+  if kind not in KINDS:
+    raise ValueError(f'training source kind {kind!r}; known: {sorted(KINDS)}')
+  return importlib.import_module(f'hybrid_ir.data.{KINDS[kind]}')
+
+
+def describe(cfg: Any) -> dict[str, Any]:
+  """What a store of this source is made of: kind, parse settings and input file stats."""
+  name, kind = cfg.get('name'), cfg.get('kind')
+  if not name:
+    raise ValueError(f'input.sources: a source needs a name; got {dict(cfg)}')
+  module = source_module(kind)
+  return {'kind': kind, 'settings': module.settings(cfg),
+          'inputs': store_lib.file_fingerprints(module.inputs(cfg))}
+
+
+def store_path(cfg: Any, store_dir: str | os.PathLike | None = None) -> epath.Path:
+  """`cfg.store` if given, else `<store_dir>/<name>-<hash of describe(cfg)>`: a store prepared
+  from other files or settings lands elsewhere and is never mistaken for this one."""
+  if cfg.get('store'):
+    return epath.Path(cfg.get('store'))
+  digest = hashlib.sha256(json.dumps(describe(cfg), sort_keys=True).encode()).hexdigest()[:10]
+  return epath.Path(store_dir or DEFAULT_STORE_DIR) / f'{cfg.get("name")}-{digest}'
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = '') -> list[str]:
+  out = []
+  for k in sorted(set(saved) | set(wanted)):
+    a, b = saved.get(k), wanted.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f'{prefix}{k}.')
+    elif a != b:
+      out.append(f'{prefix}{k}: store has {a!r}, config gives {b!r}')
+  return out
+
+
+def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare: str = 'auto',
+               overwrite: bool = False, workers: int | None = None) -> store_lib.Store:
+  """The store of source `cfg`, prepared first when missing and `prepare` is 'auto'.
+
+  Inputs: a source config; the stores' folder (default $HYBRID_IR_STORES or
+  ~/.cache/hybrid_ir/stores); prepare 'auto' | 'never'; overwrite (prepare again even if a
+  store exists); workers (processes for preparation; default all cores).
+  Raises ValueError listing the differences when an existing store was prepared from other
+  files or settings than `cfg` names.
+  """
+  if prepare not in ('auto', 'never'):
+    raise ValueError(f"input.prepare must be 'auto' or 'never', got {prepare!r}")
+  wanted = describe(cfg)
+  path = store_path(cfg, store_dir)
+  if store_lib.is_complete(path) and not overwrite:
+    store = store_lib.Store(path)
+    saved = {k: store.meta.get(k) for k in wanted}
+    diff = _differences(json.loads(json.dumps(saved)), json.loads(json.dumps(wanted)))
+    if diff:
+      raise ValueError(f'source {cfg.get("name")!r}: the store {path} was prepared from other '
+                       f'files or settings than the config names:\n  ' + '\n  '.join(diff) +
+                       '\nprepare it again (python -m hybrid_ir.prepare --overwrite) or point '
+                       '`store` elsewhere')
+    return store
+  if prepare == 'never' and not overwrite:
+    raise FileNotFoundError(f'source {cfg.get("name")!r}: no prepared store at {path}; run '
+                            '`python -m hybrid_ir.prepare --config <config>` first (input.prepare'
+                            " is 'never')")
+  builder = store_lib.Builder(path, kind=wanted['kind'], name=cfg.get('name'),
+                              settings=wanted['settings'], inputs=wanted['inputs'],
+                              overwrite=overwrite)
+  try:
+    return source_module(wanted['kind']).prepare(cfg, builder, workers or os.cpu_count() or 1)
+  except BaseException:
+    builder.abort()
+    raise

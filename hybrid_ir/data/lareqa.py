@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hybrid_ir.data import squad
+
 LANGS = {
     'xquad-r': ('ar', 'de', 'el', 'en', 'es', 'hi', 'ru', 'th', 'tr', 'vi', 'zh'),
     'mlqa-r': ('ar', 'de', 'en', 'es', 'hi', 'vi', 'zh'),
@@ -158,14 +160,11 @@ def _read_language(path: pathlib.Path, lang_idx: int, out: dict) -> None:
         if len(answers) > 1:
           out['multi_answer'] += 1
         start = _field(answers[0], 'answer_start', path, f'{qwhere}.answers[0]')
-        hits = [i for i, (b, e) in enumerate(breaks) if b <= start < e]
-        if len(hits) != 1:
-          raise ValueError(f'{path}: {qwhere}.answers[0].answer_start={start} (id {qid}) lies in '
-                           f'{len(hits)} sentences of sentence_breaks {breaks}; expected exactly 1')
+        hit = squad.answer_sentence(breaks, start, f'{path}: {qwhere} (id {qid})')
         out['question_ids'].append(qid)
         out['question_lang'].append(lang_idx)
         out['question_text'].append(text)
-        out['answer'].append(first + hits[0])
+        out['answer'].append(first + hit)
 
 
 def load_lareqa(data_dir: str | pathlib.Path, name: str, langs: Sequence[str] | None = None,
