@@ -2,6 +2,7 @@
 Tatoeba; passage identities; stale and half-written stores; bad input named by file and line."""
 import collections
 import gzip
+import itertools
 import json
 import os
 
@@ -14,8 +15,11 @@ from hybrid_ir.data import squad
 from hybrid_ir.data import store as store_lib
 
 
+_NAMES = itertools.count()
+
+
 def prep(tmp_path, **cfg):
-  cfg.setdefault('name', 'src')
+  cfg.setdefault('name', f'src{next(_NAMES)}')  # a fresh store unless the test names one
   return data.open_store(cfg, tmp_path / 'stores', workers=1)
 
 
@@ -188,7 +192,7 @@ def _mmarco(tmp_path, triples=None, de_collection=None, **extra):
   coll = {'en': ['10\tpassage ten', '7\tpassage seven', '3\tpassage three', '99\tnever used'],
           'de': de_collection or ['3\tpassage drei', '7\tpassage sieben', '10\tpassage zehn']}
   queries = {'en': ['1\tquery one', '2\tquery two'], 'de': ['2\tfrage zwei', '1\tfrage eins']}
-  cfg = dict(kind='mmarco', name='mm', **extra,
+  cfg = dict(kind='mmarco', **extra,
              collections={l: _write(m / 'collections' / f'{l}.tsv', v) for l, v in coll.items()},
              queries={l: _write(m / 'queries' / f'{l}.tsv', v) for l, v in queries.items()},
              triples=_write(m / 'triples.tsv.gz', triples or [
@@ -340,18 +344,18 @@ def test_tatoeba_pairs_and_language_codes(tmp_path, shared_data):
 
 def test_a_store_from_other_files_is_refused_with_the_differences(tmp_path):
   path = _jsonl(tmp_path, [_rec('a', 'en'), _rec('b', 'en')])
-  explicit = tmp_path / 'my_store'
-  first = prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))
-  assert first.directory == explicit
+  first = prep(tmp_path, kind='jsonl', paths=[path], name='j')
+  assert first.directory == tmp_path / 'stores' / 'j'
+  with pytest.raises(ValueError, match=r'settings\.max_bad_lines: store has 0, config gives 3'):
+    prep(tmp_path, kind='jsonl', paths=[path], name='j', max_bad_lines=3)
   os.utime(path, (1, 1))  # the file changed since
   with pytest.raises(ValueError, match=r'prepared from other files or settings.*\n.*inputs'):
-    prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))
-  with pytest.raises(ValueError, match=r'settings\.max_bad_lines: store has 0, config gives 3'):
-    prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit), max_bad_lines=3)
-  # Without an explicit store, other inputs or settings simply name another store.
-  a = prep(tmp_path, kind='jsonl', paths=[path])
-  b = prep(tmp_path, kind='jsonl', paths=[path], max_bad_lines=3)
-  assert a.directory != b.directory and a.directory.parent == b.directory.parent
+    prep(tmp_path, kind='jsonl', paths=[path], name='j')
+  # An explicit store elsewhere; and a host without the raw files uses the store as prepared.
+  explicit = tmp_path / 'my_store'
+  prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))
+  os.remove(path)
+  assert prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit)).num_groups == 2
 
 
 def test_preparation_that_dies_leaves_nothing_training_would_read(tmp_path, monkeypatch):

@@ -14,9 +14,9 @@ not by the preparation. The kinds, one module each, every module exposing
   bitext   id<TAB>lang<TAB>text files, same id = translations (hybrid_ir.data.bitext).
   tatoeba  the Tatoeba test sets' aligned <xxx>/eng line files (hybrid_ir.data.bitext).
 """
-import hashlib
 import importlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -50,12 +50,12 @@ def describe(cfg: Any) -> dict[str, Any]:
 
 
 def store_path(cfg: Any, store_dir: str | os.PathLike | None = None) -> epath.Path:
-  """`cfg.store` if given, else `<store_dir>/<name>-<hash of describe(cfg)>`: a store prepared
-  from other files or settings lands elsewhere and is never mistaken for this one."""
+  """`cfg.store` if given, else `<store_dir>/<name>`."""
   if cfg.get('store'):
     return epath.Path(cfg.get('store'))
-  digest = hashlib.sha256(json.dumps(describe(cfg), sort_keys=True).encode()).hexdigest()[:10]
-  return epath.Path(store_dir or DEFAULT_STORE_DIR) / f'{cfg.get("name")}-{digest}'
+  if not cfg.get('name'):
+    raise ValueError(f'input.sources: a source needs a name; got {dict(cfg)}')
+  return epath.Path(store_dir or DEFAULT_STORE_DIR) / cfg.get('name')
 
 
 def _differences(saved: dict, wanted: dict, prefix: str = '') -> list[str]:
@@ -77,22 +77,30 @@ def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare:
   ~/.cache/hybrid_ir/stores); prepare 'auto' | 'never'; overwrite (prepare again even if a
   store exists); workers (processes for preparation; default all cores).
   Raises ValueError listing the differences when an existing store was prepared from other
-  files or settings than `cfg` names.
+  files or settings than `cfg` names. Where the raw files are not on this host (a pod's
+  training workers reading the store from gs://) the store is used as it was prepared.
   """
   if prepare not in ('auto', 'never'):
     raise ValueError(f"input.prepare must be 'auto' or 'never', got {prepare!r}")
-  wanted = describe(cfg)
   path = store_path(cfg, store_dir)
   if store_lib.is_complete(path) and not overwrite:
     store = store_lib.Store(path)
+    try:
+      wanted = describe(cfg)
+    except FileNotFoundError as e:
+      # A training host of a pod reads the store from gs:// and need not hold the raw files.
+      logging.warning('source %s: %s; using the store %s as prepared (from %s)', cfg.get('name'),
+                      e, path, [i['path'] for i in store.meta.get('inputs', [])])
+      return store
     saved = {k: store.meta.get(k) for k in wanted}
     diff = _differences(json.loads(json.dumps(saved)), json.loads(json.dumps(wanted)))
     if diff:
       raise ValueError(f'source {cfg.get("name")!r}: the store {path} was prepared from other '
                        f'files or settings than the config names:\n  ' + '\n  '.join(diff) +
-                       '\nprepare it again (python -m hybrid_ir.prepare --overwrite) or point '
-                       '`store` elsewhere')
+                       '\nprepare it again (python -m hybrid_ir.prepare --overwrite), or give '
+                       'the source another name or `store`')
     return store
+  wanted = describe(cfg)
   if prepare == 'never' and not overwrite:
     raise FileNotFoundError(f'source {cfg.get("name")!r}: no prepared store at {path}; run '
                             '`python -m hybrid_ir.prepare --config <config>` first (input.prepare'

@@ -150,7 +150,9 @@ class HFTokenizer(BucketTokenizer):
     return cls(tok.backend_tokenizer, **kw)
 
   def _ids(self, texts):
-    encs = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+    # The fast variant skips character offsets, which nothing here reads (~20% faster).
+    encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+    encs = encode(texts, add_special_tokens=True)
     return [e.ids for e in encs], [bool(e.overflowing) for e in encs]
 
 
