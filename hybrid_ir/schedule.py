@@ -20,7 +20,7 @@ keeps in-batch negatives on one corpus and lets a mono batch use any language it
 `BatchPlan.source` names it.
 """
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -77,12 +77,6 @@ class BatchPlan:
   passage_langs: tuple[str, ...]
 
 
-def _get(config: Any, key: str, default: Any) -> Any:
-  if isinstance(config, Mapping):
-    return config.get(key, default)
-  return getattr(config, key, default) if hasattr(config, key) else default
-
-
 def make_spec(config: Any, sources: Sequence[SourceSpec]) -> ScheduleSpec:
   """Validates a schedule config and the sources into a `ScheduleSpec`.
 
@@ -94,10 +88,10 @@ def make_spec(config: Any, sources: Sequence[SourceSpec]) -> ScheduleSpec:
     sources: the training sources, usually built by the input pipeline from the records.
   Raises ValueError on a bad value, naming the field and the value.
   """
-  batch_size = int(_get(config, 'batch_size', 0))
+  batch_size = int(config.get('batch_size', 0) or 0)
   if batch_size <= 0:
     raise ValueError(f'schedule: batch_size must be > 0, got {batch_size}')
-  raw_probs = dict(_get(config, 'type_probs', None) or {'mono': 0.5, 'cross': 0.5, 'mixed': 0.0})
+  raw_probs = dict(config.get('type_probs', None) or {'mono': 0.5, 'cross': 0.5, 'mixed': 0.0})
   unknown = set(raw_probs) - set(BATCH_TYPES)
   if unknown:
     raise ValueError(f'schedule: type_probs has unknown batch types {sorted(unknown)}; '
@@ -105,15 +99,15 @@ def make_spec(config: Any, sources: Sequence[SourceSpec]) -> ScheduleSpec:
   probs = tuple(float(raw_probs.get(t, 0.0)) for t in BATCH_TYPES)
   if any(p < 0 for p in probs) or not np.isclose(sum(probs), 1.0):
     raise ValueError(f'schedule: type_probs must be >= 0 and sum to 1, got {raw_probs}')
-  mono_sampling = str(_get(config, 'mono_lang_sampling', 'uniform'))
+  mono_sampling = str(config.get('mono_lang_sampling', 'uniform'))
   if mono_sampling not in ('uniform', 'size'):
     raise ValueError("schedule: mono_lang_sampling must be 'uniform' or 'size', "
                      f'got {mono_sampling!r}')
-  cross_pairs = str(_get(config, 'cross_pairs', 'per_example'))
+  cross_pairs = str(config.get('cross_pairs', 'per_example'))
   if cross_pairs not in ('per_example', 'per_batch'):
     raise ValueError("schedule: cross_pairs must be 'per_example' or 'per_batch', "
                      f'got {cross_pairs!r}')
-  temps = {k: float(_get(config, k, 1.0)) for k in ('source_temperature', 'lang_temperature')}
+  temps = {k: float(config.get(k, 1.0)) for k in ('source_temperature', 'lang_temperature')}
   for k, t in temps.items():
     if t <= 0:
       raise ValueError(f'schedule: {k} must be > 0, got {t}')

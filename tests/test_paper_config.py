@@ -30,14 +30,14 @@ def fixture_dir(tmp_path_factory, shared_data):
   squad_mt.mkdir()
   for lang in module.LANGS:
     os.symlink(shared_data / 'xquad-r' / f'{lang}.json', squad_mt / f'{lang}.json')
-  mm = next(s for s in config.input.sources if s.kind == 'mmarco')
+  mm = next(s for s in config.input.sources if s['kind'] == 'mmarco')
   syn = mmarco.write_synthetic(root / 'syn', 20_000, langs=tuple(module.MMARCO_LANGS))
   # Put the synthetic files where the config looks for mMARCO's own file names.
   for field in ('collections', 'queries'):
     for lang, path in mm[field].items():
       pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
       os.rename(syn[field][lang], path)
-  os.rename(syn['triples'], mm.triples)
+  os.rename(syn['triples'], mm['triples'])
   return root
 
 
@@ -82,6 +82,6 @@ def test_paper_config_trains_on_mmarco_layout_and_squad_with_negatives(fixture_d
 def test_paper_variant_needs_negatives_from_every_source(fixture_dir, tmp_path):
   _, config = paper_config(fixture_dir)
   config = small(config, 'paper')
-  config.input.sources[0].num_negatives = 0
+  config.input.sources[0]['num_negatives'] = 0
   with pytest.raises(ValueError, match=r"variant='paper'.*\['squad-mt'\] have num_negatives=0"):
     train.train(config, tmp_path / 'w')

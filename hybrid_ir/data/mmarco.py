@@ -208,7 +208,7 @@ def write_language(args) -> dict[str, Any]:
   qids = np.load(os.path.join(ids_dir, 'qids.npy'), mmap_mode='r')
   pids = np.load(os.path.join(ids_dir, 'pids.npy'), mmap_mode='r')
   records = np.full(len(qids) + len(pids), -1, np.int64)
-  writer = array_record_module.ArrayRecordWriter(str(text_path), 'group_size:1')
+  writer = array_record_module.ArrayRecordWriter(str(text_path), store_lib.TEXT_WRITER_OPTIONS)
   bad = []
   n = _read_texts(queries_path, qids, records, 0, writer, 0, max_bad, bad)
   _read_texts(collection_path, pids, records, len(qids), writer, n, max_bad, bad)
