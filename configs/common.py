@@ -23,7 +23,13 @@ def model(name: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="bundled:use-m3", pooling="mean", dtype="float32",
         query_prefix="", passage_prefix="", buckets=(16, 32, 64, 128)))
-  raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3")
+  if name == "mini":  # a tiny random BERT with the e5 tokenizer: smoke tests in seconds
+    return ml_collections.ConfigDict(dict(
+        name="random_init", pooling="mean", dtype="float32", buckets=(64,), query_prefix="",
+        passage_prefix="", random_init=dict(hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=64,
+                                            max_position_embeddings=64)))
+  raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3, mini")
 
 
 def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"

@@ -75,14 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 128
   c.grad_cache_chunks = 0
   c.mesh = dict(data=-1, fsdp=1)
-  if a["model"] == "mini":
-    c.model = ml_collections.ConfigDict(dict(
-        name="random_init", pooling="mean", dtype="float32", buckets=(64,), query_prefix="",
-        passage_prefix="", random_init=dict(hidden_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=64,
-                                            max_position_embeddings=64)))
-  else:
-    c.model = common.model(a["model"])
+  c.model = common.model(a["model"])
   c.optimizer = dict(lr=a["lr"], weight_decay=0.01, warmup_steps=max(1, a["steps"] // 10),
                      decay="linear", grad_clip=1.0)
   c.loss = common.loss()

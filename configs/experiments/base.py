@@ -41,11 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals = common.lareqa_evals(evaluate_on)
   if a["size"] == "mini":
     # A tiny random BERT with the e5 tokenizer: for the experiment tests, seconds per run.
-    c.model = ml_collections.ConfigDict(dict(
-        name="random_init", pooling="mean", dtype="float32", buckets=(64,), query_prefix="",
-        passage_prefix="", random_init=dict(hidden_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=64,
-                                            max_position_embeddings=64)))
+    c.model = common.model("mini")
     c.eval_batch_size = 256
     c.evals = common.lareqa_evals(evaluate_on, langs=("de", "en", "zh"))
   return c
