@@ -36,8 +36,7 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> d
   config = ml_collections.ConfigDict(dict(
       total_steps=1000, grad_cache_chunks=0, model=common.model(model),
       optimizer=dict(lr=3e-5, weight_decay=0.01, warmup_steps=100, decay="linear", grad_clip=1.0),
-      loss=dict(variant="standard", temperature=0.05, symmetric=False, mask_groups=True,
-                mse_weight=0.0, learn_temperature=False)))
+      loss=common.loss()))
   config.model.dtype = dtype
   encoder = models.load_encoder(config.model)
   mesh = sharding.make_mesh({"data": -1})
@@ -47,8 +46,7 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> d
   q = encoder.tokenizer.pad(ids(24, "query", 32), 32)
   p = encoder.tokenizer.pad(ids(48, "passage", 64), 64)
   batch = sharding.host_local_to_global(
-      {"query": q, "passage": p, "group": np.arange(batch_size, dtype=np.int32),
-       "query_lang_id": np.zeros(batch_size, np.int32)}, mesh)
+      {"query": q, "passage": p, "identity": np.arange(batch_size, dtype=np.int32)}, mesh)
   tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
   tx = train.make_optimizer(config)
   loss_and_grads = train.make_loss_and_grads(encoder, config)
