@@ -179,7 +179,7 @@ usage() {
                           return; follow with logs.sh, tear down with delete.sh" ;;
       keep) echo "  --keep                  do not delete the TPU after success" ;;
       once) echo "  --once                  evaluate the latest checkpoint once, then exit" ;;
-      --) echo "  -- ARGS                 passed unchanged to python, e.g. --config.batch_size=100" ;;
+      --) echo "  -- ARGS                 passed unchanged to python, e.g. --config.input.batch_size=100" ;;
     esac
   done
   printf '\nAlso read: GCLOUD (gcloud binary; default gcloud), POLL_SECONDS (30) and WAIT_TIMEOUT\n'

@@ -10,7 +10,7 @@ SUMMARY="Create a TPU, install hybrid_ir on every worker, run hybrid_ir.train on
 delete the TPU (unless --keep or --detach). If any step after create fails, or on Ctrl-C, the TPU is
 deleted; checkpoints in the gs:// workdir survive, and re-running resumes from them. Example:
   launch/run_all.sh --project=p --zone=us-central2-b --accelerator-type=v4-32 \\
-    --workdir=gs://b/runs/xlmr_hybrid -- --config.batch_size=100"
+    --workdir=gs://b/runs/xlmr_hybrid -- --config.input.batch_size=128"
 parse_args "$@"
 require_tpu
 require_workdir gs
