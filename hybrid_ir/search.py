@@ -55,6 +55,7 @@ from absl import logging
 import numpy as np
 
 from hybrid_ir import config_flags
+from hybrid_ir.data import miracl as miracl_data
 
 PredictFn = Callable[[Any, list[str], str], np.ndarray]  # (params, texts, kind) -> [N, D]
 DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
@@ -185,28 +186,13 @@ def read_qrels(path: str | os.PathLike, queries: Texts, corpus: Texts) -> dict[s
     raise FileNotFoundError(f"qrels file not found: {path}")
   qids, docids = set(queries.ids), set(corpus.ids)
   qrels: dict[str, dict[str, int]] = {}
-  with _open(path) as f:
-    for n, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      where = f"{path}:{n}"
-      if len(parts) != 4:
-        raise ValueError(f"{where}: expected 'qid Q0 docid relevance', got {len(parts)} fields: "
-                         f"{line.strip()[:80]!r}")
-      qid, _, docid, rel = parts
-      try:
-        rel = int(rel)
-      except ValueError:
-        raise ValueError(f"{where}: relevance {rel!r} is not an integer") from None
-      if qid not in qids:
-        raise ValueError(f"{where}: qid {qid!r} is not in the queries file {queries.path}")
-      if docid not in docids:
-        raise ValueError(f"{where}: docid {docid!r} (qid {qid!r}) is not in the corpus file "
-                         f"{corpus.path}")
-      if docid in qrels.setdefault(qid, {}):
-        raise ValueError(f"{where}: duplicate judgement for qid {qid!r} docid {docid!r}")
-      qrels[qid][docid] = rel
+  for where, qid, docid, rel in miracl_data.iter_qrels(path):
+    if qid not in qids:
+      raise ValueError(f"{where}: qid {qid!r} is not in the queries file {queries.path}")
+    if docid not in docids:
+      raise ValueError(f"{where}: docid {docid!r} (qid {qid!r}) is not in the corpus file "
+                       f"{corpus.path}")
+    qrels.setdefault(qid, {})[docid] = rel
   if not qrels:
     raise ValueError(f"{path}: no judgements")
   return qrels
@@ -215,22 +201,6 @@ def read_qrels(path: str | os.PathLike, queries: Texts, corpus: Texts) -> dict[s
 # ------------------------------------------------------------------------------------------------
 # Encode (cached) and search.
 # ------------------------------------------------------------------------------------------------
-
-def params_fingerprint(params: Any) -> str:
-  """sha256 over every parameter leaf (path, dtype, shape, bytes): names the weights exactly.
-
-  Costs one pass over the params on the host (e5-small: ~0.5 GB, about a second); cheaper
-  identities (step, file mtimes) miss a checkpoint rewritten in place.
-  """
-  import jax
-  h = hashlib.sha256()
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  for key, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(key)}|{a.dtype}|{a.shape}|".encode())
-    h.update(a.reshape(-1).view(np.uint8))
-  return h.hexdigest()
-
 
 def file_sha256(path: str | os.PathLike) -> str:
   h = hashlib.sha256()
@@ -265,11 +235,11 @@ def search(predict_fn: PredictFn, params: Any, queries: Texts, corpus: Texts, *,
   Rows past the corpus (k > corpus size) are -1 / -inf.
   """
   from hybrid_ir import retrieval
-  from hybrid_ir.evaluators import miracl
+  from hybrid_ir.evaluators import embedding_cache
   if cache is not None:
     # The encoder shows its own progress per shard; a second bar over shards would interleave.
-    shards = miracl.encode_sharded(predict_fn, params, corpus.texts, cache[0], key=cache[1],
-                                   shard_size=shard_size, progress=False)
+    shards = embedding_cache.encode_sharded(predict_fn, params, corpus.texts, cache[0],
+                                            key=cache[1], shard_size=shard_size, progress=False)
   else:
     shards = [np.asarray(predict_fn(params, corpus.texts[i:i + shard_size], "passage"),
                          np.float32) for i in range(0, len(corpus), shard_size)]
@@ -393,7 +363,9 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
         "cache", "search")
   cache = None
   if cache_dir:
-    cache = cache_entry(cache_dir, config.model, params_fingerprint(params), corpus)
+    from hybrid_ir.evaluators import embedding_cache
+    cache = cache_entry(cache_dir, config.model, embedding_cache.params_fingerprint(params),
+                        corpus)
     hit = (cache[0] / "manifest.json").is_file()
     print(f"corpus embeddings: {cache[0]} ({'cached' if hit else 'encoding'})", flush=True)
   batch_size = batch_size or config.get("eval_batch_size", 64)

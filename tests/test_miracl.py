@@ -7,7 +7,7 @@ import pytest
 from ir_measures import R, nDCG
 
 from hybrid_ir.data import miracl as miracl_data
-from hybrid_ir.evaluators import miracl
+from hybrid_ir.evaluators import embedding_cache, miracl
 
 N_DOCS, N_TOPICS, DIM = 300, 12, 16
 
@@ -92,23 +92,23 @@ def test_killed_encode_resumes_only_missing_shards(files, tmp_path):
   cache = tmp_path / 'cache'
   texts = miracl_data.load_corpus(files / 'corpus.jsonl')[1]
   with pytest.raises(KeyboardInterrupt):
-    miracl.encode_sharded(Encoder(fail_after=3), None, texts, cache, key='m', shard_size=40,
-                          progress=False)
+    embedding_cache.encode_sharded(Encoder(fail_after=3), None, texts, cache, key='m',
+                                   shard_size=40, progress=False)
   manifest = json.loads((cache / 'manifest.json').read_text())
   assert manifest['done'] == [0, 1, 2]
   resumed = Encoder()
-  shards = miracl.encode_sharded(resumed, None, texts, cache, key='m', shard_size=40,
-                                 progress=False)
+  shards = embedding_cache.encode_sharded(resumed, None, texts, cache, key='m', shard_size=40,
+                                          progress=False)
   # 300 texts / 40 = 8 shards; only shards 3..7 are encoded again.
   assert resumed.calls == [('passage', texts[i * 40], min(40, 300 - i * 40)) for i in range(3, 8)]
-  fresh = miracl.encode_sharded(Encoder(), None, texts, tmp_path / 'fresh', key='m',
-                                shard_size=40, progress=False)
+  fresh = embedding_cache.encode_sharded(Encoder(), None, texts, tmp_path / 'fresh', key='m',
+                                         shard_size=40, progress=False)
   np.testing.assert_array_equal(np.concatenate(shards), np.concatenate(fresh))
   again = Encoder()
-  miracl.encode_sharded(again, None, texts, cache, key='m', shard_size=40, progress=False)
+  embedding_cache.encode_sharded(again, None, texts, cache, key='m', shard_size=40, progress=False)
   assert again.calls == []
   with pytest.raises(ValueError, match="manifest.json: written for other inputs.*'key'"):
-    miracl.encode_sharded(Encoder(), None, texts, cache, key='other', shard_size=40)
+    embedding_cache.encode_sharded(Encoder(), None, texts, cache, key='other', shard_size=40)
 
 
 def test_evaluator_resume_gives_same_metrics(files, tmp_path):
@@ -123,6 +123,30 @@ def test_evaluator_resume_gives_same_metrics(files, tmp_path):
   assert resumed == plain
 
 
+class ParamsEncoder(Encoder):
+  """Embeddings that depend on the params, as a real encoder's do: another checkpoint, others."""
+
+  def __call__(self, params, texts, kind):
+    out = super().__call__(None, texts, kind)
+    return out if kind == 'query' else np.roll(out, int(params['shift']), axis=1)
+
+
+def test_cache_entry_changes_with_the_checkpoint(files, tmp_path):
+  """A polling evaluator scores checkpoint after checkpoint with one cache_dir and cache_key: each
+  gets its own corpus embeddings (the key was a user string, so the first ones were reused)."""
+  ev = _evaluator(files, ParamsEncoder(), cache_dir=str(tmp_path / 'c'), cache_key='model-config',
+                  shard_size=50)
+  first = dict(ev.run({'shift': np.int32(0)}))
+  second = dict(ev.run({'shift': np.int32(5)}))
+  plain = dict(_evaluator(files, ParamsEncoder(), shard_size=50).run({'shift': np.int32(5)}))
+  assert second == plain and second != first
+  assert len(list((tmp_path / 'c' / 'miracl-xx').iterdir())) == 2  # one entry per checkpoint
+  again = ParamsEncoder()
+  ev.predict_fn = again
+  assert dict(ev.run({'shift': np.int32(0)})) == first
+  assert [c[0] for c in again.calls] == ['query']  # the corpus came from the cache
+
+
 def test_errors_name_file_line_and_value(files):
   with open(files / 'qrels.txt', 'a') as f:
     f.write('q1 0 nosuchdoc 1\n')
@@ -135,7 +159,7 @@ def test_errors_name_file_line_and_value(files):
   with pytest.raises(ValueError, match=r'bad.tsv:1: empty query text'):
     miracl_data.load_topics(files / 'bad.tsv')
   (files / 'bad.qrels').write_text('q1 0 d1 1\nq1 0 d2\n')
-  with pytest.raises(ValueError, match=r'bad.qrels:2: expected "qid Q0 docid relevance"'):
+  with pytest.raises(ValueError, match=r"bad.qrels:2: expected 'qid Q0 docid relevance'"):
     miracl_data.load_qrels(files / 'bad.qrels')
   (files / 'bad.qrels').write_text('q1 0 d1 yes\n')
   with pytest.raises(ValueError, match=r"bad.qrels:1: relevance 'yes'"):

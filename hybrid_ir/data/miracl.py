@@ -3,7 +3,9 @@
 Formats (as distributed by MIRACL / Pyserini):
   topics: one `qid<TAB>query text` per line.
   qrels:  TREC format, one `qid Q0 docid relevance` per line (whitespace separated; the second
-          field is ignored, MIRACL writes 0 or Q0).
+          field is ignored, MIRACL writes 0 or Q0). One parser (`iter_qrels`) serves here and
+          in `hybrid_ir.search`.
+Any of them may be gzipped (`.gz`).
   corpus: JSONL, one {"docid": ..., "title": ..., "text": ...} per line; the passage text given to
           the encoder is "title text" (MIRACL's convention), or the text alone when title is empty.
 Every reader raises ValueError naming file:line and the offending value for a malformed line, an
@@ -11,16 +13,20 @@ empty text or a duplicate id; `check_qrels` names the qrels file and any docid m
 corpus. Nothing is dropped silently.
 Recommended for: `hybrid_ir.evaluators.miracl.MiraclEvaluator` (nDCG@10, Recall@100).
 """
+from collections.abc import Iterator
+import gzip
 import json
 import logging
 import pathlib
 
 
 def _lines(path: str | pathlib.Path):
+  """(path, 1-based line number, line) of the non-blank lines; `.gz` files are read as gzip."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'{path}: file not found')
-  with open(path, encoding='utf-8') as f:
+  opener = gzip.open if path.suffix == '.gz' else open
+  with opener(path, 'rt', encoding='utf-8') as f:
     for n, line in enumerate(f, 1):
       line = line.rstrip('\n').rstrip('\r')
       if line.strip():
@@ -43,22 +49,35 @@ def load_topics(path: str | pathlib.Path) -> dict[str, str]:
   return topics
 
 
-def load_qrels(path: str | pathlib.Path) -> dict[str, dict[str, int]]:
-  """{qid: {docid: relevance}} from TREC qrels lines `qid Q0 docid rel`."""
-  qrels: dict[str, dict[str, int]] = {}
+def iter_qrels(path: str | pathlib.Path) -> Iterator[tuple[str, str, str, int]]:
+  """('file:line', qid, docid, relevance) for each judgement of TREC qrels `qid Q0 docid rel`.
+
+  Raises ValueError naming file:line for a line without 4 whitespace-separated fields, a
+  relevance that is not an integer, or a second judgement of one (qid, docid).
+  Related: `load_qrels` (the dict), `hybrid_ir.search.read_qrels` (also checks the ids).
+  """
+  seen = set()
   for p, n, line in _lines(path):
     parts = line.split()
     if len(parts) != 4:
-      raise ValueError(f'{p}:{n}: expected "qid Q0 docid relevance", got {len(parts)} fields: '
-                       f'{line[:80]!r}')
+      raise ValueError(f"{p}:{n}: expected 'qid Q0 docid relevance', got {len(parts)} fields: "
+                       f'{line.strip()[:80]!r}')
     qid, _, docid, rel = parts
     try:
       rel = int(rel)
     except ValueError:
       raise ValueError(f'{p}:{n}: relevance {rel!r} is not an integer') from None
-    if docid in qrels.setdefault(qid, {}):
+    if (qid, docid) in seen:
       raise ValueError(f'{p}:{n}: duplicate judgement for qid {qid!r} docid {docid!r}')
-    qrels[qid][docid] = rel
+    seen.add((qid, docid))
+    yield f'{p}:{n}', qid, docid, rel
+
+
+def load_qrels(path: str | pathlib.Path) -> dict[str, dict[str, int]]:
+  """{qid: {docid: relevance}} from TREC qrels lines `qid Q0 docid rel` (see `iter_qrels`)."""
+  qrels: dict[str, dict[str, int]] = {}
+  for _, qid, docid, rel in iter_qrels(path):
+    qrels.setdefault(qid, {})[docid] = rel
   return qrels
 
 

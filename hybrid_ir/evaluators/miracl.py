@@ -1,8 +1,11 @@
 """MIRACL-style evaluation from local files: nDCG@10 and Recall@100 from exact dense retrieval.
 
-Corpus embeddings are written to disk in shards (`shard-00000.npy`, ... plus `manifest.json`), so a
-killed encode resumes at the first missing shard; retrieval then streams the shards through
-`retrieval.top_k` (memory-mapped; the corpus never has to fit in RAM or on device at once).
+With a cache_dir, corpus embeddings are written to disk in shards
+(`hybrid_ir.evaluators.embedding_cache.encode_sharded`: `shard-00000.npy`, ... plus
+`manifest.json`), so a killed encode resumes at the first missing shard; retrieval then streams
+the shards through `retrieval.top_k` (memory-mapped; the corpus never has to fit in RAM or on
+device at once). The cache is keyed by the params' fingerprint, so each checkpoint a polling
+evaluator scores gets its own entry (`<cache_dir>/<eval name>/<key>/`).
 
 Metrics per query (kept per query), then the mean over judged queries:
   nDCG@10: linear gains = qrels grade (negative grades count 0), log2(rank + 1) discount, ideal DCG
@@ -13,74 +16,18 @@ ranking: `hybrid_ir.retrieval` (score desc, corpus order asc).
 Recommended for MIRACL dev (15 languages, monolingual) and any topics/qrels/corpus triple.
 """
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import pathlib
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import tqdm
 
 from hybrid_ir import retrieval
 from hybrid_ir.data import miracl as miracl_data
+from hybrid_ir.evaluators import embedding_cache
 from hybrid_ir.evaluators import metrics
 
 PredictFn = Callable[[Any, list[str], str], np.ndarray]
-
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
-
-
-def encode_sharded(predict_fn: PredictFn, params, texts: list[str], out_dir: str | pathlib.Path, *,
-                   key: str, shard_size: int = 4096, kind: str = 'passage',
-                   progress: bool = True) -> list[np.ndarray]:
-  """Encodes `texts` shard by shard into `out_dir`, resuming from the shards already written.
-
-  Inputs:
-    predict_fn: (params, texts, kind) -> [n, D]; called once per missing shard.
-    key: names the model weights; stored in the manifest with the texts' hash and shard size, and
-      a mismatch raises instead of mixing two models' embeddings.
-  Each shard is written to a temporary file and renamed, and only then recorded in
-  manifest.json, so a kill at any point leaves either a complete shard or none.
-  Returns the shards, memory-mapped, in text order.
-  """
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  ident = {'key': key, 'kind': kind, 'num_texts': len(texts), 'shard_size': shard_size,
-           'texts_sha1': hashlib.sha1('\x00'.join(texts).encode()).hexdigest()}
-  manifest_path = out / 'manifest.json'
-  manifest = {**ident, 'done': []}
-  if manifest_path.is_file():
-    old = json.loads(manifest_path.read_text())
-    diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
-    if diff:
-      raise ValueError(f'{manifest_path}: written for other inputs ({diff}); use another '
-                       'directory or delete it')
-    manifest = old
-  n_shards = -(-len(texts) // shard_size)
-  done = set(manifest['done'])
-  todo = [i for i in range(n_shards) if not (i in done and (out / f'shard-{i:05d}.npy').is_file())]
-  if done and todo:
-    logging.info('%s: resuming, %d of %d shards already encoded', out, n_shards - len(todo),
-                 n_shards)
-  for i in tqdm.tqdm(todo, desc=f'encode {kind} shards', disable=not progress):
-    chunk = texts[i * shard_size:(i + 1) * shard_size]
-    emb = np.asarray(predict_fn(params, chunk, kind), np.float32)
-    if emb.ndim != 2 or emb.shape[0] != len(chunk):
-      raise ValueError(f'predict_fn returned shape {emb.shape} for {len(chunk)} texts (shard {i})')
-    path = out / f'shard-{i:05d}.npy'
-    tmp = out / f'shard-{i:05d}.tmp.npy'
-    np.save(tmp, emb)
-    os.replace(tmp, path)
-    manifest['done'] = sorted(set(manifest['done']) | {i})
-    manifest['dim'] = int(emb.shape[1])
-    _write_json_atomic(manifest_path, manifest)
-  return [np.load(out / f'shard-{i:05d}.npy', mmap_mode='r') for i in range(n_shards)]
 
 
 @dataclasses.dataclass
@@ -158,7 +105,8 @@ class MiraclEvaluator:
     predict_fn: (params, texts, kind) -> [N, D] L2-normalised (kind 'query' / 'passage').
     topics / qrels / corpus: paths (TSV, TREC qrels, JSONL); see `hybrid_ir.data.miracl`.
     cache_dir: where corpus shards go (required for a large corpus: it makes encoding resumable);
-      cache_key names the model weights (required with cache_dir).
+      cache_key names the encoding settings (e.g. the model config: prefixes, pooling; required
+      with cache_dir); the entry's key adds the fingerprint of the params given to `run`.
     shard_size: documents per shard (and per predict_fn call); k: retrieval depth (>= 100).
     eval_name (alias name): metric-name prefix (default 'miracl').
   After `run`, `result` (alias `last_result`) holds the `MiraclResult`.
@@ -169,7 +117,7 @@ class MiraclEvaluator:
                cache_key: str | None = None, shard_size: int = 4096, k: int = 100,
                query_block: int = 256, cand_block: int = 8192):
     if cache_dir and not cache_key:
-      raise ValueError('MiraclEvaluator: cache_dir needs a cache_key naming the model weights')
+      raise ValueError('MiraclEvaluator: cache_dir needs a cache_key naming the encoding settings')
     self.predict_fn = predict_fn
     self.topics = miracl_data.load_topics(topics)
     self.qrels = miracl_data.load_qrels(qrels)
@@ -191,9 +139,11 @@ class MiraclEvaluator:
           f'{len(self.docids)} documents, {self.counts["num_judged_pairs"]} judged pairs')
     q = np.asarray(self.predict_fn(params, [self.topics[i] for i in qids], 'query'), np.float32)
     if self.cache_dir:
-      shards = encode_sharded(self.predict_fn, params, self.texts,
-                              pathlib.Path(self.cache_dir) / self.eval_name, key=self.cache_key,
-                              shard_size=self.shard_size)
+      key = embedding_cache.cache_key(self.cache_key, params)
+      shards = embedding_cache.encode_sharded(
+          self.predict_fn, params, self.texts,
+          pathlib.Path(self.cache_dir) / self.eval_name / key[:16], key=key,
+          shard_size=self.shard_size)
     else:
       shards = [np.asarray(self.predict_fn(params, self.texts[i:i + self.shard_size], 'passage'),
                            np.float32) for i in range(0, len(self.texts), self.shard_size)]
