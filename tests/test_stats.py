@@ -94,3 +94,47 @@ def test_strata_of_equal_size_match_the_plain_statistics():
   assert p_plain == pytest.approx(p_strat)  # equal weights: the same statistic, same flips
   with pytest.raises(ValueError, match="one label per value"):
     stats.paired_bootstrap(a, b, strata=strata[:10])
+
+
+# --- two-level (seeds, then queries) bootstrap: cases whose answer is known ---
+
+def _langs(n, k=7):
+  return np.repeat(np.arange(k), -(-n // k))[:n]
+
+
+def test_seed_bootstrap_with_identical_seeds_is_the_query_bootstrap():
+  rng = np.random.default_rng(0)
+  n = 3000
+  base = rng.random(n)
+  r = stats.seed_bootstrap(np.stack([base] * 3), strata=_langs(n), n_resamples=4000)
+  mean, low, high = stats.paired_bootstrap(base, np.zeros(n), strata=_langs(n), n_resamples=4000)
+  assert r.mean == pytest.approx(mean) and r.seed_sd == pytest.approx(0, abs=1e-12)
+  assert r.ci_high - r.ci_low == pytest.approx(high - low, rel=0.1)
+
+
+def test_seed_bootstrap_width_follows_the_seed_spread():
+  # Every query scores the same within a seed; seeds differ by N(0, .02): the CI of the mean is
+  # the bootstrap of S seed means, half-width ~1.96 sd / sqrt(S).
+  rng = np.random.default_rng(1)
+  n, s = 2000, 20
+  offsets = rng.normal(0, 0.02, s)
+  r = stats.seed_bootstrap(0.5 + offsets[:, None] + np.zeros((s, n)), strata=_langs(n),
+                           n_resamples=4000)
+  assert (r.ci_high - r.ci_low) / 2 == pytest.approx(1.96 * np.std(offsets) / np.sqrt(s), rel=0.1)
+  assert r.seed_sd == pytest.approx(np.std(offsets, ddof=1))
+  assert r.seed_means == pytest.approx(tuple(0.5 + offsets))
+
+
+def test_seed_bootstrap_difference_exact_shift_and_no_difference():
+  rng = np.random.default_rng(2)
+  n = 2000
+  base = rng.random(n)
+  a = np.stack([base + rng.normal(0, 0.001, n) for _ in range(3)])  # seeds differ a little
+  r = stats.seed_bootstrap(a, a - 0.01, strata=_langs(n), n_resamples=2000)
+  assert r.mean == pytest.approx(0.01) and r.p_value == 1 / 2000  # the floor
+  # Three more seeds of the same distribution: no difference is found.
+  b = np.stack([base + rng.normal(0, 0.001, n) for _ in range(3)])
+  r = stats.seed_bootstrap(a, b, strata=_langs(n), n_resamples=2000)
+  assert r.ci_low < 0 < r.ci_high and r.p_value > 0.05
+  with pytest.raises(ValueError, match='different queries'):
+    stats.seed_bootstrap(a, b[:, :10])

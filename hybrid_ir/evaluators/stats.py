@@ -122,3 +122,77 @@ def compare(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000, confiden
                                      seed=seed, strata=strata)
   p = paired_randomization(a, b, n_resamples=n_resamples, seed=seed, strata=strata)
   return PairedComparison(mean_diff=mean, ci_low=low, ci_high=high, p_value=p, n=len(a))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedComparison:
+  """Of a mean over training seeds (or a difference of two): point value, the two-level
+  bootstrap CI, its two-sided p-value (None for a single run set), and the seed-level spread."""
+  mean: float
+  ci_low: float
+  ci_high: float
+  p_value: float | None
+  seed_means: tuple[float, ...]  # the macro metric of each seed (of `a`)
+  seed_sd: float  # their standard deviation (ddof=1; 0 for one seed)
+
+
+def _seed_matrix(x, name: str) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+    raise ValueError(f'{name}: expected [seeds, queries] values, got shape {x.shape}')
+  if np.isnan(x).any():
+    raise ValueError(f'{name}: {int(np.isnan(x).sum())} values are NaN; exclude them first')
+  return x
+
+
+def seed_bootstrap(a, b=None, *, strata=None, n_resamples: int = 10_000,
+                   confidence: float = 0.95, seed: int = 0) -> SeedComparison:
+  """Two-level bootstrap over training seeds, then queries: a CI that covers both sources of
+  variance, of mean(a) or of mean(a) - mean(b).
+
+  Inputs: a [S_a, N], b [S_b, N] or None: per-query values of each training seed's run (row s
+  = seed s; column i = the same query in every row of a and b); strata [N] (query language) for
+  the macro average and for resampling queries within their stratum.
+  Each resample draws S_a seeds of a and S_b of b with replacement (independently: seeds of two
+  strategies are separate runs), and one stratified resample of queries shared by a and b (so
+  queries stay paired); the statistic is the macro average over strata of the seed-averaged
+  values (difference of the two). p is the two-sided bootstrap p-value of "no difference":
+  2 x the share of resampled differences on the other side of 0 (floor 1 / n_resamples).
+  Recommended for: comparing strategies across seeds (hybrid vs X-X-mono); with one seed it
+  reduces to the stratified query bootstrap. With few seeds (3) the seed level is coarse: report
+  the per-seed values (`seed_means`) next to the CI. Related: `paired_bootstrap` (one seed).
+  """
+  a = _seed_matrix(a, 'a')
+  b = None if b is None else _seed_matrix(b, 'b')
+  n = a.shape[1]
+  if b is not None and b.shape[1] != n:
+    raise ValueError(f'a and b cover different queries: {n} vs {b.shape[1]}')
+  groups = _strata(strata, n) or [np.arange(n)]
+  rng = np.random.default_rng(seed)
+
+  def macro(x):  # [S, N] -> macro average over strata of the seed-averaged values
+    return float(np.mean([x[:, g].mean() for g in groups]))
+
+  stats_ = np.zeros(n_resamples)
+  for start in range(0, n_resamples, 256):
+    m = min(256, n_resamples - start)
+    # One draw of seeds per resample, shared by every stratum (a seed is one whole run).
+    sa = rng.integers(0, a.shape[0], (m, a.shape[0]))  # [m, S_a]
+    sb = None if b is None else rng.integers(0, b.shape[0], (m, b.shape[0]))
+    for g in groups:
+      q = g[rng.integers(0, g.size, (m, g.size))]  # [m, |g|], shared by a and b
+      va = a[sa[:, :, None], q[:, None, :]].mean(axis=(1, 2))
+      if b is not None:
+        va = va - b[sb[:, :, None], q[:, None, :]].mean(axis=(1, 2))
+      stats_[start:start + m] += va / len(groups)
+  point = macro(a) - (macro(b) if b is not None else 0.0)
+  alpha = (1 - confidence) / 2
+  low, high = np.quantile(stats_, [alpha, 1 - alpha])
+  p = None
+  if b is not None:
+    other_side = np.mean(stats_ <= 0) if point > 0 else np.mean(stats_ >= 0)
+    p = float(min(1.0, max(2 * other_side, 1.0 / n_resamples)))
+  per_seed = tuple(float(np.mean([row[g].mean() for g in groups])) for row in a)
+  return SeedComparison(mean=point, ci_low=float(low), ci_high=float(high), p_value=p,
+                        seed_means=per_seed,
+                        seed_sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0)
