@@ -46,6 +46,9 @@ def define_flags() -> None:
   flags.DEFINE_string("results", "results", "Where run summaries go (<results>/<name>/).")
   flags.DEFINE_string("workdirs", "workdirs/experiments", "Where run workdirs go.")
   flags.DEFINE_list("only", [], "Run only these run names.")
+  flags.DEFINE_list("seeds", ["0"], "Training seeds of every trained run (run names get "
+                    "-seed<k> for k > 0); the report gives mean +- sd over seeds and CIs that "
+                    "cover seed and query variance.")
   flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
                     "Training sets for `strategies` (evaluation is on the other).")
   flags.DEFINE_string("base_config", None, f"The experiment config file (default: {CONFIG} in "
@@ -89,6 +92,20 @@ def load_config(path: pathlib.Path, arg: str):
   return config_flags.load_config_file(f"{path}:{arg}")
 
 
+def hardware() -> str:
+  """What ran it: the accelerator (or the CPU model) and the core count, for each run's JSON."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  try:
+    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+               if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  accel = "" if device.platform == "cpu" else f"{jax.device_count()} x {device.device_kind}, "
+  return f"{accel}{cpu}, {os.cpu_count()} cores"
+
+
 def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: pathlib.Path,
             config_path: str | os.PathLike | None = None) -> pathlib.Path:
   """Trains (unless pretrained) and evaluates one run in this process; writes its summary JSON.
@@ -126,7 +143,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   summary = report.summarize_run(workdir, tag)
   summary.update(run=run.name, experiment=name, config=spec, args=args,
                  wall_seconds=time.time() - t0,
-                 hardware=f"{platform.machine()} CPU x{os.cpu_count()}")
+                 hardware=hardware())
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(summary))
   return out
@@ -143,7 +160,7 @@ def main(argv) -> None:
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
   common = dict(model=f.model, steps=f.steps, batch=f.batch, size=f.size)
-  grid = runs(name, tuple(f.directions))
+  grid = grids.with_seeds(runs(name, tuple(f.directions)), [int(x) for x in f.seeds])
   if f.only:
     unknown = set(f.only) - {r.name for r in grid}
     if unknown:

@@ -80,6 +80,26 @@ def _mix(mono, cross, mixed=0.0) -> dict:
   return dict(mono=mono, cross=cross, mixed=mixed)
 
 
+def seed_of(run_name: str) -> tuple[str, int]:
+  """('xquad-r-mono', 2) for 'xquad-r-mono-seed2'; seed 0 keeps the plain name."""
+  base, sep, seed = run_name.rpartition("-seed")
+  return (base, int(seed)) if sep and seed.isdigit() else (run_name, 0)
+
+
+def with_seeds(grid: list[Run], seeds=(0,)) -> list[Run]:
+  """Every trained run once per training seed (`<name>-seed<k>`; seed 0 keeps `<name>`, so
+  one-seed results stay valid); the untrained runs once. Each seed changes the model's and the
+  batches' randomness (config seed and input seed)."""
+  out = []
+  for run in grid:
+    if run.pretrained:
+      out.append(run)
+      continue
+    for s in seeds:
+      out.append(run if s == 0 else Run(f"{run.name}-seed{s}", dict(run.args, seed=int(s))))
+  return out
+
+
 def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
   """The grid of experiment `name` (one of EXPERIMENTS), in the order its report lists runs.
 
