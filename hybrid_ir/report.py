@@ -10,7 +10,8 @@ markdown. Without --results it reports every results/<experiment>/ and results/*
 found under the current directory (the committed ones: results/use_m3/, results/e5_small/).
 
 Statistics. Each run keeps one value per query for Mo AP, Cr AP (weighted over the query's other
-languages, see `per_query`), Mul AP and rank distance, such that their macro average over query
+languages, see `hybrid_ir.evaluators.lareqa.query_vectors`), Mul AP and rank distance, such that
+their macro average over query
 languages is exactly the reported figure. A run's 95% CI is a bootstrap over queries, resampled
 within each query language; a comparison with the baseline is paired by query: the same
 stratified bootstrap of the difference, and a sign-flip randomisation p-value
@@ -25,6 +26,7 @@ import sys
 import numpy as np
 
 from hybrid_ir import grids
+from hybrid_ir.evaluators import lareqa
 from hybrid_ir.evaluators import stats
 
 METRICS = ("mo_map", "cr_map", "mul_map", "mo_r1", "cr_r1", "mul_r10", "rank_distance")
@@ -39,37 +41,16 @@ N_RESAMPLES = 2000
 # Run summaries (what results/ holds).
 # ------------------------------------------------------------------------------------------------
 
-def per_query(details: dict) -> dict[str, np.ndarray]:
-  """Per-query vectors of a `LareqaResult.to_json()` dict, for CIs and paired tests.
+# Per-query vectors of a LAReQA result's JSON: defined with the evaluator, where the metrics are.
+per_query = lareqa.per_query_vectors
 
-  Each vector's macro average over query languages (`stats.macro_mean(v, lang)`) is exactly the
-  reported metric. For Cr that takes a weight: query q of language X contributes
-  v_q = sum over its other languages Y of AP(q, X->Y) * n_X / (n_XY * P_X), where n_X counts X's
-  queries, n_XY those with a relevant item in Y and P_X the settings X->Y that have any; then
-  mean_q∈X v_q = the mean over X's settings of each setting's mean AP, and the macro average
-  over X is the macro average over all X->Y settings (when every X has the same number of them,
-  as on full XQuAD-R and MLQA-R).
-  """
-  pq = details["per_query"]
-  langs = details["langs"]
-  q_lang = np.array([langs.index(l) for l in pq["lang"]])
-  pair_ap = np.array(pq["pair_ap"], dtype=np.float64)  # None -> nan: no relevant item in Y
-  own = np.zeros(pair_ap.shape, bool)
-  own[np.arange(len(q_lang)), q_lang] = True
-  others = np.where(own, np.nan, pair_ap)
-  valid = ~np.isnan(others)
-  onehot = np.eye(len(langs))[q_lang]  # [Nq, L]
-  n_x = onehot.sum(0)  # [L]
-  n_xy = onehot.T @ valid  # [L, L] queries of X with a relevant item in Y
-  p_x = (n_xy > 0).sum(1)  # [L]
-  with np.errstate(divide="ignore", invalid="ignore"):
-    w = n_x[q_lang, None] / (n_xy[q_lang] * p_x[q_lang, None])
-  cr = np.where(valid, np.nan_to_num(others) * np.where(valid, w, 0.0), 0.0).sum(1)
-  if len(langs) == 1:
-    cr = np.full(len(q_lang), np.nan)
-  return {"lang": np.array(pq["lang"]), "mo_map": pair_ap[own], "cr_map": cr,
-          "mul_map": np.array(pq["mul_ap"], np.float64),
-          "rank_distance": np.array(pq["rank_distance"], np.float64)}
+
+def lareqa_details(ev: dict) -> dict[str, dict]:
+  """The LAReQA results of an eval.py output ({eval name: details}); others (e.g. MIRACL) have no
+  Mo/Cr/Mul table. Outputs written before eval.py recorded `types` hold LAReQA results only."""
+  kinds = ev.get("types") or {}
+  return {name: d for name, d in ev["details"].items()
+          if kinds.get(name, "lareqa") == "lareqa"}
 
 
 def compact(details: dict) -> dict:
@@ -102,7 +83,7 @@ def summarize_run(workdir: pathlib.Path, tag: str) -> dict:
     raise FileNotFoundError(f"{path}: no evaluation output (run hybrid_ir.eval first)")
   ev = json.loads(path.read_text())
   return {"model": ev["model"], "tag": tag, "uncovered_langs": ev.get("uncovered_langs", []),
-          "datasets": {name: compact(d) for name, d in ev["details"].items()},
+          "datasets": {name: compact(d) for name, d in lareqa_details(ev).items()},
           "loss_curve": loss_curve(workdir)}
 
 
@@ -359,7 +340,7 @@ def compare_files(before: pathlib.Path, after: pathlib.Path) -> str:
   runs = {}
   for label, path in (("before", before), ("after", after)):
     ev = json.loads(path.read_text())
-    runs[label] = {"datasets": {n: compact(d) for n, d in ev["details"].items()}}
+    runs[label] = {"datasets": {n: compact(d) for n, d in lareqa_details(ev).items()}}
   out = []
   for dataset in runs["before"]["datasets"]:
     out += [comparison_table(runs, dataset, "before"), ""]
@@ -375,7 +356,7 @@ def before_after(workdir: pathlib.Path) -> str:
                             "eval commands first)")
   after = ev / f"step_{steps[-1]}.json"
   ev_after = json.loads(after.read_text())
-  evaluated = {l for d in ev_after["details"].values() for l in d["langs"]}
+  evaluated = {l for d in lareqa_details(ev_after).values() for l in d["langs"]}
   uncovered = sorted(set(ev_after.get("uncovered_langs") or []) & evaluated)
   note = (f"\nNote: {ev_after['model']} was never trained on {', '.join(uncovered)}; those "
           "languages are unseen (see each run's per-language table in eval/*.md).\n"

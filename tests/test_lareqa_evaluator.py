@@ -16,6 +16,7 @@ import pytest
 
 from hybrid_ir.evaluators import lareqa as ev
 from hybrid_ir.evaluators import metrics
+from hybrid_ir.evaluators import stats
 
 #                   E0     E1     E2     D0     D1     S0     S1
 SCORES = np.array([[.5,    .75,   .5,    .5,    .25,   .875,  0],      # Q0 en q1
@@ -113,9 +114,20 @@ def test_hand_computed_metrics(fixture_dir):
   assert out['xquad-r/de/cr_map'] == pytest.approx(float((F(2, 3) + F(1, 2)) / 2))
   assert out['xquad-r/en/rank_distance'] == pytest.approx(3.0)
   assert out['xquad-r/map/de-en'] == pytest.approx(2 / 3)
-  # Paired-test vectors: Mo one per question, Cr one per (question, other language with an answer).
+  # Paired-test vectors, one value per question (the resampling unit). Cr of question q in X:
+  # sum over Y of AP(q, X->Y) * n_X / (n_XY * P_X); e.g. Q0 (en; de and es both answered by 2
+  # and 1 en questions, P_en = 2): 1 * 2/(2*2) + 1 * 2/(1*2) = 3/2.
   np.testing.assert_allclose(r.per_query('mo_map'), [1 / 2, 1 / 2, 1, 1 / 2, 1])
-  np.testing.assert_allclose(r.per_query('cr_map'), [1, 1, 1 / 2, 1 / 3, 1 / 2, 1, 1, 1])
+  cr = r.per_query('cr_map')
+  np.testing.assert_allclose(cr, [3 / 2, 1 / 4, 2 / 3, 1 / 2, 1])
+  # ... so that their macro average over query languages is the reported figure, exactly.
+  lang = np.array(r.langs)[r.question_lang]
+  assert stats.macro_mean(cr, lang) == pytest.approx(float(CR_MAP), rel=1e-12)
+  assert stats.macro_mean(r.per_query('mo_map'), lang) == pytest.approx(float(MO_MAP), rel=1e-12)
+  # The report computes the same vectors from the JSON eval.py writes.
+  from_json = ev.per_query_vectors(json.loads(json.dumps(r.to_json())))
+  for k in ('mo_map', 'cr_map', 'mul_map', 'rank_distance'):
+    np.testing.assert_allclose(from_json[k], r.per_query(k), rtol=1e-12, err_msg=k)
 
 
 def test_json_and_tables(fixture_dir):
@@ -140,6 +152,13 @@ def test_embedding_cache(fixture_dir, tmp_path):
   assert enc2.calls == [] and first == pytest.approx(second, nan_ok=True)
   _, enc3, _ = _run(fixture_dir, cache_dir=str(cache), cache_key='other-model')
   assert len(enc3.calls) == 2
+  # Same settings, other params (the next checkpoint a polling evaluator scores): a new entry.
+  e4 = ev.LareqaEvaluator(FakeEncoder(), 'xquad-r', data_dir=str(fixture_dir),
+                          langs=['en', 'de', 'es'], cache_dir=str(cache), cache_key='fake')
+  dict(e4.run(params={'w': np.ones(3, np.float32)}))
+  assert len(e4.predict_fn.calls) == 2
+  dict(e4.run(params={'w': np.ones(3, np.float32)}))
+  assert len(e4.predict_fn.calls) == 2  # the same params again: read from the cache
   with pytest.raises(ValueError, match='cache_key'):
     ev.LareqaEvaluator(FakeEncoder(), 'xquad-r', data_dir=str(fixture_dir), cache_dir=str(cache))
 

@@ -1,0 +1,44 @@
+"""Evaluators by type: the one registry train.py, eval.py and report.py share.
+
+A config's `evals` maps an eval name to {type: <a key of TYPES>, **that evaluator's arguments};
+each type is a module of this package exposing `Evaluator(predict_fn, name=..., **arguments)`,
+whose `run(params)` yields (`{name}/{metric}`, value) and keeps `result` (`to_json()`, `table()`).
+
+  make(evals, predict_fn, **extra) -> {name: Evaluator}: build them once and call `run` for every
+      checkpoint (a LAReQA evaluator loads and indexes its dataset when built).
+  types(evals) -> {name: type}: what eval.py records next to each result, so the report knows
+      which results it can tabulate (the LAReQA ones) without guessing from their fields.
+
+Recommended for: any code that runs a config's evaluators. Related: `hybrid_ir.evaluators.stats`
+(paired tests on the per-query values), `hybrid_ir.report`.
+"""
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# type -> module. A new benchmark: a module with `Evaluator`, and one line here.
+TYPES = {"lareqa": "hybrid_ir.evaluators.lareqa", "miracl": "hybrid_ir.evaluators.miracl"}
+
+
+def module(kind: str, where: str = "type"):
+  """The module implementing evaluator type `kind`; ValueError naming `where` and the types."""
+  if kind not in TYPES:
+    raise ValueError(f"{where}={kind!r}: no such evaluator type; known: {', '.join(TYPES)}")
+  return importlib.import_module(TYPES[kind])
+
+
+def types(evals: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str]:
+  """{eval name: type} of a config's `evals`."""
+  return {name: dict(ec)["type"] for name, ec in (evals or {}).items()}
+
+
+def make(evals: Mapping[str, Mapping[str, Any]] | None, predict_fn: Callable, **extra
+         ) -> dict[str, Any]:
+  """{eval name: Evaluator} from a config's `evals`; `extra` goes to every evaluator (e.g.
+  cache_dir, cache_key). Raises ValueError naming `config.evals.<name>.type` when unknown."""
+  out = {}
+  for name, ec in (evals or {}).items():
+    ec = dict(dict(ec), **extra)
+    kind = ec.pop("type", None)
+    out[name] = module(kind, f"config.evals.{name}.type").Evaluator(predict_fn, name=name, **ec)
+  return out

@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hybrid_ir import retrieval
 from hybrid_ir.data import lareqa as lareqa_data
+from hybrid_ir.evaluators import embedding_cache
 from hybrid_ir.evaluators import metrics
 
 PredictFn = Callable[[Any, list[str], str], np.ndarray]
@@ -140,25 +140,24 @@ class LareqaResult:
     return rows
 
   def per_query(self, metric: str) -> np.ndarray:
-    """A flat per-query vector for paired tests (`hybrid_ir.evaluators.stats`).
+    """One value per question for paired tests and CIs (`hybrid_ir.evaluators.stats`), such that
+    its macro average over query languages is the reported figure (see `query_vectors`).
 
-    'mo_map'/'mo_r1'/'mo_map@20': one value per question (its own language); 'cr_*': one value per
-    (question, other language with a relevant item), row-major; 'mul_map', 'mul_map@20', 'mul_r10',
-    'rank_distance': one value per question. Two results of the same dataset give aligned vectors.
-    Note these are plain (query-weighted) units; the reported Cr/Mul figures are macro averages.
+    metric: 'mo_map', 'mo_map@20', 'mo_r1', 'cr_map', 'cr_map@20', 'cr_r1', 'mul_map',
+    'mul_map@20', 'mul_r10', 'rank_distance'. Two results of the same dataset give aligned
+    vectors; NaN where a question has no relevant item in the setting.
     """
     setting, _, key = metric.partition('_')
-    if setting in ('mo', 'cr'):
-      vals = {'map': self.pair_ap, 'map@20': self.pair_ap20, 'r1': self.pair_r1}[key]
-      own = np.zeros(vals.shape, bool)
-      own[np.arange(len(own)), self.question_lang] = True
-      sel = (own if setting == 'mo' else ~own) & (self.pair_ranks > 0)
-      return vals[sel]
+    pair = {'map': self.pair_ap, 'map@20': self.pair_ap20, 'r1': self.pair_r1}
+    if setting in ('mo', 'cr') and key in pair:
+      mo, cr = query_vectors(pair[key], self.question_lang, len(self.langs))
+      return mo if setting == 'mo' else cr
     table = {'mul_map': self.mul_ap, 'mul_map@20': self.mul_ap20, 'mul_r10': self.mul_r10,
              'rank_distance': self.rank_distance}
     if metric not in table:
-      raise ValueError(f'unknown per-query metric {metric!r}')
-    return table[metric]
+      raise ValueError(f'unknown per-query metric {metric!r}; known: mo_/cr_ + map, map@20, r1; '
+                       f'{", ".join(table)}')
+    return np.asarray(table[metric], np.float64)
 
   def table(self, label: str | None = None) -> str:
     """Markdown: the PAPER.md-shaped summary row (named `label`), then one row per language."""
@@ -199,6 +198,51 @@ class LareqaResult:
     }
 
 
+def query_vectors(pair_values: np.ndarray, question_lang: np.ndarray, num_langs: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-question Mo and Cr values [Nq] from per-setting values [Nq, L] (column Y: the question's
+  X->Y value, NaN where Y has no relevant item), the one definition of LAReQA's per-query units.
+
+  Mo: the question's own-language column. Cr: the query is the resampling unit, since its
+  settings X->Y are not independent, so question q of language X gets
+    v_q = sum over its other languages Y of value(q, X->Y) * n_X / (n_XY * P_X),
+  n_X counting X's questions, n_XY those with a relevant item in Y and P_X the settings X->Y that
+  have any. Then the mean over X's questions of v_q is the mean over X's settings of each
+  setting's mean, and the macro average over X is the reported Cr figure (the macro average over
+  all settings, when every X has the same number of them, as on full XQuAD-R and MLQA-R).
+  Recommended for: `LareqaResult.per_query`, `per_query_vectors` (the report's JSON input).
+  """
+  values = np.asarray(pair_values, np.float64)
+  q_lang = np.asarray(question_lang)
+  own = np.zeros(values.shape, bool)
+  own[np.arange(len(q_lang)), q_lang] = True
+  mo = values[own]
+  others = np.where(own, np.nan, values)
+  valid = ~np.isnan(others)
+  onehot = np.eye(num_langs)[q_lang]  # [Nq, L]
+  n_x = onehot.sum(0)  # [L]
+  n_xy = onehot.T @ valid  # [L, L]
+  p_x = (n_xy > 0).sum(1)  # [L]
+  with np.errstate(divide='ignore', invalid='ignore'):
+    w = n_x[q_lang, None] / (n_xy[q_lang] * p_x[q_lang, None])
+  cr = np.where(valid, np.nan_to_num(others) * np.where(valid, w, 0.0), 0.0).sum(1)
+  if num_langs == 1:
+    cr = np.full(len(q_lang), np.nan)
+  return mo, cr
+
+
+def per_query_vectors(details: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{'lang', 'mo_map', 'cr_map', 'mul_map', 'rank_distance'} per question, from a
+  `LareqaResult.to_json()` dict (what eval.py writes): the vectors of `LareqaResult.per_query`."""
+  pq, langs = details['per_query'], list(details['langs'])
+  q_lang = np.array([langs.index(l) for l in pq['lang']])
+  pair_ap = np.array(pq['pair_ap'], dtype=np.float64)  # None -> nan: no relevant item in Y
+  mo, cr = query_vectors(pair_ap, q_lang, len(langs))
+  return {'lang': np.array(pq['lang']), 'mo_map': mo, 'cr_map': cr,
+          'mul_map': np.array(pq['mul_ap'], np.float64),
+          'rank_distance': np.array(pq['rank_distance'], np.float64)}
+
+
 def evaluate_embeddings(dataset: lareqa_data.LareqaData, query_emb: np.ndarray,
                         cand_emb: np.ndarray, *, query_block: int | None = None) -> LareqaResult:
   """All LAReQA metrics from precomputed embeddings (pure; what tests and benchmarks use).
@@ -210,6 +254,7 @@ def evaluate_embeddings(dataset: lareqa_data.LareqaData, query_emb: np.ndarray,
     raise ValueError(f'{dataset.name}: got {len(query_emb)} query / {len(cand_emb)} candidate '
                      f'embeddings for {dataset.num_questions} questions / '
                      f'{dataset.num_candidates} candidates')
+  from hybrid_ir import retrieval  # jax: only to rank (the report reads results without it)
   rel = dataset.relevant_by_lang
   ranking = retrieval.rank_relevant(query_emb, cand_emb, rel, cand_groups=dataset.cand_lang,
                                     k=10, query_block=query_block)
@@ -245,9 +290,10 @@ class LareqaEvaluator:
     langs: language subset (default all); candidate_text: 'sentence' or 'sentence+context'.
     batch_size: texts per predict_fn call (None: all texts of a kind in one call, recommended
       when predict_fn batches by itself, as encoder.encode does, so it shows one progress bar).
-    cache_dir / cache_key: optional embedding cache (.npy). Only used with a cache_key that names
-      the model weights (e.g. 'e5-small' or 'workdir:step1000'): params alone cannot be hashed
-      cheaply, and a stale cache would silently report another model's numbers.
+    cache_dir / cache_key: optional embedding cache (.npy). cache_key names the encoding settings
+      (e.g. the model config: prefixes, pooling, buckets); an entry's name adds the fingerprint
+      of the params given to `run` (`embedding_cache.cache_key`), so each checkpoint gets its
+      own and a stale cache never reports another model's numbers.
     eval_name (alias name): metric-name prefix (default the dataset name).
   After `run`, `result` (alias `last_result`) holds the `LareqaResult` (per-query arrays,
   `to_json()`, `table()`).
@@ -259,7 +305,7 @@ class LareqaEvaluator:
                cache_key: str | None = None, eval_name: str | None = None,
                name: str | None = None):
     if cache_dir and not cache_key:
-      raise ValueError('LareqaEvaluator: cache_dir needs a cache_key naming the model weights')
+      raise ValueError('LareqaEvaluator: cache_dir needs a cache_key naming the encoding settings')
     self.predict_fn = predict_fn
     self.data = lareqa_data.load_lareqa(data_dir, dataset, langs, candidate_text)
     self.batch_size = batch_size
@@ -272,10 +318,10 @@ class LareqaEvaluator:
   def result(self) -> LareqaResult | None:
     return self.last_result
 
-  def _encode(self, params, texts: list[str], kind: str) -> np.ndarray:
+  def _encode(self, params, texts: list[str], kind: str, key: str | None = None) -> np.ndarray:
     path = None
     if self.cache_dir is not None:
-      h = hashlib.sha1(json.dumps([self.cache_key, kind, texts]).encode()).hexdigest()[:16]
+      h = hashlib.sha1(json.dumps([key, kind, texts]).encode()).hexdigest()[:16]
       path = self.cache_dir / f'{self.data.name}-{kind}-{h}.npy'
       if path.is_file():
         logging.info('%s: loading cached %s embeddings from %s', self.data.name, kind, path)
@@ -296,12 +342,18 @@ class LareqaEvaluator:
     d = self.data
     print(f'{self.eval_name}: {d.num_questions} questions, {d.num_candidates} candidates, '
           f'{d.num_relevant_pairs} relevant pairs')
-    q = self._encode(params, list(d.question_text), 'query')
-    c = self._encode(params, d.cand_text, 'passage')
+    # The cache entry is named by the encoding settings and the params themselves, so another
+    # checkpoint never reads this one's embeddings.
+    key = embedding_cache.cache_key(self.cache_key, params) if self.cache_dir else None
+    q = self._encode(params, list(d.question_text), 'query', key)
+    c = self._encode(params, d.cand_text, 'passage', key)
     self.last_result = evaluate_embeddings(d, q, c)
-    if self.last_result.num_excluded:
-      print(f'{self.eval_name}: {self.last_result.num_excluded} (question, language) pairs have no '
-            'relevant item and are excluded from their Mo/Cr setting')
+    excluded = self.last_result.excluded
+    if excluded.sum():
+      mo = int(np.trace(excluded))
+      print(f'{self.eval_name}: {int(excluded.sum()) - mo} (question, language) pairs have no '
+            f'relevant item in that language and are left out of their X->Y (Cr) setting'
+            + (f', {mo} out of Mo' if mo else ''))
     yield from self.last_result.named_metrics(self.eval_name)
 
 
