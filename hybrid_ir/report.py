@@ -3,6 +3,7 @@
   python -m hybrid_ir.report compare BEFORE.json AFTER.json   # two eval.py outputs
   python -m hybrid_ir.report before-after WORKDIR             # untrained vs last step (the demo)
   python -m hybrid_ir.report <experiment> [--results DIR]     # DIR/<experiment>/*.json
+  python -m hybrid_ir.report versus BEFORE_DIR AFTER_DIR       # the runs both hold, paired
 
 <experiment> is strategies, ratio or languages; it writes DIR/<experiment>/report.md and its PNGs
 from the run summaries there (`python -m hybrid_ir.experiments` writes them) and prints the
@@ -16,7 +17,9 @@ languages is exactly the reported figure. A run's 95% CI is a bootstrap over que
 within each query language; a comparison with the baseline is paired by query: the same
 stratified bootstrap of the difference, and a sign-flip randomisation p-value
 (`hybrid_ir.evaluators.stats`). The query is the resampling unit because a query's settings
-(X->Y for every Y) are not independent.
+(X->Y for every Y) are not independent. Runs of several training seeds (`-seed<k>` names) are
+also pooled: mean ± sd over seeds and a two-level bootstrap (seeds, then queries) CI and p-value,
+`stats.seed_bootstrap`, so that a difference is judged against seed-to-seed variance too.
 """
 import argparse
 import json
@@ -152,6 +155,94 @@ def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) 
     cells = [_paired(vec, base, k) for k in TESTED]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _seed_groups(runs: dict[str, dict]) -> dict[str, list[str]]:
+  """Trained runs by their name without the seed suffix ('xquad-r-mono': [..., '-seed2'])."""
+  out: dict[str, list[str]] = {}
+  for name, run in runs.items():
+    if run.get("loss_curve"):
+      out.setdefault(grids.seed_of(name)[0], []).append(name)
+  return out
+
+
+def _seed_matrix(runs: dict[str, dict], names: list[str], dataset: str, k: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """[seeds, queries] values of metric k, and the query languages."""
+  vecs = [_vectors(runs[n]["datasets"][dataset]) for n in names]
+  return np.stack([v[k] for v in vecs]), vecs[0]["lang"]
+
+
+def seed_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str:
+  """Across training seeds: per run (seeds pooled by name) mean ± sd over seeds with a 95% CI
+  that covers seed and query variance (`stats.seed_bootstrap`), and each run vs `baseline`."""
+  groups = _seed_groups(runs)
+  base = grids.seed_of(baseline)[0] if baseline else None
+
+  def cells(names, base_names=None):
+    out = []
+    for k in TESTED:
+      a, lang = _seed_matrix(runs, names, dataset, k)
+      b = None if base_names is None else _seed_matrix(runs, base_names, dataset, k)[0]
+      ok = ~np.isnan(a).any(0) & (np.ones(a.shape[1], bool) if b is None else ~np.isnan(b).any(0))
+      if not ok.any():
+        out.append("—")
+        continue
+      r = stats.seed_bootstrap(a[:, ok], None if b is None else b[:, ok], strata=lang[ok],
+                               n_resamples=N_RESAMPLES)
+      if b is None:
+        out.append(f"{_fmt(r.mean, k)} ± {_fmt(r.seed_sd, k)} [{_fmt(r.ci_low, k)}, "
+                   f"{_fmt(r.ci_high, k)}]")
+      else:
+        d = 1 if k == "rank_distance" else 3
+        out.append(f"{r.mean:+.{d}f} [{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}] p={r.p_value:.3g}")
+    return out
+
+  lines = [f"Across training seeds ({dataset}): mean ± sd over seeds [95% CI over seeds and "
+           f"queries, two-level bootstrap, {N_RESAMPLES} resamples]:", "",
+           "| run | seeds | " + " | ".join(HEADERS[k] for k in TESTED) + " |",
+           "|---|---|" + "---|" * len(TESTED)]
+  for name, names in groups.items():
+    seeds = sorted(grids.seed_of(n)[1] for n in names)
+    lines.append(f"| {name} | {','.join(map(str, seeds))} | " + " | ".join(cells(names)) + " |")
+  if base in groups:
+    lines += ["", f"Against **{base}** across seeds (seeds resampled separately for each run, "
+              "queries paired; two-sided bootstrap p):", "",
+              "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
+              "|---|" + "---|" * len(TESTED)]
+    for name, names in groups.items():
+      if name != base:
+        lines.append(f"| {name} | " + " | ".join(cells(names, groups[base])) + " |")
+  return "\n".join(lines)
+
+
+def versus_table(before: dict[str, dict], after: dict[str, dict], dataset: str) -> str:
+  """The runs two result folders share (e.g. before and after a fix): each metric's value
+  before -> after and the paired difference after - before, with CI and p."""
+  names = [n for n in after if n in before and after[n].get("loss_curve")
+           and dataset in before[n]["datasets"] and dataset in after[n]["datasets"]]
+  lines = [f"| run ({dataset}) | " + " | ".join(
+      f"{HEADERS[k]}: before → after, Δ" for k in TESTED) + " |", "|---|" + "---|" * len(TESTED)]
+  for name in names:
+    old, new = before[name]["datasets"][dataset], after[name]["datasets"][dataset]
+    vo, vn = _vectors(old), _vectors(new)
+    lines.append(f"| {name} | " + " | ".join(
+        f"{_fmt(old['metrics'][k], k)} → {_fmt(new['metrics'][k], k)}, {_paired(vn, vo, k)}"
+        for k in TESTED) + " |")
+  return "\n".join(lines)
+
+
+def write_versus(before_dir: pathlib.Path, after_dir: pathlib.Path) -> str:
+  """Writes `<after_dir>/versus.md`: `versus_table` per dataset; returns the markdown."""
+  before, after = load_runs(before_dir), load_runs(after_dir)
+  parts = [f"# {after_dir} against {before_dir}", "",
+           "Paired by query (difference of macro averages, 95% bootstrap CI stratified by query "
+           f"language, sign-flip randomisation p; {N_RESAMPLES} resamples).", ""]
+  for dataset in sorted({d for r in after.values() for d in r["datasets"]}):
+    parts += [f"## Evaluated on {dataset}", "", versus_table(before, after, dataset), ""]
+  text = "\n".join(parts)
+  (after_dir / "versus.md").write_text(text)
+  return text
 
 
 def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None = None) -> str:
@@ -306,6 +397,8 @@ def write_report(experiment: str, directory: pathlib.Path) -> str:
     baseline = BASELINES.get(experiment) or next(
         (n for n in group if n.endswith("-mono")), None)
     parts += [f"## Evaluated on {dataset}", "", comparison_table(group, dataset, baseline), ""]
+    if any(grids.seed_of(n)[1] for n in group):
+      parts += [seed_table(group, dataset, baseline), ""]
     trained = {n: r for n, r in group.items() if r.get("loss_curve")}
     if trained:
       png = directory / f"loss_{dataset}.png"
@@ -407,6 +500,10 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser("before-after", help="the demo's table: W/eval/pretrained.json vs the newest "
                      "W/eval/step_<N>.json")
   p.add_argument("workdir", type=pathlib.Path)
+  p = sub.add_parser("versus", help="the runs two result folders share, before vs after, paired "
+                     "(e.g. results/before_identity_fix/use_m3/strategies results/use_m3/strategies)")
+  p.add_argument("before", type=pathlib.Path, help="a folder of run summaries (*.json)")
+  p.add_argument("after", type=pathlib.Path, help="the folder compared; versus.md is written here")
   for name in grids.EXPERIMENTS:
     p = sub.add_parser(name, help=f"report.md + plots of the {name} experiment")
     p.add_argument("--results", default=None, metavar="DIR",
@@ -423,6 +520,8 @@ def main(argv: list[str]) -> None:
       print(compare_files(args.before, args.after))
     elif args.command == "before-after":
       print(before_after(args.workdir))
+    elif args.command == "versus":
+      print(write_versus(args.before, args.after))
     else:
       dirs = find_results(args.command, args.results)
       for d in dirs:

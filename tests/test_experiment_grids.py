@@ -4,6 +4,7 @@ two steps per run): every run of the grid reaches the report, in the grid's orde
 import pytest
 
 from hybrid_ir import experiments
+from hybrid_ir import grids as grids_lib
 from test_experiments import _run_grid, _table_rows
 
 
@@ -13,6 +14,10 @@ def grids(tmp_path_factory):
   for name in ("ratio", "languages"):
     tmp = tmp_path_factory.mktemp(name)
     out[name] = _run_grid(name, tmp, experiments.runs(name))
+  # X-X-mono and hybrid with two training seeds each (what --seeds 0,1 runs).
+  seeded = [r for r in grids_lib.with_seeds(experiments.runs("strategies", ("xquad-r",)), (0, 1))
+            if "cross" not in r.name]
+  out["seeds"] = _run_grid("strategies", tmp_path_factory.mktemp("seeds"), seeded)
   return out
 
 
@@ -36,3 +41,13 @@ def test_languages_report_splits_seen_and_unseen_languages(grids):
   assert line.count("[") == 6  # seen and unseen Mo/Cr/Mul, each with its paired CI
   assert next(l for l in text.splitlines() if l.startswith("| langs4 | ar+de+en+zh |"))
   assert (out_dir / "languages_mlqa-r.png").stat().st_size > 0
+
+
+def test_seed_grid_miniature_pools_seeds_in_the_report(grids):
+  text, out_dir = grids["seeds"]
+  assert (out_dir / "xquad-r-hybrid-seed1.json").is_file()
+  assert "Across training seeds (mlqa-r)" in text
+  for name in ("xquad-r-mono", "xquad-r-hybrid"):
+    assert any(l.startswith(f"| {name} | 0,1 |") for l in text.splitlines()), text
+  paired = [l for l in text.splitlines() if l.startswith("| xquad-r-hybrid |") and "p=" in l]
+  assert paired and "±" not in paired[-1]  # the across-seeds comparison with mono

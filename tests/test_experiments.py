@@ -219,3 +219,39 @@ def test_experiment_config_is_found_from_another_directory(tmp_path, monkeypatch
   assert experiments.find_config() == REPO / experiments.CONFIG
   with pytest.raises(FileNotFoundError, match="--base_config=nope.py: no such file"):
     experiments.find_config("nope.py")
+
+
+def _trained(summary: dict) -> dict:
+  return dict(summary, loss_curve=[{"step": 1, "loss": 1.0}])
+
+
+def test_seed_table_on_runs_whose_answer_is_known():
+  # X-X-mono: AP .5 + a seed offset (0, +.02, -.02) on every query; hybrid: .55 + the same
+  # offsets. Mean over seeds .500 and .550, sd .020; hybrid - mono = +.050, far above the seed
+  # spread, so its two-level CI excludes 0.
+  runs = {}
+  for s, off in enumerate((0.0, 0.02, -0.02)):
+    for name, level in (("mono", 0.5), ("hybrid", 0.55)):
+      runs[name if s == 0 else f"{name}-seed{s}"] = _trained(_fake_summary(
+          {"en": np.full(300, level + off), "de": np.full(100, level + off)}, name))
+  text = report.seed_table(runs, "toy", "mono")
+  mono = next(l for l in text.splitlines() if l.startswith("| mono | 0,1,2 |"))
+  assert "0.500 ± 0.020" in mono
+  hybrid = next(l for l in text.splitlines() if l.startswith("| hybrid |") and "p=" in l)
+  delta = hybrid.split("|")[2].strip()  # Δ Mo mAP
+  assert delta.startswith("+0.050 [")
+  low, high = (float(x) for x in delta.split("[")[1].split("]")[0].split(","))
+  assert 0 < low < 0.05 < high < 0.1
+  # The seed level counts: with 3 seeds of sd .02, the CI is far wider than the query CI (0).
+  assert high - low > 0.02
+
+
+def test_versus_table_pairs_the_runs_two_folders_share():
+  before = {"mono": _trained(_fake_summary({"en": np.full(50, 0.5)}, "mono")),
+            "pretrained": _fake_summary({"en": np.full(50, 0.4)}, "pretrained")}
+  after = {"mono": _trained(_fake_summary({"en": np.full(50, 0.53)}, "mono")),
+           "pretrained": before["pretrained"]}
+  text = report.versus_table(before, after, "toy")
+  line = next(l for l in text.splitlines() if l.startswith("| mono |"))
+  assert "0.500 → 0.530, +0.030 [+0.030, +0.030]" in line
+  assert "| pretrained |" not in text  # untrained runs are the same model on both sides
