@@ -12,6 +12,14 @@ The arg is comma-separated key=value pairs (defaults in DEFAULTS):
   langs   training languages joined by '+', or 'all' (every language of `train` the model covers)
   steps, batch, lr, seed
   size    full | mini        (mini: a tiny random BERT and 3 eval languages, for tests)
+The recipe's switches (issue "results that hold up"; each off by default):
+  negatives   same-paragraph hard negatives per example (the other sentences of the answer's
+              paragraph, LAReQA's distractors)
+  bitext      none | lohelp | bible | lohelp+bible: parallel text of ../shared/data/bitext as
+              extra sources (translation ranking), sources then drawn uniformly
+  symmetric   1: add the passage -> query InfoNCE direction
+  learn_temp  1: a learned temperature (from `temp`); temp: the (initial) temperature, 0.05
+  chunks      GradCache chunks (0: off), for batches larger than memory allows
 
 Related: `hybrid_ir.experiments` (runs a grid), `hybrid_ir.report` (tables from its summaries).
 """
@@ -20,11 +28,16 @@ import dataclasses
 from hybrid_ir.data import lareqa
 
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
-                steps=150, batch=32, lr=3e-5, seed=0, size="full")
+                steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
+                symmetric=0, learn_temp=0, temp=0.05, chunks=0)
 # Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
 MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
 SIZES = ("full", "mini")
-EXPERIMENTS = ("strategies", "ratio", "languages")
+EXPERIMENTS = ("strategies", "ratio", "languages", "recipe")
+# The recipe's ablation, cumulative: each row adds one ingredient to the row before it.
+RECIPE = (("base", {}), ("negatives", dict(negatives=3)), ("bitext", dict(bitext="lohelp+bible")),
+          ("symmetric", dict(symmetric=1)), ("learn_temp", dict(learn_temp=1)),
+          ("longer", dict(steps=600)))
 STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
 
 
@@ -108,6 +121,8 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
   ratio       alpha in {0, .25, .5, .75, 1} (cross = 1 - alpha) and mixed-batch fractions, trained
               on XQuAD-R, evaluated on MLQA-R.
   languages   1, 2, 4 and all training languages (nested, English first), hybrid batches.
+  recipe      hybrid batches with the recipe's ingredients added one by one (RECIPE), trained
+              on XQuAD-R, evaluated on MLQA-R; the report pairs each row with the one before.
   """
   if name == "strategies":
     out = []
@@ -129,5 +144,12 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
     for n, langs in subsets.items():
       mix = _mix(1.0, 0.0) if n == 1 else _mix(0.5, 0.5)
       out.append(Run(f"langs{n}", dict(train="xquad-r", langs=langs, **mix)))
+    return out
+  if name == "recipe":
+    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+    args = dict(train="xquad-r", **_mix(0.5, 0.5))
+    for i, (ingredient, change) in enumerate(RECIPE, 1):
+      args = dict(args, **change)
+      out.append(Run(f"recipe{i}-{ingredient}", dict(args)))
     return out
   raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")

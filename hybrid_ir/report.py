@@ -36,7 +36,8 @@ METRICS = ("mo_map", "cr_map", "mul_map", "mo_r1", "cr_r1", "mul_r10", "rank_dis
 TESTED = ("mo_map", "cr_map", "mul_map", "rank_distance")  # those with per-query vectors
 HEADERS = {"mo_map": "Mo mAP", "cr_map": "Cr mAP", "mul_map": "Mul mAP", "mo_r1": "Mo R@1",
            "cr_r1": "Cr R@1", "mul_r10": "Mul R@10", "rank_distance": "rank dist."}
-BASELINES = {"ratio": "alpha1", "languages": "pretrained"}  # strategies: '<train set>-mono'
+# strategies: '<train set>-mono'; recipe: its first row (and each row vs the one before it)
+BASELINES = {"ratio": "alpha1", "languages": "pretrained", "recipe": "recipe1-base"}
 N_RESAMPLES = 2000
 
 
@@ -213,6 +214,25 @@ def seed_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str
     for name, names in groups.items():
       if name != base:
         lines.append(f"| {name} | " + " | ".join(cells(names, groups[base])) + " |")
+  return "\n".join(lines)
+
+
+def ablation_table(runs: dict[str, dict], dataset: str) -> str:
+  """The recipe's ablation: each trained run paired against the row before it (what its one
+  ingredient changed), with its wall time."""
+  # recipe1-..., recipe2-...: sorted is the grid's order; seed 0 (other seeds: seed_table).
+  names = sorted(n for n, r in runs.items()
+                 if r.get("loss_curve") and dataset in r["datasets"] and not grids.seed_of(n)[1])
+  lines = [f"Each ingredient against the row before it ({dataset}; paired by query, 95% CI, "
+           f"randomisation p; {N_RESAMPLES} resamples):", "",
+           "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " | wall time |",
+           "|---|" + "---|" * (len(TESTED) + 1)]
+  for prev, name in zip(names, names[1:]):
+    vec = _vectors(runs[name]["datasets"][dataset])
+    base = _vectors(runs[prev]["datasets"][dataset])
+    minutes = (runs[name].get("wall_seconds") or float("nan")) / 60
+    lines.append(f"| {name} (vs {prev}) | " + " | ".join(_paired(vec, base, k) for k in TESTED)
+                 + f" | {minutes:.0f} min |")
   return "\n".join(lines)
 
 
@@ -399,6 +419,8 @@ def write_report(experiment: str, directory: pathlib.Path) -> str:
     parts += [f"## Evaluated on {dataset}", "", comparison_table(group, dataset, baseline), ""]
     if any(grids.seed_of(n)[1] for n in group):
       parts += [seed_table(group, dataset, baseline), ""]
+    if experiment == "recipe":
+      parts += [ablation_table(group, dataset), ""]
     trained = {n: r for n, r in group.items() if r.get("loss_curve")}
     if trained:
       png = directory / f"loss_{dataset}.png"

@@ -38,7 +38,7 @@ def test_grids_have_the_runs_the_paper_needs():
     assert a["mono"] + a["cross"] + a["mixed"] == pytest.approx(1.0)
   langs = {r.name: r.args for r in experiments.runs("languages")}
   assert langs["langs1"]["cross"] == 0.0  # one language cannot make X-Y batches
-  with pytest.raises(ValueError, match="known: strategies, ratio, languages"):
+  with pytest.raises(ValueError, match="known: strategies, ratio, languages, recipe"):
     experiments.runs("alpha")
 
 
@@ -255,3 +255,35 @@ def test_versus_table_pairs_the_runs_two_folders_share():
   line = next(l for l in text.splitlines() if l.startswith("| mono |"))
   assert "0.500 → 0.530, +0.030 [+0.030, +0.030]" in line
   assert "| pretrained |" not in text  # untrained runs are the same model on both sides
+
+
+def test_recipe_grid_adds_one_ingredient_per_row_and_every_config_builds():
+  from configs.experiments import base
+  recipe = [r for r in experiments.runs("recipe") if not r.pretrained]
+  assert [r.name for r in recipe] == [f"recipe{i}-{n}" for i, (n, _) in enumerate(grids.RECIPE, 1)]
+  for prev, run in zip(recipe, recipe[1:]):
+    changed = {k for k in run.args if run.args[k] != prev.args.get(k)}
+    assert len(changed) == 1, (run.name, changed)  # the ablation changes one thing per row
+  arg = lambda run: ",".join(f"{k}={v}" for k, v in dict(run.args, **MINI).items())  # noqa: E731
+  last = base.get_config(arg(recipe[-1]))
+  assert last.input.sources[0]["num_negatives"] == 3
+  assert [s["name"] for s in last.input.sources] == ["xquad-r", "lohelp", "bible"]
+  assert last.loss.symmetric and last.loss.learn_temperature
+  first = base.get_config(arg(recipe[0]))
+  assert not first.loss.symmetric and len(first.input.sources) == 1
+  with pytest.raises(ValueError, match="'wiki' is not one of"):
+    base.get_config("bitext=wiki")
+
+
+def test_ablation_table_pairs_each_row_with_the_one_before():
+  runs = {name: dict(_trained(_fake_summary({"en": np.full(40, ap)}, name)), wall_seconds=120)
+          for name, ap in (("recipe1-base", 0.5), ("recipe2-negatives", 0.54),
+                           ("recipe3-bitext", 0.53))}
+  runs["recipe2-negatives-seed1"] = runs["recipe2-negatives"]  # other seeds: not in the chain
+  text = report.ablation_table(runs, "toy")
+  rows = [l for l in text.splitlines() if l.startswith("| recipe")]
+  assert [r.split("|")[1].strip() for r in rows] == [
+      "recipe2-negatives (vs recipe1-base)", "recipe3-bitext (vs recipe2-negatives)"]
+  assert rows[0].split("|")[2].strip().startswith("+0.040 [")
+  assert rows[1].split("|")[2].strip().startswith("-0.010 [")
+  assert rows[0].rstrip().endswith("| 2 min |")

@@ -18,6 +18,11 @@ from hybrid_ir import grids
 from hybrid_ir.grids import DEFAULTS, parse, train_langs  # noqa: F401  (this config's arg)
 
 
+# ../shared/data/bitext: the languages of each file (its README).
+BITEXT_LANGS = {"lohelp": ("de", "el", "en", "es", "hi", "ru", "tr", "vi", "zh"),
+                "bible": ("ar", "de", "en", "es", "ru", "vi")}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse(arg)
   evaluate_on = grids.evaluated_on(a)
@@ -27,17 +32,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = max(1, min(10, a["steps"] // 10))
   c.eval_every = 0
   c.eval_batch_size = 128
-  c.grad_cache_chunks = 0
   c.mesh = dict(data=-1, fsdp=1)
   c.model = common.model(a["model"])
   c.optimizer = dict(lr=a["lr"], weight_decay=0.01, warmup_steps=max(1, a["steps"] // 10),
                      decay="linear", grad_clip=1.0)
-  c.loss = common.loss()
+  # The recipe's switches (hybrid_ir.grids); .get keeps configs of older args loadable.
+  c.loss = common.loss(symmetric=bool(a.get("symmetric", 0)),
+                       learn_temperature=bool(a.get("learn_temp", 0)),
+                       temperature=float(a.get("temp", 0.05)))
+  c.grad_cache_chunks = int(a.get("chunks", 0))
   c.checkpoint = dict(every=a["steps"], keep=1, async_save=True)
   c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, store_dir=common.STORE_DIR,
                  too_few="error", type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=a["mixed"]),
                  sources=[dict(name=a["train"], kind="squad", path=f"{common.DATA_DIR}/{a['train']}",
-                               langs=train_langs(a))])
+                               langs=train_langs(a), num_negatives=int(a.get("negatives", 0)))])
+  bitext = [b for b in a.get("bitext", "none").split("+") if b != "none"]
+  for name in bitext:
+    if name not in BITEXT_LANGS:
+      raise ValueError(f"bitext={a['bitext']!r}: {name!r} is not one of {sorted(BITEXT_LANGS)}")
+    c.input.sources.append(dict(name=name, kind="bitext",
+                                paths=[f"{common.DATA_DIR}/bitext/{name}.tsv.gz"],
+                                langs=[l for l in train_langs(a) if l in BITEXT_LANGS[name]]))
+  if bitext:
+    c.input.source_temperature = 1e6  # ~uniform over sources: bitext has 25x XQuAD-R's groups
   c.evals = common.lareqa_evals(evaluate_on)
   if a["size"] == "mini":
     # A tiny random BERT with the e5 tokenizer: for the experiment tests, seconds per run.
