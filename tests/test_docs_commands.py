@@ -80,6 +80,8 @@ PLACEHOLDERS = {
     "N": "1",                                       # --step N, --workers N
     "BEFORE.json": "{tmp}/BEFORE.json",             # report compare: two eval outputs
     "AFTER.json": "{tmp}/AFTER.json",
+    "BEFORE_DIR": "results/before_identity_fix/use_m3/strategies",  # report versus: two folders
+    "AFTER_DIR": "results/use_m3/strategies",
     "DIR": "results/use_m3",                        # report --results DIR: the committed results
     "<results>": "results/use_m3",
     "<experiment>": "strategies",                   # report/experiments: an experiment's name
@@ -945,6 +947,7 @@ def _worker(spec_path: str, out_path: str) -> None:
     report.compare_files = lambda before, after: calls.append("compare") or ""
     report.before_after = lambda workdir: calls.append("before_after") or ""
     report.write_report = lambda experiment, d: calls.append(f"write_report {d}") or ""
+    report.write_versus = lambda before, after: calls.append(f"write_versus {after}") or ""
     for cid, argv in commands:
       results[cid] = _run_one(report.main, argv, calls)
   else:
