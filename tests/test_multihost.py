@@ -1,7 +1,8 @@
 """A real multi-process run: two processes on this machine (jax.distributed with a coordinator on
 127.0.0.1, 4 fake CPU devices each) train a tiny model with checkpoints and are SIGKILLed; the run
 is resumed as ONE process with 8 devices. Every step's loss matches an uninterrupted one-process
-run to 1e-5, and every step's global batch holds the same examples (its fingerprint, logged per
+run to 1e-4 (the two processes sum gradients across processes in another order than one process
+does, and float32 drift after 12 AdamW steps reached 4.5e-5 on CI), and every step's global batch holds the same examples (its fingerprint, logged per
 step, equals the one-process run's and the sampler's own)."""
 import json
 import os
@@ -81,7 +82,7 @@ def test_two_processes_killed_then_resumed_as_one(tmp_path):
   assert sorted(resumed) == sorted(single) == list(range(1, STEPS + 1))  # no step twice
   for step in range(1, STEPS + 1):
     np.testing.assert_allclose(resumed[step]["train/loss"], single[step]["train/loss"],
-                               rtol=1e-5, atol=1e-5, err_msg=f"step {step}")
+                               rtol=1e-4, atol=1e-4, err_msg=f"step {step}")
     assert resumed[step]["train/batch_fingerprint"] == single[step]["train/batch_fingerprint"]
   # And those are the sampler's own batches, recomputed here without any training.
   sources = input_pipeline.open_sources(get_config().input)
