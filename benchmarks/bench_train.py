@@ -5,20 +5,18 @@
 
 Prints per model: step time (median of --steps after 2 compile/warm-up steps), examples/s
 (queries), tokens/s (non-pad query + passage tokens), FLOPs/step from XLA's cost analysis of the
-compiled step, and MFU = FLOPs/step / step time / peak. The default peak, 256 GFLOP/s, is this
-2-core CPU's f32 limit (2 cores x 2 FMA units x 8 f32 lanes (AVX2) x 2 flops x ~4 GHz); pass
-the accelerator's peak (e.g. H100 bf16 dense: 989000) when run on one.
+compiled step, and MFU (`train.mfu`, the trainer's formula: one device's share of the FLOPs/step
+/ step time / one device's peak). The default peak, 256 GFLOP/s, is this 2-core CPU's f32 limit
+(2 cores x 2 FMA units x 8 f32 lanes (AVX2) x 2 flops x ~4 GHz); pass the accelerator's
+peak (e.g. H100 bf16 dense: 989000) when run on one.
 Batch as in DESIGN.md: B queries padded to 32 tokens + B passages padded to 64 tokens.
 """
 import argparse
-import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from configs import common
 from hybrid_ir import models, sharding, train
@@ -48,25 +46,16 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> d
   batch = sharding.host_local_to_global(
       {"query": q, "passage": p, "identity": np.arange(batch_size, dtype=np.int32)}, mesh)
   tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
-  tx = train.make_optimizer(config)
-  loss_and_grads = train.make_loss_and_grads(encoder, config)
-  trainable = {"params": encoder.params, "loss_params": {"log_temperature": jnp.float32(-3.0)}}
-  state = (trainable, tx.init(trainable))
-
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def update(state, batch):
-    trainable, opt_state = state
-    (loss, _), grads = loss_and_grads(trainable, batch)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    return (optax.apply_updates(trainable, updates), opt_state), loss
-
-  cost = update.lower(state, batch).compile().cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+  # The trainer's own update step (sharding, AdamW, finite flag), so the bench measures what
+  # train.py runs.
+  train_step = train.make_train_step(encoder, config, mesh)
+  state = train_step.init(encoder.params)
+  flops = train.step_flops(train_step.update.lower(state, batch).compile())
   times = []
   for i in range(steps + 2):
     t = time.perf_counter()
-    state, loss = update(state, batch)
-    loss.block_until_ready()
+    state, m = train_step.update(state, batch)
+    loss = m["loss"].block_until_ready()
     if i >= 2:
       times.append(time.perf_counter() - t)
   step = float(np.median(times))
@@ -74,7 +63,7 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> d
   return dict(model=model, dtype=dtype, device=jax.devices()[0].device_kind, params_m=n_params / 1e6,
               batch=batch_size, step_s=step, examples_per_s=batch_size / step,
               tokens_per_s=tokens / step, gflops_per_step=flops / 1e9,
-              mfu=flops / step / (peak * 1e9 * mesh.size), loss=float(loss))
+              mfu=train.mfu(flops, step, peak * 1e9), loss=float(loss))
 
 
 def main():

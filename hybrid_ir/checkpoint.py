@@ -1,35 +1,236 @@
-"""Orbax checkpoints of a training run: train state, data/schedule state and config.
+"""Orbax checkpoints of a training run: train state, data/schedule state, config, checksums.
 
-Layout: `<workdir>/checkpoints/<step>/{params, train_state, data, config}`.
+Layout: `<workdir>/checkpoints/<step>/{params, train_state, data, config, integrity}`.
   params       the encoder params (StandardSave) — a separate item so the eval binary can restore
                them alone, into an abstract (sharded) target, without the optimizer state.
   train_state  everything else in the state dict: opt_state, step (StandardSave).
   data         JSON: input pipeline / schedule position, enough to resume the exact stream.
-  config       JSON: the run's config, for provenance.
+  config       JSON: the run's config (resume compares it with the config given; see train.py).
+  integrity    JSON: per array its shape, dtype and two 32-bit checksums computed on device when
+               it was saved, and a sha256 of the data and config items. Orbax and TensorStore
+               read a bit-flipped data file without complaint (measured: every flip restored
+               silently), so every restore here recomputes and compares them.
 
 Unfinished steps are invisible: Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and
 renames it when every item is committed (on GCS, where rename is not atomic, it writes a
 commit_success file instead); `CheckpointManager` lists only finalized steps. Readers here always
 re-scan the directory, so a poller never sees a step before its rename.
+
+What a reader gets instead of a restored step:
+  FileNotFoundError       the step is not there, or vanished while read (keep-N deleted it);
+  ModelMismatchError      its arrays have other names or shapes than the target: written for
+                          another model (checked against the integrity record, before reading);
+  CorruptCheckpointError  the step is there but unreadable or fails its checksums; `train.py`
+                          and `eval.py` fall back to the newest good step (`restore_latest`).
+Other files of the run directory: `finished.json` (written by train.py when the run completed;
+`read_finished`), and `corrupt_checkpoints/` (steps the trainer moved aside, never deleted).
 """
+import dataclasses
+import datetime
+import hashlib
 import json
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Callable, NamedTuple
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-STATE_ITEMS = ("params", "train_state", "data", "config")
+STATE_ITEMS = ("params", "train_state", "data", "config", "integrity")
+FINISHED = "finished.json"
+QUARANTINE = "corrupt_checkpoints"
 
+
+class CheckpointError(Exception):
+  """A checkpoint that cannot be used; the message names it and says what to do."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A finished step whose files are unreadable or fail their checksums."""
+
+
+class ModelMismatchError(CheckpointError, ValueError):
+  """A readable step whose arrays do not fit the target (another model's checkpoint)."""
+
+
+class WorkdirError(ValueError):
+  """A --workdir that cannot serve: a file, not creatable, not writable, or missing."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The run directory.
+# ------------------------------------------------------------------------------------------------
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
   """`<workdir>/checkpoints`, absolute; an epath, so gs:// workdirs work (pathlib mangles them)."""
   d = epath.Path(workdir) / "checkpoints"
   return d if "://" in str(workdir) else epath.Path(os.path.abspath(d))
 
+
+def check_workdir(workdir: str | os.PathLike, *, create: bool, writable: bool = True,
+                  flag: str = "--workdir") -> epath.Path:
+  """The workdir as an epath, after checks whose errors say what is wrong with which path.
+
+  Inputs: create (make it, with parents, if missing; else it must exist), writable (probe it by
+  writing and removing a file: a read-only mount or a permission fails here, before any work).
+  Raises WorkdirError. Recommended for every binary before its first heavy step.
+  """
+  path = epath.Path(workdir)
+  what = f"{flag}={workdir}"
+  try:
+    if path.exists() and not path.is_dir():
+      raise WorkdirError(f"{what} is a file, not a directory; pass a directory (it holds "
+                         "checkpoints/, metrics.jsonl and eval/), or move the file away")
+    if not path.exists():
+      if not create:
+        raise WorkdirError(f"{what} does not exist (nothing to read there); pass the directory "
+                           "the trainer wrote to")
+      path.mkdir(parents=True, exist_ok=True)
+    if writable:
+      probe = path / f".write_test.{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+  except WorkdirError:
+    raise
+  except (OSError, ValueError) as e:  # PermissionError, read-only file system, a file as parent
+    reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+    raise WorkdirError(f"{what}: cannot {'write to' if path.is_dir() else 'create'} {path} "
+                       f"({reason}); pass a directory you can write to") from None
+  return path
+
+
+class HeldLog(logging.Filter):
+  """Holds INFO log records back until the log file is open, then writes them there.
+
+  The first jax call runs JAX's backend probe, which logs 'Unable to initialize backend tpu'
+  (and Orbax, TensorFlow log at INFO too); it has to come before the log file opens, since only
+  then is it known whether this is process 0 (the one that writes it) and, for eval.py, whether
+  the output directory can be written. Usage:
+    with checkpoint.HeldLog() as log:
+      ...                       # jax calls, checks
+      log.to_file("eval", out)  # process 0, local directories: <out>/eval.INFO
+  On leaving, the held records go to wherever the log goes then (the file, or stderr; on an
+  error before the file opened, nowhere).
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.records, self.path = [], None
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    self._handler = absl_logging.get_absl_handler()
+
+  def filter(self, record):
+    if record.levelno < logging.WARNING:
+      self.records.append(record)
+      return False
+    return True
+
+  def __enter__(self) -> "HeldLog":
+    self._handler.addFilter(self)
+    return self
+
+  def to_file(self, program: str, directory: str | os.PathLike) -> str | None:
+    """Sends the log to `<directory>/<program>.INFO` on process 0 for a local directory (absl then
+    writes only FATAL to stderr); returns the path, or None (the log stays on stderr)."""
+    if jax.process_index() == 0 and "://" not in str(directory):
+      self._handler.use_absl_log_file(program, str(directory))
+      self.path = str(epath.Path(directory) / f"{program}.INFO")
+    return self.path
+
+  def __exit__(self, exc_type, *exc) -> None:
+    self._handler.removeFilter(self)
+    # Failing before a log file opened, the error is what matters on the console: the held
+    # INFO chatter is dropped, not printed above it.
+    if self.path is not None or exc_type is None:
+      for record in self.records:
+        self._handler.handle(record)
+    self.records = []
+
+
+def log_error(message: str) -> None:
+  """Records a binary's fatal error in its log file. Not on stderr (while no log file is open,
+  the log is stderr), where the binary's exit message says it once."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if absl_logging.get_absl_handler().python_handler.stream not in (sys.stderr, sys.__stderr__):
+    absl_logging.error("%s", message)
+
+
+def write_finished(workdir: str | os.PathLike, step: int) -> None:
+  """Marks the run complete at `step` (its checkpoint is final): `<workdir>/finished.json`."""
+  path = epath.Path(workdir) / FINISHED
+  tmp = path.parent / f"{FINISHED}.tmp"
+  tmp.write_text(json.dumps({"step": int(step), "time": datetime.datetime.now().isoformat()}))
+  tmp.rename(path)
+
+
+def read_finished(workdir: str | os.PathLike) -> dict | None:
+  """`finished.json` of a completed run ({'step': N, 'time': ...}), or None (still running, died,
+  or written before the marker existed)."""
+  path = epath.Path(workdir) / FINISHED
+  try:
+    return json.loads(path.read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def clear_finished(workdir: str | os.PathLike) -> None:
+  """Removes the marker: a resumed run with more steps is running again."""
+  path = epath.Path(workdir) / FINISHED
+  if path.exists():
+    path.unlink()
+
+
+# ------------------------------------------------------------------------------------------------
+# Checksums computed on device.
+# ------------------------------------------------------------------------------------------------
+
+def _words(x: jax.Array) -> jax.Array:
+  """The array's bits as uint32 words (narrower types widened), same shape."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _leaf_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of words, sum of word * hash(position)) mod 2^32. The first changes with any single
+  flipped bit (by +-2^k, never 0 mod 2^32); the second also with moved words. Positions come from
+  iotas in the array's own shape, so a sharded array is summed where it lies (no reshape)."""
+  w = _words(x)
+  idx, stride = jnp.zeros(w.shape, jnp.uint32), 1
+  for d in reversed(range(w.ndim)):
+    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) * jnp.uint32(stride % 2**32)
+    stride *= w.shape[d]
+  weight = idx * jnp.uint32(2654435761) + jnp.uint32(1)
+  # Two scalars, not a [2] array: a scalar can only be replicated, so every process of a
+  # multi-host run can read it.
+  return jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * weight, dtype=jnp.uint32)
+
+
+_tree_sums = jax.jit(lambda leaves: [_leaf_sums(x) for x in leaves])
+
+
+def fingerprint(tree: Any) -> dict[str, dict]:
+  """{leaf path: {'shape', 'dtype', 'sum': [a, b]}} of a pytree of jax arrays, summed on device
+  (one jitted pass over the arrays; only 8 bytes per array come to the host)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  sums = jax.device_get(_tree_sums([jnp.asarray(x) for _, x in leaves])) if leaves else []
+  return {jax.tree_util.keystr(path): {"shape": list(x.shape), "dtype": str(x.dtype),
+                                       "sum": [int(s) for s in sums[i]]}
+          for i, (path, x) in enumerate(leaves)}
+
+
+def _json_sha256(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# Save.
+# ------------------------------------------------------------------------------------------------
 
 def make_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
                  save_interval_steps: int = 1, async_save: bool = True,
@@ -38,7 +239,8 @@ def make_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
 
   Inputs: max_to_keep (None keeps all), save_interval_steps (`save` is a no-op in between unless
   forced), async_save (writes in a background thread; call `manager.wait_until_finished()` before
-  exiting), read_only (for the eval binary: never creates, deletes or writes).
+  saying a step is saved, or exiting), read_only (for the eval binary: never creates, deletes or
+  writes).
   """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
@@ -48,7 +250,8 @@ def make_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
                                item_names=STATE_ITEMS)
 
 
-def _config_to_json(config: Any) -> dict:
+def config_to_json(config: Any) -> dict:
+  """A ConfigDict (or dict) as the JSON dict saved with a checkpoint (tuples become lists)."""
   if isinstance(config, ml_collections.ConfigDict):
     return json.loads(config.to_json_best_effort())
   return json.loads(json.dumps(config, default=str))
@@ -60,17 +263,29 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict[str, Any],
 
   Inputs: state, a dict with at least 'params' (plus e.g. opt_state, step) of jax arrays;
   data_state, a JSON-able dict; config, a ConfigDict or JSON-able dict. Returns whether a save
-  started. Related: `restore`, `restore_params`.
+  started; it is final once `manager.wait_until_finished()` returns. Related: `restore`,
+  `restore_params`.
   """
   if "params" not in state:
     raise ValueError(f"checkpoint.save: state needs a 'params' entry; got keys {sorted(state)}")
+  if not (force or manager.should_save(step)):
+    return False
   rest = {k: v for k, v in state.items() if k != "params"}
+  config_json = config_to_json(config)
+  integrity = {"version": 1, "params": fingerprint(state["params"]),
+               "train_state": fingerprint(rest), "data_sha256": _json_sha256(data_state),
+               "config_sha256": _json_sha256(config_json)}
   return manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state["params"]),
       train_state=ocp.args.StandardSave(rest),
       data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(_config_to_json(config))), force=force)
+      config=ocp.args.JsonSave(config_json),
+      integrity=ocp.args.JsonSave(integrity)), force=force)
 
+
+# ------------------------------------------------------------------------------------------------
+# Restore, verified.
+# ------------------------------------------------------------------------------------------------
 
 def abstract(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
@@ -78,35 +293,209 @@ def abstract(tree: Any) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
+def _first_line(e: BaseException, limit: int = 240) -> str:
+  """Orbax / TensorStore errors run to hundreds of lines of JSON spec: their gist."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  text = lines[0] if lines else type(e).__name__
+  text = text.split(" See full TensorStore details")[0]  # a repr of the whole spec follows
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _is_resource_error(e: BaseException) -> bool:
+  # Out of memory is no property of the files: never call such a checkpoint corrupt.
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)[:2000]
+
+
+def _read_json_items(manager: ocp.CheckpointManager, step: int, *names: str) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(
+      **{n: ocp.args.JsonRestore() for n in names}))
+
+
+def _unreadable(manager: ocp.CheckpointManager, step: int, err: BaseException,
+                what: str = "unreadable") -> Exception:
+  """The error for a step whose read failed: vanished (FileNotFoundError) or corrupt."""
+  path = epath.Path(manager.directory) / str(step)
+  if not path.exists():
+    return FileNotFoundError(f"{path} was deleted while it was being read (a trainer's keep-N "
+                             "removes old steps)")
+  return CorruptCheckpointError(f"{path} is {what}: {_first_line(err)}")
+
+
+def _integrity(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """The step's integrity record; None for a checkpoint written before it existed."""
+  if not (epath.Path(manager.directory) / str(step) / "integrity").exists():
+    return None
+  try:
+    return _read_json_items(manager, step, "integrity")["integrity"]
+  except Exception as e:  # noqa: BLE001  (any read error of the record is damage)
+    raise _unreadable(manager, step, e) from None
+
+
+def _saved_model_name(manager: ocp.CheckpointManager, step: int) -> str:
+  try:
+    saved = _read_json_items(manager, step, "config")["config"]
+    return str((saved.get("model") or {}).get("name", "?"))
+  except Exception:  # noqa: BLE001  (a damaged config: the message still names the directory)
+    return "?"
+
+
+def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: Any,
+                record: dict | None) -> None:
+  """ModelMismatchError when `target`'s array names or shapes differ from those saved (a None
+  target restores the arrays as saved: nothing to compare)."""
+  if record is None or target is None:
+    return
+  saved = {k: v["shape"] for k, v in record[item].items()}
+  want = {jax.tree_util.keystr(p): list(x.shape)
+          for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  if saved == want:
+    return
+  diffs = [f"{k}: saved {saved.get(k, 'absent')}, this config {want.get(k, 'absent')}"
+           for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+  raise ModelMismatchError(
+      f"{manager.directory} step {step}: its parameters do not fit this config's model (the "
+      f"checkpoint was written for model {_saved_model_name(manager, step)!r}; {len(diffs)} "
+      f"arrays differ, e.g. {diffs[0]}); use a fresh --workdir, or the config the checkpoint "
+      "was trained with")
+
+
+def _check_indexes(manager: ocp.CheckpointManager, step: int, items: tuple[str, ...]) -> None:
+  """CorruptCheckpointError when an array item's OCDBT index (manifest.ocdbt, at the item's top
+  and per process) is missing. Checked before Orbax reads: its read of such an item fails after
+  starting every array's read, and the reads still pending print 'Event loop is closed'
+  tracebacks on stderr when they end (seen here)."""
+  for item in items:
+    d = epath.Path(manager.directory) / str(step) / item
+    if not d.is_dir():
+      continue  # Orbax names a missing item itself
+    indexes = [d] + [p for p in d.iterdir() if p.name.startswith("ocdbt.process_")]
+    missing = [p / "manifest.ocdbt" for p in indexes if not (p / "manifest.ocdbt").exists()]
+    if len(indexes) > 1 and missing:
+      raise CorruptCheckpointError(f"{missing[0]} is missing (the index of the {item} arrays): "
+                                   "the checkpoint is damaged")
+
+
+def _verify(manager: ocp.CheckpointManager, step: int, item: str, tree: Any,
+            record: dict | None) -> None:
+  """CorruptCheckpointError when a restored array's checksums differ from those saved."""
+  if record is None:
+    return
+  got = fingerprint(tree)
+  # An array restored into another dtype (Orbax casts to the target's) cannot be compared.
+  bad = [k for k, r in record[item].items()
+         if k in got and got[k]["dtype"] == r["dtype"] and got[k]["sum"] != r["sum"]]
+  if bad:
+    raise CorruptCheckpointError(
+        f"{epath.Path(manager.directory) / str(step)}: {item}{bad[0]}"
+        f"{f' and {len(bad) - 1} more arrays' if len(bad) > 1 else ''} differ from the "
+        "checksums saved with them (the files changed after they were written: a bit flip, a "
+        "truncated or partial copy)")
+
+
+def _mismatch_or_corrupt(manager: ocp.CheckpointManager, step: int, e: BaseException
+                         ) -> Exception:
+  """For a checkpoint with no integrity record (older ones) whose restore failed: Orbax's error
+  does not tell a damaged file from another model's tree, so the message gives both causes."""
+  err = _unreadable(manager, step, e)
+  if isinstance(err, FileNotFoundError):
+    return err
+  return CorruptCheckpointError(
+      f"{epath.Path(manager.directory) / str(step)} could not be restored: {_first_line(e)}. It "
+      f"is damaged, or was written for another model (its config names "
+      f"{_saved_model_name(manager, step)!r}); such older checkpoints carry no checksums")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict[str, Any]
             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-  """Restores (state, data_state, config_dict) of `step` into the shardings of `abstract_state`.
+  """Restores and verifies (state, data_state, config_dict) of `step` into the shardings of
+  `abstract_state` (the same structure as the saved state; see `abstract`).
 
-  Inputs: abstract_state, the same structure as the saved state (see `abstract`).
+  Raises FileNotFoundError, ModelMismatchError or CorruptCheckpointError (module docstring).
   """
   rest = {k: v for k, v in abstract_state.items() if k != "params"}
+  record = _integrity(manager, step)
+  _check_fits(manager, step, "params", abstract_state["params"], record)
+  _check_fits(manager, step, "train_state", rest, record)
+  _check_indexes(manager, step, ("params", "train_state"))
   try:
     out = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state["params"]),
         train_state=ocp.args.StandardRestore(rest),
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-  except ValueError as e:
-    raise _mismatch(manager, step) from e
-  state = dict(out["train_state"], params=out["params"])
-  return state, out["data"], out["config"]
+  except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise plain Exception, ValueError, ...)
+    if _is_resource_error(e):
+      raise
+    raise (_unreadable(manager, step, e) if record else _mismatch_or_corrupt(manager, step, e)
+           ) from None
+  _verify(manager, step, "params", out["params"], record)
+  _verify(manager, step, "train_state", out["train_state"], record)
+  if record:
+    for name in ("data", "config"):
+      if _json_sha256(out[name]) != record[f"{name}_sha256"]:
+        raise CorruptCheckpointError(f"{epath.Path(manager.directory) / str(step)}: its {name} "
+                                     "item differs from the checksum saved with it")
+  return dict(out["train_state"], params=out["params"]), out["data"], out["config"]
 
 
-def _mismatch(manager: ocp.CheckpointManager, step: int) -> ValueError:
-  """The error for a checkpoint whose tree does not fit this config's model: typically a workdir
-  reused for another model (Orbax's own message lists every parameter)."""
+class Restored(NamedTuple):
+  """What `restore_latest` found: the newest good step, and the newer ones that were bad."""
+  step: int
+  state: dict[str, Any]
+  data: dict[str, Any]
+  config: dict[str, Any]
+  bad: dict[int, str]  # step -> why it could not be used
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: dict[str, Any],
+                   on_bad: Callable[[int, str], None] | None = None) -> Restored | None:
+  """The newest step that restores and verifies, falling back over corrupt ones.
+
+  Inputs: on_bad(step, reason), called for each step passed over (say so there). Returns None
+  when there is no step at all. Raises CorruptCheckpointError naming every step when none is
+  good, and ModelMismatchError at once (every step of a workdir is the same model's).
+  """
+  bad = {}
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, data, config = restore(manager, step, abstract_state)
+    except (CorruptCheckpointError, FileNotFoundError) as e:
+      bad[step] = str(e)
+      if on_bad:
+        on_bad(step, str(e))
+      continue
+    return Restored(step, state, data, config, bad)
+  if bad:
+    raise CorruptCheckpointError(
+        f"no usable checkpoint in {manager.directory}: every step is damaged ("
+        + "; ".join(f"step {s}: {r}" for s, r in sorted(bad.items())) + "). Restore them from a "
+        "copy, or move checkpoints/ away to train from scratch")
+  return None
+
+
+def quarantine(workdir: str | os.PathLike, step: int) -> epath.Path:
+  """Moves a damaged step out of `checkpoints/` into `<workdir>/corrupt_checkpoints/` (never
+  deletes it), so training can write that step again; returns where it went."""
+  src = checkpoint_dir(workdir) / str(step)
+  dst_dir = epath.Path(src).parent.parent / QUARANTINE
+  dst_dir.mkdir(parents=True, exist_ok=True)
+  dst = dst_dir / str(step)
+  n = 1
+  while dst.exists():
+    dst, n = dst_dir / f"{step}.{n}", n + 1
+  src.rename(dst)
+  return dst
+
+
+def saved_config(workdir: str | os.PathLike, step: int) -> dict:
+  """The config JSON saved with finished `step` (e.g. the trainer's total_steps, for the eval
+  binary). Raises FileNotFoundError or CorruptCheckpointError."""
+  manager = make_manager(workdir, read_only=True, async_save=False)
   try:
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    model = (saved.get("model") or {}).get("name", "?")
-  except Exception:  # an old or partial checkpoint: the message still names the directory
-    model = "?"
-  return ValueError(f"{manager.directory} step {step}: its parameters do not fit this config's "
-                    f"model (the checkpoint was written for model {model!r}); use a fresh "
-                    "--workdir, or the config the checkpoint was trained with")
+    return _read_json_items(manager, step, "config")["config"]
+  except Exception as e:  # noqa: BLE001
+    raise _unreadable(manager, step, e) from None
+  finally:
+    manager.close()
 
 
 def finished_steps(workdir: str | os.PathLike) -> list[int]:
@@ -116,10 +505,13 @@ def finished_steps(workdir: str | os.PathLike) -> list[int]:
     return []
   steps = []
   for p in d.iterdir():
-    if p.is_dir() and p.name.isdigit() and ocp.step.is_checkpoint_finalized(p):
-      steps.append(int(p.name))
-    elif ocp.step.is_tmp_checkpoint(p):
-      logging.debug("skipping unfinished checkpoint %s", p)
+    try:
+      if p.is_dir() and p.name.isdigit() and ocp.step.is_checkpoint_finalized(p):
+        steps.append(int(p.name))
+      elif ocp.step.is_tmp_checkpoint(p):
+        logging.debug("skipping unfinished checkpoint %s", p)
+    except (FileNotFoundError, ValueError):  # deleted (keep-N) between the listing and the check
+      continue
   return sorted(steps)
 
 
@@ -130,12 +522,15 @@ def latest_finished_step(workdir: str | os.PathLike) -> int | None:
 
 
 def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params: Any) -> Any:
-  """Params alone of a finished `step` (None: the latest), into `abstract_params`' shardings.
+  """Params alone of a finished `step` (None: the latest), verified, into `abstract_params`'
+  shardings.
 
   Inputs: abstract_params, a pytree of jax.ShapeDtypeStruct (with .sharding) shaped like the
-  encoder's params, e.g. `checkpoint.abstract(encoder.params)`. Recommended for the eval binary:
+  encoder's params, e.g. `checkpoint.abstract(encoder.params)` (None: as saved, on the default
+  device). Recommended for the eval binary:
   it reads no optimizer state and cannot see an unfinished step. Raises FileNotFoundError naming
-  the directory and the finished steps when `step` is not finished.
+  the directory and the finished steps when `step` is not finished (or vanished while read),
+  ModelMismatchError or CorruptCheckpointError.
   """
   steps = finished_steps(workdir)
   step = steps[-1] if step is None and steps else step
@@ -144,10 +539,18 @@ def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params
                             f" finished steps: {steps}")
   manager = make_manager(workdir, read_only=True, async_save=False)
   try:
-    out = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))
-  except ValueError as e:
-    raise _mismatch(manager, step) from e
+    record = _integrity(manager, step)
+    _check_fits(manager, step, "params", abstract_params, record)
+    _check_indexes(manager, step, ("params",))
+    try:
+      out = manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params)))
+    except Exception as e:  # noqa: BLE001
+      if _is_resource_error(e):
+        raise
+      raise (_unreadable(manager, step, e) if record else _mismatch_or_corrupt(manager, step, e)
+             ) from None
+    _verify(manager, step, "params", out["params"], record)
   finally:
     manager.close()
   return out["params"]

@@ -4,15 +4,22 @@ ml_collections' DEFINE_config_file already rejects an unknown override, but as a
 only a near miss. `parse_flags` checks every `--config.<key>` against the loaded config first and
 exits with the offending key and the valid keys at that level.
 
+On resume, `check_resume_config` compares the config given with the one saved in the checkpoint
+and refuses differences outside RESUME_SAFE_KEYS and the keys a binary's --allow_config_change
+names (train.py).
+
 Usage (in a binary):
   _CONFIG = config_flags.define_config()
-  app.run(main, flags_parser=config_flags.parse_flags)
+  config_flags.run(main)   # app.run with parse_flags; --help exits 0
 """
+from collections.abc import Mapping, Sequence
 import importlib.util
 import pathlib
 import re
 import sys
+from typing import Any
 
+from absl import app
 from absl import flags
 import ml_collections
 from ml_collections import config_flags as mlc_flags
@@ -81,3 +88,82 @@ def parse_flags(argv: list[str], flag: str = "config") -> list[str]:
   except flags.Error as e:
     print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+HELP_FLAGS = {"--help", "-h", "-?", "--helpshort", "--helpfull"}
+
+
+def run(main, flag: str = "config") -> None:
+  """absl's app.run(main) with `parse_flags`. absl exits 1 after printing --help; asking for help
+  is no failure, so that exit becomes 0."""
+  try:
+    app.run(main, flags_parser=lambda argv: parse_flags(argv, flag))
+  except SystemExit as e:
+    if e.code == 1 and HELP_FLAGS & set(sys.argv[1:]):
+      sys.exit(0)
+    raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume: the config given against the config saved in the checkpoint.
+# ------------------------------------------------------------------------------------------------
+
+# Keys that may differ on resume without --allow_config_change: they change how a run is watched,
+# stored or laid out on devices, not what it computes (resume is exact on any mesh; GradCache
+# gives the plain gradients; a store is checked against its sources by hybrid_ir.data itself).
+RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_batch_size", "cache_dir",
+                    "peak_flops", "mesh", "grad_cache_chunks", "checkpoint.every",
+                    "checkpoint.keep", "checkpoint.async_save", "input.prefetch",
+                    "input.store_dir", "input.prepare")
+
+
+class ConfigChangedError(ValueError):
+  """Resuming with a config that differs from the checkpoint's in keys not allowed to change."""
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a.b': v, 'a.c[0].d': v} of a JSON-like tree (lists of dicts indexed, other lists whole)."""
+  out = {}
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+  elif isinstance(tree, (list, tuple)) and any(isinstance(v, Mapping) for v in tree):
+    for i, v in enumerate(tree):
+      out.update(flatten(v, f"{prefix}[{i}]"))
+  else:
+    out[prefix] = list(tree) if isinstance(tree, tuple) else tree
+  return out
+
+
+def _covers(allowed: str, key: str) -> bool:
+  return key == allowed or key.startswith(allowed + ".") or key.startswith(allowed + "[")
+
+
+def config_changes(saved: Mapping, current: Mapping, allow: Sequence[str] = ()
+                   ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+  """(refused, allowed) differences [(key, saved value, current value)] between two JSON configs
+  (see `checkpoint.config_to_json`); a key in `allow` or RESUME_SAFE_KEYS allows its sub-keys.
+  A key absent on one side shows as '<absent>'."""
+  a, b = flatten(saved), flatten(current)
+  absent = "<absent>"
+  diffs = [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
+           if a.get(k, absent) != b.get(k, absent)]
+  ok = lambda k: any(_covers(x, k) for x in (*RESUME_SAFE_KEYS, *allow))  # noqa: E731
+  return [d for d in diffs if not ok(d[0])], [d for d in diffs if ok(d[0])]
+
+
+def check_resume_config(saved: Mapping, current: Mapping, allow: Sequence[str], where: str
+                        ) -> list[tuple[str, Any, Any]]:
+  """Raises ConfigChangedError listing the refused differences; returns the allowed ones.
+
+  where: the checkpoint the saved config comes from (named in the message).
+  """
+  refused, allowed = config_changes(saved, current, allow)
+  if refused:
+    lines = "\n".join(f"  {k}: {s!r} (checkpoint) -> {c!r} (now)" for k, s, c in refused)
+    keys = ",".join(k for k, _, _ in refused)
+    raise ConfigChangedError(
+        f"the config differs from the one saved with {where} in {len(refused)} key(s):\n{lines}\n"
+        f"Resume with the checkpoint's config, use a fresh --workdir, or allow these changes "
+        f"with --allow_config_change={keys}")
+  return allowed

@@ -1,19 +1,29 @@
 """Evaluates a training workdir's checkpoints as they appear, or a pretrained model untrained.
 
   python -m hybrid_ir.eval --config configs/demo.py --workdir W              # poll W's checkpoints
-  python -m hybrid_ir.eval --config configs/demo.py --workdir W --once       # latest finished one
+  python -m hybrid_ir.eval --config configs/demo.py --workdir W --once       # latest good one
   python -m hybrid_ir.eval --config configs/e5_small.py --workdir W --pretrained
 
 The config's `model` builds the encoder (and, for checkpoints, the abstract restore target);
-its `evals` name the evaluators (`type` = a module of hybrid_ir.evaluators exposing `Evaluator`).
-For each evaluated model it writes `W/eval/<tag>.json` (every metric, counts, per-query arrays)
-and `W/eval/<tag>.md` (the table), where tag is `step_<N>` or `pretrained`, and prints the table.
-Only finished checkpoints are ever read (see hybrid_ir.checkpoint). Polling ends once the config's
-`total_steps` has been evaluated, or after --max_idle_seconds without a new checkpoint.
+its `evals` name the evaluators (`type`: a key of `hybrid_ir.evaluators.TYPES`), built once.
+For each evaluated model it prints the table, then writes `<out>/<tag>.json` (every metric,
+counts, per-query arrays) and `<out>/<tag>.md` (the table), where tag is `step_<N>` or
+`pretrained` and <out> is --output_dir (default W/eval), checked writable before anything is
+evaluated; the log goes to <out>/eval.INFO.
+
+Checkpoints: only finished ones are read, and each restore is verified (`hybrid_ir.checkpoint`).
+One that is deleted while it is read (a trainer's keep-N) or damaged is skipped, said so, and
+counted in the summary printed at the end; --once takes the newest good one, naming any newer
+damaged one.
+Polling ends when the trainer is done: its `finished.json` marker is there, or the config saved
+with the newest checkpoint says that step is its last (`total_steps`), and every checkpoint has
+been seen; else after --max_idle_seconds without a new checkpoint. SIGINT (Ctrl-C) and SIGTERM
+stop it with the summary and no traceback (exit 130 and 0).
 """
 import functools
-import importlib
 import json
+import signal
+import sys
 import time
 from typing import Any
 
@@ -30,107 +40,236 @@ def define_flags() -> None:
   """The binary's flags; defined only when run as a program (see hybrid_ir.train.define_flags)."""
   config_flags.define_config()
   flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/), or output dir.")
-  flags.DEFINE_bool("once", False, "Evaluate the latest finished checkpoint and exit.")
+  flags.DEFINE_string("output_dir", None, "Where results go (default <workdir>/eval).")
+  flags.DEFINE_bool("once", False, "Evaluate the latest good checkpoint and exit.")
   flags.DEFINE_bool("pretrained", False, "Evaluate the config's model as loaded, no checkpoint.")
   flags.DEFINE_float("poll_seconds", 30.0, "Seconds between checkpoint scans.")
   flags.DEFINE_float("max_idle_seconds", 3600.0,
                      "Stop polling after this long without a new checkpoint.")
 
 
-def make_evaluators(config, predict_fn, **extra) -> dict[str, Any]:
-  """{eval name: Evaluator} from `config.evals` (the same construction train.py uses)."""
-  evaluators = {}
-  for name, ec in config.evals.items():
-    ec = dict(ec, **extra)
-    kind = ec.pop("type")
-    try:
-      module = importlib.import_module(f"hybrid_ir.evaluators.{kind}")
-    except ModuleNotFoundError as e:
-      raise ValueError(f"config.evals.{name}.type={kind!r}: no module hybrid_ir.evaluators.{kind}"
-                       ) from e
-    evaluators[name] = module.Evaluator(predict_fn, name=name, **ec)
-  return evaluators
+class Evaluated(list):
+  """The tags evaluated, in order (a list), with what else happened:
+  skipped {step: why} (deleted while read, or damaged) and stopped_by (why polling ended)."""
+
+  def __init__(self):
+    super().__init__()
+    self.skipped: dict[int, str] = {}
+    self.stopped_by = ""
+
+  def summary(self) -> str:
+    done = [t[5:] for t in self if t.startswith("step_")]
+    text = f"eval: evaluated {len(self)} model(s)" + (f" (steps {', '.join(done)})" if done
+                                                      else "")
+    if self.skipped:
+      text += f"; skipped {len(self.skipped)} checkpoint(s): " + "; ".join(
+          f"step {s}: {why}" for s, why in sorted(self.skipped.items()))
+    return text + (f". Stopped: {self.stopped_by}." if self.stopped_by else ".")
 
 
-def evaluate(config, encoder, params, tag: str, out_dir: epath.Path) -> dict[str, float]:
-  """Runs every evaluator on `params`; writes `<tag>.json` and `<tag>.md`; returns the metrics."""
-  from hybrid_ir import models
-  uncovered = models.UNCOVERED_LANGS.get(config.model.name, ())
+class Stopped(Exception):
+  """Raised by the binary's SIGINT/SIGTERM handlers: end with the summary, not a traceback."""
+
+  def __init__(self, signame: str):
+    super().__init__(signame)
+    self.signame = signame
+
+
+def _say(msg: str) -> None:
+  logging.warning("%s", msg)
+  print(msg, file=sys.stderr, flush=True)
+
+
+def evaluate(config, encoder, params, tag: str, out_dir: epath.Path,
+             built: dict[str, Any] | None = None) -> dict[str, float]:
+  """Runs every evaluator on `params`; prints the table, then writes `<tag>.json` and `<tag>.md`;
+  returns the metrics. built: the evaluators (`make_evaluators`), else built here."""
+  from hybrid_ir import evaluators, models
+  built = built if built is not None else make_evaluators(config, encoder)
+  uncovered = _uncovered_langs(config, built, models)
   if uncovered:
     logging.warning("%s was not trained on %s: those rows measure an unseen language.",
                     config.model.name, ", ".join(uncovered))
-  predict_fn = functools.partial(encoder.encode, batch_size=config.get("eval_batch_size", 64))
   metrics, details, tables = {}, {}, []
-  # Embeddings of an untrained model can be cached (e.g. to re-derive metrics without encoding
-  # again); trained params are never cached, since params alone cannot be hashed cheaply.
-  extra = {}
-  if tag == "pretrained" and config.get("cache_dir"):
-    extra = dict(cache_dir=config.cache_dir, cache_key=json.dumps(config.model.to_dict(),
-                                                                   sort_keys=True))
-  for name, evaluator in make_evaluators(config, predict_fn, **extra).items():
+  for name, evaluator in built.items():
     t0 = time.time()
     metrics.update(evaluator.run(params))
     metrics[f"{name}/eval_seconds"] = time.time() - t0
-    if hasattr(evaluator, "result"):
+    if getattr(evaluator, "result", None) is not None:
       details[name] = evaluator.result.to_json()
-      tables.append(f"### {name} — {tag}\n\n{evaluator.result.table(f'{config.model.name} ({tag})')}")
-  out_dir.mkdir(parents=True, exist_ok=True)
+      tables.append(f"### {name} — {tag}\n\n"
+                    + evaluator.result.table(f"{config.model.name} ({tag})"))
+  table = "\n\n".join(tables)
+  # Printed before anything is written: a failing write loses no result.
+  print(table, flush=True)
   report = {"tag": tag, "model": config.model.name, "uncovered_langs": list(uncovered),
-            "metrics": metrics, "details": details,
+            "types": evaluators.types(config.evals), "metrics": metrics, "details": details,
             "truncations": dict(getattr(encoder.tokenizer, "stats", {}) or {})}
   (out_dir / f"{tag}.json").write_text(json.dumps(report, default=float))
-  table = "\n\n".join(tables)
   (out_dir / f"{tag}.md").write_text(table + "\n")
-  print(table, flush=True)
   logging.info("wrote %s", out_dir / f"{tag}.json")
   return metrics
 
 
-def poll(config, encoder, workdir: epath.Path, *, once: bool, poll_seconds: float = 30.0,
-         max_idle_seconds: float = 3600.0) -> list[int]:
-  """Evaluates each finished checkpoint not yet evaluated; returns the steps evaluated.
+def _uncovered_langs(config, built, models) -> tuple[str, ...]:
+  """The model's uncovered languages that these evaluators evaluate (MLQA-R has no el)."""
+  uncovered = models.uncovered_langs(config.model.name)
+  langs = [getattr(getattr(e, "data", None), "langs", None) for e in built.values()]
+  if uncovered and all(l is not None for l in langs):
+    evaluated = {l for ls in langs for l in ls}
+    uncovered = tuple(l for l in uncovered if l in evaluated)
+  return tuple(uncovered)
 
-  With `once`, only the latest finished checkpoint. Otherwise it polls every `poll_seconds` until
-  `config.total_steps` has been evaluated or no new checkpoint came for `max_idle_seconds`.
+
+def make_evaluators(config, encoder, *, pretrained: bool = False) -> dict[str, Any]:
+  """The config's evaluators (`hybrid_ir.evaluators.make`), once for all checkpoints.
+
+  With config.cache_dir, embeddings are cached for the untrained model (to re-derive metrics
+  without encoding again); the entries are named by the params' fingerprint as well, so a cache
+  is never read for other weights.
+  """
+  from hybrid_ir import evaluators
+  predict_fn = functools.partial(encoder.encode, batch_size=config.get("eval_batch_size", 64))
+  extra = {}
+  if pretrained and config.get("cache_dir"):
+    extra = dict(cache_dir=config.cache_dir, cache_key=json.dumps(config.model.to_dict(),
+                                                                   sort_keys=True))
+  return evaluators.make(config.evals, predict_fn, **extra)
+
+
+def _restore(workdir, step, target, done: Evaluated):
+  """Params of `step`, or None when it was deleted or is damaged (recorded in done.skipped)."""
+  from hybrid_ir import checkpoint
+  try:
+    return checkpoint.restore_params(workdir, step, target)
+  except FileNotFoundError as e:  # keep-N removed it between the scan and the end of the read
+    done.skipped[step] = f"deleted while it was being read (keep-N) ({e})"
+    _say(f"eval: checkpoint {step} was deleted before it could be evaluated (the trainer's "
+         "keep-N); skipped")
+  except checkpoint.CorruptCheckpointError as e:
+    done.skipped[step] = f"damaged: {e}"
+    _say(f"eval: checkpoint {step} is damaged; skipped: {e}")
+  return None
+
+
+def _trainer_done(finished: dict | None, workdir, steps: list[int],
+                  saved_totals: dict[int, int | None]) -> str | None:
+  """Why the trainer will write no further checkpoint, or None while it may.
+
+  finished: its finished.json (`checkpoint.read_finished`); else the config saved with the newest
+  checkpoint is read (cached per step in `saved_totals`): that step being its total_steps.
   """
   from hybrid_ir import checkpoint
-  out_dir, target = workdir / "eval", checkpoint.abstract(encoder.params)
-  total, done, idle_since = config.get("total_steps"), [], time.time()
-  while True:
-    steps = checkpoint.finished_steps(workdir)
-    todo = steps[-1:] if once else [s for s in steps if not (out_dir / f"step_{s}.json").exists()]
-    if once and not steps:
-      raise FileNotFoundError(f"--once: no finished checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-    for step in todo:
-      try:
-        params = checkpoint.restore_params(workdir, step, target)
-      except FileNotFoundError:  # keep-N removed it between the scan and the restore
-        logging.warning("checkpoint %d disappeared before it could be evaluated (keep-N); skipped",
-                        step)
-        continue
-      evaluate(config, encoder, params, f"step_{step}", out_dir)
-      done.append(step)
-      idle_since = time.time()
-    if once or (total is not None and (out_dir / f"step_{total}.json").exists()):
-      return done
-    if time.time() - idle_since > max_idle_seconds:
-      logging.info("no new checkpoint for %.0fs; stopping", max_idle_seconds)
-      return done
-    time.sleep(poll_seconds)
+  if finished is not None:
+    return f"the trainer finished at step {finished.get('step')} (finished.json)"
+  if not steps:
+    return None
+  newest = steps[-1]
+  if newest not in saved_totals:
+    try:
+      saved_totals[newest] = int(checkpoint.saved_config(workdir, newest)["total_steps"])
+    except (checkpoint.CorruptCheckpointError, FileNotFoundError, KeyError, TypeError,
+            ValueError):
+      saved_totals[newest] = None
+  total = saved_totals[newest]
+  if total is not None and newest >= total:
+    return f"checkpoint {newest} is the trainer's last (its saved config: total_steps={total})"
+  return None
+
+
+def poll(config, encoder, workdir: epath.Path, *, once: bool, poll_seconds: float = 30.0,
+         max_idle_seconds: float = 3600.0, out_dir: epath.Path | None = None,
+         built: dict[str, Any] | None = None) -> Evaluated:
+  """Evaluates each finished checkpoint not yet evaluated; returns the tags (`Evaluated`).
+
+  With `once`, only the newest good checkpoint. Otherwise it polls every `poll_seconds` until the
+  trainer is done (module docstring) or no new checkpoint came for `max_idle_seconds`.
+  Raises FileNotFoundError (--once, no checkpoint) or CorruptCheckpointError (--once, all bad).
+  """
+  from hybrid_ir import checkpoint
+  out_dir = out_dir or workdir / "eval"
+  target = checkpoint.abstract(encoder.params)
+  built = built if built is not None else make_evaluators(config, encoder)
+  done, idle_since, saved_totals = Evaluated(), time.time(), {}
+  try:
+    if once:
+      steps = checkpoint.finished_steps(workdir)
+      if not steps:
+        raise FileNotFoundError(
+            f"--once: no finished checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+      for step in reversed(steps):
+        params = _restore(workdir, step, target, done)
+        if params is not None:
+          if done.skipped:
+            _say(f"eval: evaluating checkpoint {step}, the newest good one")
+          evaluate(config, encoder, params, f"step_{step}", out_dir, built)
+          done.append(f"step_{step}")
+          return done
+      raise checkpoint.CorruptCheckpointError(
+          f"--once: no usable checkpoint in {checkpoint.checkpoint_dir(workdir)}: "
+          + "; ".join(f"step {s}: {why}" for s, why in sorted(done.skipped.items())))
+    _say(f"eval: polling {checkpoint.checkpoint_dir(workdir)} every {poll_seconds:g} s, until "
+         f"the trainer is done or {max_idle_seconds:.0f} s pass without a new checkpoint")
+    while True:
+      # Read before the scan: a trainer writes finished.json once its last checkpoint is final,
+      # so a scan after it sees every checkpoint there will be.
+      finished = checkpoint.read_finished(workdir)
+      steps = checkpoint.finished_steps(workdir)
+      todo = [s for s in steps if s not in done.skipped and f"step_{s}" not in done
+              and not (out_dir / f"step_{s}.json").exists()]
+      if todo:
+        for step in todo:
+          params = _restore(workdir, step, target, done)
+          if params is not None:
+            evaluate(config, encoder, params, f"step_{step}", out_dir, built)
+            done.append(f"step_{step}")
+        idle_since = time.time()
+        continue  # scan again at once: checkpoints may have come meanwhile
+      end = _trainer_done(finished, workdir, steps, saved_totals)
+      if end is not None:
+        done.stopped_by = end
+        return done
+      if time.time() - idle_since > max_idle_seconds:
+        done.stopped_by = f"no new checkpoint for {max_idle_seconds:.0f} s (--max_idle_seconds)"
+        return done
+      time.sleep(poll_seconds)
+  except Stopped as e:
+    done.stopped_by = f"{e.signame} received"
+    return done
+  finally:
+    if not once or done.skipped:
+      print(done.summary(), flush=True)
+    logging.info("%s", done.summary())
 
 
 def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = False,
-        **poll_kwargs) -> list[str]:
-  """What the binary does, callable in-process: returns the tags evaluated."""
-  workdir = epath.Path(workdir)  # local or gs://
-  if not config.get("evals"):
-    raise ValueError(f"config has no `evals` to run; keys: {sorted(config.keys())}")
-  from hybrid_ir import models  # heavy import; keeps --help fast
-  encoder = models.load_encoder(config.model)
+        output_dir: str | None = None, log_file: bool = False, **poll_kwargs) -> Evaluated:
+  """What the binary does, callable in-process: returns the tags evaluated (`Evaluated`).
+
+  Before evaluating anything it checks that the workdir is no file and that the output directory
+  (output_dir, default <workdir>/eval) can be written (WorkdirError naming it). log_file: the
+  log goes to <output dir>/eval.INFO from then on (the binary).
+  """
+  from hybrid_ir import checkpoint
+  with checkpoint.HeldLog() as log:
+    if not config.get("evals"):
+      raise ValueError(f"config has no `evals` to run; keys: {sorted(config.keys())}")
+    from hybrid_ir import models  # heavy import; keeps --help fast
+    encoder = models.load_encoder(config.model)
+    # Before anything is evaluated: results must have somewhere to go. The workdir is created if
+    # missing (a poller may start before the trainer).
+    workdir = checkpoint.check_workdir(workdir, create=True, writable=False)
+    out_dir = checkpoint.check_workdir(output_dir or workdir / "eval", create=True,
+                                       flag="--output_dir" if output_dir else "the output dir")
+    if log_file:
+      log.to_file("eval", out_dir)
+  built = make_evaluators(config, encoder, pretrained=pretrained)
   if pretrained:
-    evaluate(config, encoder, encoder.params, "pretrained", workdir / "eval")
-    return ["pretrained"]
-  return [f"step_{s}" for s in poll(config, encoder, workdir, once=once, **poll_kwargs)]
+    done = Evaluated()
+    evaluate(config, encoder, encoder.params, "pretrained", out_dir, built)
+    done.append("pretrained")
+    return done
+  return poll(config, encoder, workdir, once=once, out_dir=out_dir, built=built, **poll_kwargs)
 
 
 def main(argv) -> None:
@@ -138,10 +277,27 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  run(f.config, f.workdir, pretrained=f.pretrained, once=f.once,
-      poll_seconds=f.poll_seconds, max_idle_seconds=f.max_idle_seconds)
+  from hybrid_ir import checkpoint
+
+  def stop(signum, frame):
+    del frame
+    raise Stopped(signal.Signals(signum).name)
+
+  signal.signal(signal.SIGINT, stop)
+  signal.signal(signal.SIGTERM, stop)
+  try:
+    done = run(f.config, f.workdir, pretrained=f.pretrained, once=f.once, output_dir=f.output_dir,
+               log_file=True, poll_seconds=f.poll_seconds, max_idle_seconds=f.max_idle_seconds)
+  except Stopped as e:  # during set-up, before polling
+    sys.exit(130 if e.signame == "SIGINT" else 0)
+  except (checkpoint.CheckpointError, checkpoint.WorkdirError, FileNotFoundError) as e:
+    # A fault with a message that says what to do: a traceback would bury it.
+    checkpoint.log_error(str(e))
+    sys.exit(f"hybrid_ir.eval: error: {e}")
+  if getattr(done, "stopped_by", "") == "SIGINT received":
+    sys.exit(130)  # the shell's convention for Ctrl-C: a script running eval stops too
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=config_flags.parse_flags)
+  config_flags.run(main)

@@ -250,7 +250,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
   # Flags live here, not at import time, so `hybrid_ir.export` can be imported next to
   # hybrid_ir.train / eval (notebook, tests), which define --config and --workdir too.
-  from absl import app
   from absl import flags
   from hybrid_ir import config_flags
   _CONFIG = config_flags.define_config()
@@ -259,4 +258,4 @@ if __name__ == "__main__":
   _PRETRAINED = flags.DEFINE_bool("pretrained", False, "Export the config's model untrained.")
   _OUT = flags.DEFINE_string("out", None, "Output directory (new or empty).", required=True)
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete --out first if it exists.")
-  app.run(main, flags_parser=config_flags.parse_flags)
+  config_flags.run(main)

@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
 from etils import epath
 
@@ -57,4 +56,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=config_flags.parse_flags)
+  config_flags.run(main)

@@ -432,9 +432,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  try:
-    app.run(main, flags_parser=config_flags.parse_flags)
-  except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no failure
-    if e.code == 1 and {"--help", "-h", "-?", "--helpshort", "--helpfull"} & set(sys.argv[1:]):
-      sys.exit(0)
-    raise
+  config_flags.run(main)

@@ -5,30 +5,48 @@ sharded update step whose InfoNCE uses the *global* batch (plus every device's h
 Orbax checkpoints with the pipeline state, auto-resumed from the workdir.
 
 Config keys read here (besides `model`, `mesh`, `input`, `evals`, owned by their modules):
-  seed, total_steps, log_every, eval_every (0: off), peak_flops (per device, for MFU; optional),
+  seed, total_steps, log_every, eval_every (0: off), train_evals (names of `evals` run every
+        eval_every steps; default all), peak_flops (per device, for MFU; optional),
   optimizer: lr, weight_decay, b1, b2, eps, warmup_steps, decay ('cosine'|'linear'|'constant'),
              grad_clip (global norm; 0: off)
   loss: variant ('standard'|'paper'), temperature, learn_temperature, symmetric,
         mask_false_negatives (mask in-batch positives and hard negatives that share a passage
         identity with a query's positive; the sampler already avoids them, see losses.info_nce)
-Optional keys (peak_flops, b1, b2, eps) are not in every shipped config, whose keys are locked:
-add them to the config file rather than as --config overrides.
+  max_param_norm_growth: a step whose parameter norm exceeds this times the initial one is a
+        divergence, treated like NaN (see Faults; optional, default 100; 0: no bound)
+Optional keys (peak_flops, max_param_norm_growth, b1, b2, eps) are not in every shipped config,
+whose keys are locked: add them to the config file rather than as --config overrides.
   grad_cache_chunks: 0/1 = off; n > 1 = GradCache: embed in n chunks without activations kept,
         then back-propagate chunk by chunk (same gradients, ~1/n of the activation memory).
   checkpoint: every, keep, async_save
-Outputs in the workdir: checkpoints/, metrics.jsonl, tensorboard/ (process 0 only).
+Outputs in the workdir: checkpoints/, metrics.jsonl, tensorboard/, train.INFO (the log), and
+finished.json once the run is complete (process 0 only). The console (stderr) shows where they
+go, the resume point, a progress bar (a line per log step when stderr is no terminal: loss per
+batch type, s/step, ETA) and the end; everything else goes to the log file.
 Several processes (a pod, or processes on one machine): jax.distributed is initialised from
 --coordinator_address/--num_processes/--process_id or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
 JAX_PROCESS_ID, or detected by JAX itself on TPU pods and SLURM.
-Signals: SIGTERM (TPU preemption) -> save a checkpoint, exit 0. NaN/Inf -> raise, last good
-checkpoint kept (never saved over).
+
+Faults (README "Long runs: faults and what happens"):
+  SIGTERM (TPU preemption) or a first Ctrl-C -> save a checkpoint, say so once it is final, exit 0.
+  Resume: the newest checkpoint that restores and passes its checksums; damaged newer ones are
+    named and moved to <workdir>/corrupt_checkpoints/. The config must equal the one saved with
+    it, except config_flags.RESUME_SAFE_KEYS and the keys --allow_config_change=k1,k2 names.
+  NaN/Inf, or parameters blowing up (norm above max_param_norm_growth, default 100, times the
+    initial one): every step's update computes an `ok` flag on device; a step not ok is not
+    applied, and the flags are read whenever metrics come to the host (log steps) and before
+    every save, so no checkpoint holds such a state; the error names the first bad step.
 """
+import contextlib
 import functools
 import json
+import math
 import os
 import signal
+import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import app
 from absl import flags
@@ -44,6 +62,10 @@ from hybrid_ir import config_flags
 from hybrid_ir import losses
 from hybrid_ir import sharding
 
+# What the binary adds to `train` beyond (config, workdir), set by `main` only: a call from code
+# (experiments, tests, notebooks) keeps the defaults. `main` calls `train(config, workdir)` like
+# any other caller.
+_BINARY = {"allow_config_change": (), "exits_after": False}
 
 
 def define_flags() -> None:
@@ -51,6 +73,10 @@ def define_flags() -> None:
   runner, notebooks) can import this module next to hybrid_ir.eval and call `train` directly."""
   config_flags.define_config()
   flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
+  flags.DEFINE_list("allow_config_change", [],
+                    "Config keys that may differ from the config saved in the checkpoint resumed "
+                    "from (a key allows its sub-keys), e.g. optimizer.lr,total_steps; any other "
+                    "difference is refused.")
   sharding.define_distributed_flags()
 
 
@@ -132,6 +158,102 @@ def make_loss_and_grads(encoder, config):
   return cached if chunks > 1 else plain
 
 
+class TrainStep(NamedTuple):
+  """The sharded train state and its update (see `make_train_step`)."""
+  init: Callable[[Any], dict]          # encoder params -> state, placed on the mesh
+  update: Callable[[dict, dict], tuple[dict, dict]]  # jitted (state, batch) -> (state, metrics)
+  state_shardings: dict
+  max_param_norm: float                # a step whose new parameter norm exceeds it is not ok
+
+
+def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | None = None
+                    ) -> TrainStep:
+  """The update step train.py runs, for train.py and benchmarks/bench_train.py alike.
+
+  Inputs: encoder (`models.load_encoder`), config (optimizer, loss, grad_cache_chunks,
+  total_steps), mesh; tx (default `make_optimizer(config)`).
+  State: {'params', 'loss_params': {'log_temperature'}, 'opt_state', 'step'}; params sharded by
+  their annotations / the FSDP rule, optimizer moments alike, scalars replicated; the state is
+  donated to `update`. `update` returns the loss's metrics plus loss, grad_norm, update_norm,
+  param_norm and `ok`: loss, gradient norm and new parameter norm are finite, and that norm is
+  at most `max_param_norm` (config.max_param_norm_growth, default 100, times the encoder's
+  initial parameter norm; 0: no bound). A diverging run's parameters grow by orders of magnitude
+  while still finite before any NaN appears (1e11 against 2.9e3 pretrained, seen here), so
+  finiteness alone would let such a state be saved as "good". A step that is not ok is not
+  applied: params and optimizer state stay as they were (the step counter still advances with
+  the pipeline), so such a state is never reached, let alone saved; the caller reads the flag
+  when it fetches metrics anyway (no extra host sync).
+  """
+  tx = tx or make_optimizer(config)
+  rep = sharding.replicated(mesh)
+  param_sh = {"params": sharding.param_shardings(encoder.params, mesh,
+                                                 getattr(encoder, "partition_specs", None)),
+              "loss_params": {"log_temperature": rep}}
+  init_temp = float(config.loss.get("temperature", 0.05))
+  abstract_trainable = {"params": encoder.params,
+                        "loss_params": {"log_temperature": jax.ShapeDtypeStruct((), jnp.float32)}}
+  abstract_opt = jax.eval_shape(tx.init, abstract_trainable)
+  # Optimizer moments mirror the params; counters and other scalars are replicated.
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: rep)
+  state_sh = {"params": param_sh["params"], "loss_params": param_sh["loss_params"],
+              "opt_state": opt_sh, "step": rep}
+  init_state = jax.jit(lambda tr: {
+      "params": tr["params"], "loss_params": tr["loss_params"], "opt_state": tx.init(tr),
+      "step": jnp.zeros((), jnp.int32)},
+      out_shardings=state_sh)
+
+  def init(params) -> dict:
+    trainable = {"params": params,
+                 "loss_params": {"log_temperature": jnp.asarray(np.log(init_temp), jnp.float32)}}
+    return init_state(jax.device_put(trainable, param_sh))
+
+  loss_and_grads = make_loss_and_grads(encoder, config)
+  growth = float(config.get("max_param_norm_growth", 100.0))
+  max_norm = growth * params_norm(encoder.params) if growth else float("inf")
+
+  @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(state_sh, rep))
+  def update(state, batch):
+    trainable = {"params": state["params"], "loss_params": state["loss_params"]}
+    (loss, m), grads = loss_and_grads(trainable, batch)
+    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+    new = optax.apply_updates(trainable, updates)
+    grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(new["params"])
+    ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+          & (param_norm <= max_norm))
+    keep_if_bad = lambda n, o: jnp.where(ok, n, o)  # noqa: E731
+    new = jax.tree.map(keep_if_bad, new, trainable)
+    opt_state = jax.tree.map(keep_if_bad, opt_state, state["opt_state"])
+    m.update(loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates),
+             param_norm=param_norm, ok=ok)
+    return dict(new, opt_state=opt_state, step=state["step"] + 1), m
+
+  return TrainStep(init, update, state_sh, max_norm)
+
+
+def params_norm(params) -> float:
+  """Global L2 norm of a params tree, on the host (per-array BLAS norms: no device, no copy of
+  float32 arrays), so that every process of a pod gets the same number without a collective."""
+  return math.sqrt(sum(float(np.linalg.norm(np.asarray(x, np.float32).ravel())) ** 2
+                       for x in jax.tree.leaves(params)))
+
+
+def mfu(flops_per_step: float, step_seconds: float, peak_flops_per_device: float) -> float:
+  """Model FLOPs utilisation from XLA's cost analysis of the compiled step.
+
+  XLA's cost analysis of an SPMD-partitioned program counts one device's share (measured here: a
+  matmul sharded over 8 devices reports 1/8 of its FLOPs), so it is divided by one device's peak;
+  equivalently, the global FLOPs over peak x devices.
+  """
+  return flops_per_step / step_seconds / peak_flops_per_device
+
+
+def step_flops(compiled) -> float:
+  """FLOPs per step (one device's share, see `mfu`) from a compiled jax function."""
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+
+
 def to_device_batch(batch: dict, mesh) -> dict:
   """Host-local pipeline batch -> global arrays the update step takes (strings -> int ids)."""
   keep = {k: batch[k] for k in ("query", "passage", "negative", "identity", "negative_identity",
@@ -181,32 +303,156 @@ class MetricWriter:
         self.tb.close()
 
 
+class Console:
+  """What a person running train.py sees on stderr (process 0 only; every message also goes to the
+  log): where the outputs go, where training starts, progress, how it ended.
+
+  Progress is a tqdm bar (loss per batch type and s/step as its postfix, tqdm's own ETA) on a
+  terminal, and one line per log step elsewhere (a pipe, a log collector, a notebook cell), where
+  a bar's carriage returns would pile up.
+  """
+
+  def __init__(self, active: bool):
+    self.active, self.bar = active, None
+
+  def say(self, msg: str) -> None:
+    logging.info("%s", msg)
+    if not self.active:
+      return
+    if self.bar is not None:
+      self.bar.write(msg, file=sys.stderr)
+    else:
+      print(msg, file=sys.stderr, flush=True)
+
+  def start(self, step: int, total: int) -> None:
+    if self.active and sys.stderr.isatty():
+      import tqdm
+      self.bar = tqdm.tqdm(total=total, initial=step, desc="train", unit="step",
+                           file=sys.stderr, dynamic_ncols=True)
+
+  def advance(self) -> None:
+    if self.bar is not None:
+      self.bar.update(1)
+
+  def progress(self, step: int, total: int, losses_by_type: dict[str, float],
+               step_seconds: float) -> None:
+    text = ("loss " + " ".join(f"{bt} {v:.3f}" for bt, v in sorted(losses_by_type.items()))
+            + f" | {step_seconds:.2f} s/step")
+    if self.bar is not None:
+      self.bar.set_postfix_str(text, refresh=False)
+    elif self.active:
+      eta = time.strftime("%H:%M:%S", time.gmtime(max(total - step, 0) * step_seconds))
+      print(f"step {step}/{total} | {text} | ETA {eta}", file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: str | None):
+  """While TensorFlow loads, its C++ code writes notes (oneDNN, CPU features) to file descriptor 2
+  directly, past Python's logging: they go to the log file instead of the console."""
+  if path is None:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(path, "ab") as log:
+    os.dup2(log.fileno(), 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+@contextlib.contextmanager
+def _stop_requests(stop: dict):
+  """SIGTERM (preemption) and a first Ctrl-C set stop['signal']: the loop saves and exits. A second
+  Ctrl-C aborts at once. Handlers are only installed from the main thread (signal's rule)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def on_signal(signum, frame):
+    del frame
+    if signum == signal.SIGINT and stop["signal"]:
+      raise KeyboardInterrupt
+    stop["signal"] = signal.Signals(signum).name
+
+  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
 def main(argv) -> None:
   del argv
-  if not flags.FLAGS.workdir:
+  f = flags.FLAGS
+  if not f.workdir:
     raise app.UsageError("--workdir is required")
   sharding.maybe_initialize_distributed(**sharding.distributed_args_from_flags())
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  _BINARY.update(allow_config_change=tuple(f.allow_config_change), exits_after=True)
+  try:
+    train(f.config, f.workdir)
+  except (ckpt_lib.CheckpointError, ckpt_lib.WorkdirError, config_flags.ConfigChangedError,
+          FloatingPointError) as e:
+    # A fault with a message that says what to do: a traceback would bury it.
+    ckpt_lib.log_error(str(e))
+    sys.exit(f"hybrid_ir.train: error: {e}")
 
 
-def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs (or resumes) training; returns the final state. See the module docstring."""
+def _exit_now(code) -> None:
+  """Ends the binary once `train` has returned: the checkpoint is final, the metrics and log
+  flushed. Interpreter teardown after that only destroys TF/XLA objects (3 s measured here) and
+  can wait up to a minute on the tf.data iterator's autotuning thread, past a preemption's grace
+  period; os._exit skips both."""
+  if isinstance(code, str):
+    print(code, file=sys.stderr)
+    code = 1
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if jax.distributed.is_initialized():
+    jax.distributed.shutdown()
+  os._exit(code or 0)
+
+
+def train(config, workdir: str | os.PathLike, *,
+          allow_config_change: tuple[str, ...] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) training; returns the final state. See the module docstring.
+
+  allow_config_change: config keys that may differ from the checkpoint's config on resume (the
+  binary's --allow_config_change). Raises WorkdirError, CheckpointError, ConfigChangedError and
+  FloatingPointError with messages that say what to do.
+  """
+  allow = tuple(_BINARY["allow_config_change"] if allow_config_change is None
+                else allow_config_change)
   # ----------------------------------------------------------------------------------------------
   # Logging.
   # ----------------------------------------------------------------------------------------------
-  sharding.maybe_initialize_distributed()
-  workdir = epath.Path(workdir)  # local or gs://
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0 and "://" not in str(workdir):
-    logging.get_absl_handler().use_absl_log_file("train", str(workdir))
+  workdir = ckpt_lib.check_workdir(workdir, create=True)  # local or gs://
+  with ckpt_lib.HeldLog() as log:
+    sharding.maybe_initialize_distributed()
+    log_path = log.to_file("train", workdir)
+  console = Console(jax.process_index() == 0)
   logging.info("config:\n%s", config)
   no_negatives = [c.get("name") for c in config.input.sources if not c.get("num_negatives")]
   if config.loss.get("variant") == "paper" and no_negatives:
     raise ValueError("loss.variant='paper' learns only from hard negatives, but sources "
                      f"{no_negatives} have num_negatives=0: give them negatives or use "
                      "variant 'standard'")
-  stop = {"sigterm": False}
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  config_json = ckpt_lib.config_to_json(config)
+  total = int(config.total_steps)
+  console.say(f"hybrid_ir.train: {workdir}\n  log:         {log_path or 'stderr'}\n"
+              f"  checkpoints: {ckpt_lib.checkpoint_dir(workdir)}\n"
+              f"  metrics:     {workdir / 'metrics.jsonl'} (TensorBoard: "
+              f"{workdir / 'tensorboard'})")
 
   # ----------------------------------------------------------------------------------------------
   # Mesh.
@@ -216,145 +462,212 @@ def train(config, workdir: str | os.PathLike) -> dict[str, Any]:
                jax.process_count())
 
   # ----------------------------------------------------------------------------------------------
-  # Model & optimizer.
+  # Checkpoints: the config saved with the newest one must match (checked before the model loads).
+  # ----------------------------------------------------------------------------------------------
+  checked = None
+  for step in reversed(ckpt_lib.finished_steps(workdir)):
+    try:
+      saved = ckpt_lib.saved_config(workdir, step)
+    except (ckpt_lib.CorruptCheckpointError, FileNotFoundError):
+      continue  # damaged: named when the state is restored below
+    changed = config_flags.check_resume_config(saved, config_json, allow, f"checkpoint {step}")
+    checked = step
+    for key, old, new in changed:
+      console.say(f"config change on resume: {key}: {old!r} -> {new!r}")
+    break
+
+  # ----------------------------------------------------------------------------------------------
+  # Model & optimizer; shard & transfer; the update step (one jit, state donated, shardings pinned).
   # ----------------------------------------------------------------------------------------------
   t0 = time.time()
   from hybrid_ir import models  # heavy import; keeps `--help` fast
   encoder = models.load_encoder(config.model)
-  tx = make_optimizer(config)
-  init_temp = float(config.loss.get("temperature", 0.05))
-  trainable = {"params": encoder.params,
-               "loss_params": {"log_temperature": jnp.asarray(np.log(init_temp), jnp.float32)}}
   logging.info("encoder %s: %.1fM params, loaded in %.1fs", encoder.name,
                sum(x.size for x in jax.tree.leaves(encoder.params)) / 1e6, time.time() - t0)
+  train_step = make_train_step(encoder, config, mesh)
+  update = train_step.update
 
   # ----------------------------------------------------------------------------------------------
-  # Shard & transfer: params by their annotations / the FSDP rule; optimizer state alike.
-  # ----------------------------------------------------------------------------------------------
-  param_sh = {"params": sharding.param_shardings(encoder.params, mesh,
-                                                 getattr(encoder, "partition_specs", None)),
-              "loss_params": {"log_temperature": sharding.replicated(mesh)}}
-  trainable = jax.device_put(trainable, param_sh)
-  abstract_opt = jax.eval_shape(tx.init, trainable)
-  # Optimizer moments mirror the params; counters and other scalars are replicated.
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: sharding.replicated(mesh))
-  rep = sharding.replicated(mesh)
-  state_sh = {"params": param_sh["params"], "loss_params": param_sh["loss_params"],
-              "opt_state": opt_sh, "step": rep}
-  init_state = jax.jit(lambda tr: {
-      "params": tr["params"], "loss_params": tr["loss_params"], "opt_state": tx.init(tr),
-      "step": jnp.zeros((), jnp.int32)},
-      out_shardings=state_sh)
-
-  # ----------------------------------------------------------------------------------------------
-  # Update step: one jit, state donated, shardings pinned.
-  # ----------------------------------------------------------------------------------------------
-  loss_and_grads = make_loss_and_grads(encoder, config)
-
-  @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(state_sh, rep))
-  def update(state, batch):
-    trainable = {"params": state["params"], "loss_params": state["loss_params"]}
-    (loss, m), grads = loss_and_grads(trainable, batch)
-    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
-    trainable = optax.apply_updates(trainable, updates)
-    m.update(loss=loss, grad_norm=optax.tree.norm(grads),
-             update_norm=optax.tree.norm(updates),
-             param_norm=optax.tree.norm(trainable["params"]))
-    return dict(trainable, opt_state=opt_state, step=state["step"] + 1), m
-
-  # ----------------------------------------------------------------------------------------------
-  # Checkpoint load (auto-resume) and input pipeline at the restored position.
+  # Checkpoint load (auto-resume, falling back over damaged steps) and input pipeline.
   # ----------------------------------------------------------------------------------------------
   cc = config.checkpoint
   manager = ckpt_lib.make_manager(workdir, max_to_keep=cc.get("keep", 3),
                                   save_interval_steps=cc.get("every", 1000),
                                   async_save=cc.get("async_save", True))
-  latest = manager.latest_step()
-  data_state = None
-  state = init_state(trainable)
-  if latest is not None:
-    state, data_state, _ = ckpt_lib.restore(manager, latest, ckpt_lib.abstract(state))
-    logging.info("resumed from step %d", latest)
-  del trainable
-  from hybrid_ir import input_pipeline  # tensorflow import: after jax has claimed the devices
-  pipeline = input_pipeline.make_pipeline(config.input, encoder.tokenize, state=data_state)
-  start = int(state["step"])
-  writer = MetricWriter(workdir, start)
+  with contextlib.ExitStack() as cleanup:  # closed in reverse, on any exit
+    cleanup.callback(manager.close)
+    state = train_step.init(encoder.params)
+    data_state = None
+    restored = ckpt_lib.restore_latest(
+        manager, ckpt_lib.abstract(state),
+        on_bad=lambda s, why: console.say(f"checkpoint {s} is damaged; falling back: {why}"))
+    if restored is not None:
+      if restored.bad:
+        _quarantine(workdir, manager, restored.bad, console)
+      if restored.step != checked:
+        config_flags.check_resume_config(restored.config, config_json, allow,
+                                         f"checkpoint {restored.step}")
+      state, data_state = restored.state, restored.data
+    start = int(state["step"])
+    if restored is None:
+      console.say(f"starting at step 0 of {total}")
+    elif start >= total:
+      console.say(f"already finished: checkpoint {start} reaches total_steps={total}; "
+                  "nothing to do")
+      if jax.process_index() == 0 and ckpt_lib.read_finished(workdir) is None:
+        ckpt_lib.write_finished(workdir, start)
+      return state
+    else:
+      console.say(f"resumed from step {start} of {total}")
+      if jax.process_index() == 0:
+        ckpt_lib.clear_finished(workdir)  # a run extended with more steps is running again
+    with _native_stderr_to(log_path):
+      from hybrid_ir import input_pipeline  # tensorflow: after jax has claimed the devices
+    pipeline = input_pipeline.make_pipeline(config.input, encoder.tokenize, state=data_state)
+    if not _BINARY["exits_after"]:
+      # The binary exits at once instead (see _exit_now): closing waits on tf.data's threads.
+      cleanup.callback(pipeline.close)
+    writer = MetricWriter(workdir, start)
+    cleanup.callback(writer.close)
 
-  # ----------------------------------------------------------------------------------------------
-  # Evaluators (optional; the same ones eval.py runs).
-  # ----------------------------------------------------------------------------------------------
-  def run_evals(step):
-    from hybrid_ir import eval as eval_lib
-    predict = functools.partial(encoder.encode, progress=False)
-    for name, evaluator in eval_lib.make_evaluators(config, predict).items():
-      t = time.time()
-      results = dict(evaluator.run(state["params"]))
-      writer.write(step, {**results, f"{name}/eval_seconds": time.time() - t})
+    # --------------------------------------------------------------------------------------------
+    # Evaluators (optional; the registry eval.py uses), built once for the whole run.
+    # --------------------------------------------------------------------------------------------
+    eval_every = int(config.get("eval_every", 0))
+    evals = {}
+    if eval_every and config.get("evals"):
+      from hybrid_ir import evaluators
+      # train_evals: the names run during training (default all); e.g. only a cheap curve.
+      during = config.get("train_evals") or list(config.evals)
+      unknown = [n for n in during if n not in config.evals]
+      if unknown:
+        raise ValueError(f"config.train_evals names {unknown}, which config.evals lacks; it has "
+                         f"{list(config.evals)}")
+      evals = evaluators.make({n: config.evals[n] for n in during},
+                              functools.partial(encoder.encode, progress=False))
 
-  # ----------------------------------------------------------------------------------------------
-  # Train loop.
-  # ----------------------------------------------------------------------------------------------
-  def save(step, force=False):
-    return ckpt_lib.save(manager, step, state, pipeline.get_state(), config, force=force)
+    def run_evals(step):
+      for name, evaluator in evals.items():
+        t = time.time()
+        results = dict(evaluator.run(state["params"]))
+        writer.write(step, {**results, f"{name}/eval_seconds": time.time() - t})
 
-  log_every, total = int(config.get("log_every", 10)), int(config.total_steps)
-  eval_every = int(config.get("eval_every", 0))
-  peak = config.get("peak_flops")
-  flops_by_shape = {}
-  window = {"t": time.time(), "examples": 0, "tokens": 0, "losses": {}}
-  for step in range(start + 1, total + 1):
-    batch = next(pipeline)
-    if batch["step"] != step - 1:
-      raise RuntimeError(f"pipeline is at batch {batch['step']} but the model at step {step - 1}")
-    gbatch = to_device_batch(batch, mesh)
-    if peak and (shape := jax.tree.map(np.shape, gbatch).__repr__()) not in flops_by_shape:
-      cost = update.lower(state, gbatch).compile().cost_analysis()
-      flops_by_shape[shape] = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0))
-    state, m = update(state, gbatch)
-    n_tok = sum(int(batch[k]["attention_mask"].sum()) for k in ("query", "passage", "negative")
-                if k in batch) * jax.process_count()
-    window["examples"] += len(batch["group"]) * jax.process_count()
-    window["tokens"] += n_tok
-    window["losses"].setdefault(batch["batch_type"], []).append(m["loss"])
-    window["fingerprint"] = batch["fingerprint"]
-    is_last = step == total
-    if step % log_every == 0 or is_last or manager.should_save(step) or stop["sigterm"]:
-      m = jax.device_get(m)
-      bad = [k for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(m[k])]
-      if bad:
-        raise FloatingPointError(f"step {step}: non-finite {bad} ({ {k: m[k] for k in bad} }); "
-                                 f"not saving; last good checkpoint: {manager.latest_step()}")
-    if step % log_every == 0 or is_last:
-      dt = time.time() - window["t"]
-      out = {f"train/{k}": float(v) for k, v in m.items()}
-      for bt, ls in window["losses"].items():
-        out[f"train/loss_{bt}"] = float(np.mean(jax.device_get(ls)))
-      out.update({"train/batch_fingerprint": window["fingerprint"],  # of this step's batch
-                  "train/examples_per_s": window["examples"] / dt,
-                  "train/tokens_per_s": window["tokens"] / dt,
-                  "train/step_seconds": dt / max(1, sum(map(len, window["losses"].values())))})
-      if peak and flops_by_shape:
-        out["train/mfu"] = (np.mean(list(flops_by_shape.values())) / out["train/step_seconds"]
-                            / peak)
-      writer.write(step, out)
-      logging.info("step %d/%d loss %.4f (%.2f s/step, %.0f tokens/s)", step, total,
-                   out["train/loss"], out["train/step_seconds"], out["train/tokens_per_s"])
-      window = {"t": time.time(), "examples": 0, "tokens": 0, "losses": {}}
-    save(step, force=is_last or stop["sigterm"])
-    if eval_every and (step % eval_every == 0 or is_last) and config.get("evals"):
-      run_evals(step)
-    if stop["sigterm"]:
-      logging.warning("SIGTERM at step %d: checkpoint saved, exiting", step)
-      break
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
-  signal.signal(signal.SIGTERM, previous_handler)
+    # --------------------------------------------------------------------------------------------
+    # Train loop.
+    # --------------------------------------------------------------------------------------------
+    pending = []  # (step, metrics) whose `ok` flag has not been read yet
+    max_norm = train_step.max_param_norm
+
+    def check_steps():
+      """Raises naming the first step since the last check that was not ok (its update, and every
+      later one, were not applied), so no checkpoint is written after it."""
+      oks = jax.device_get([m["ok"] for _, m in pending])
+      for (bad, m), ok in zip(pending, oks):
+        if not ok:
+          vals = {k: float(v) for k, v in jax.device_get(
+              {k: m[k] for k in ("loss", "grad_norm", "param_norm")}).items()}
+          why = (f"non-finite training values {vals}" if not all(map(np.isfinite, vals.values()))
+                 else f"the parameter norm would be {vals['param_norm']:.3g}, above "
+                      f"{max_norm:.3g} (config.max_param_norm_growth times the initial norm): "
+                      "the run diverges")
+          raise FloatingPointError(
+              f"step {bad}: {why}. Its update was not applied and no checkpoint from step {bad} "
+              f"on is written; the last good checkpoint is {manager.latest_step()} in "
+              f"{ckpt_lib.checkpoint_dir(workdir)}. Lower optimizer.lr or check that batch "
+              "(train/batch_fingerprint in metrics.jsonl)")
+      pending.clear()
+
+    def save(step, force=False):
+      if force or manager.should_save(step):
+        check_steps()
+        ckpt_lib.save(manager, step, state, pipeline.get_state(), config, force=force)
+
+    log_every = int(config.get("log_every", 10))
+    peak = config.get("peak_flops")
+    flops_by_shape = {}
+    window = {"t": time.time(), "examples": 0, "tokens": 0, "losses": {}}
+    stop = {"signal": None}
+    step = start
+    console.start(start, total)
+    cleanup.callback(console.close)
+    with _stop_requests(stop):
+      for step in range(start + 1, total + 1):
+        batch = next(pipeline)
+        if batch["step"] != step - 1:
+          raise RuntimeError(f"pipeline is at batch {batch['step']} but the model at step "
+                             f"{step - 1}")
+        gbatch = to_device_batch(batch, mesh)
+        if peak and (shape := jax.tree.map(np.shape, gbatch).__repr__()) not in flops_by_shape:
+          flops_by_shape[shape] = step_flops(update.lower(state, gbatch).compile())
+        state, m = update(state, gbatch)
+        pending.append((step, m))
+        n_tok = sum(int(batch[k]["attention_mask"].sum()) for k in ("query", "passage",
+                                                                    "negative")
+                    if k in batch) * jax.process_count()
+        window["examples"] += len(batch["group"]) * jax.process_count()
+        window["tokens"] += n_tok
+        window["losses"].setdefault(batch["batch_type"], []).append(m["loss"])
+        window["fingerprint"] = batch["fingerprint"]
+        is_last = step == total
+        console.advance()
+        if step % log_every == 0 or is_last:
+          check_steps()
+          m = jax.device_get(m)
+          dt = time.time() - window["t"]
+          out = {f"train/{k}": float(v) for k, v in m.items() if k != "ok"}
+          by_type = {bt: float(np.mean(jax.device_get(ls)))
+                     for bt, ls in window["losses"].items()}
+          out.update({f"train/loss_{bt}": v for bt, v in by_type.items()})
+          out.update({"train/batch_fingerprint": window["fingerprint"],  # of this step's batch
+                      "train/examples_per_s": window["examples"] / dt,
+                      "train/tokens_per_s": window["tokens"] / dt,
+                      "train/step_seconds": dt / max(1, sum(map(len, window["losses"].values())))})
+          if peak and flops_by_shape:
+            out["train/mfu"] = mfu(np.mean(list(flops_by_shape.values())),
+                                   out["train/step_seconds"], peak)
+          writer.write(step, out)
+          logging.info("step %d/%d loss %.4f (%.2f s/step, %.0f tokens/s)", step, total,
+                       out["train/loss"], out["train/step_seconds"], out["train/tokens_per_s"])
+          console.progress(step, total, by_type, out["train/step_seconds"])
+          window = {"t": time.time(), "examples": 0, "tokens": 0, "losses": {}}
+        save(step, force=is_last or stop["signal"] is not None)
+        if eval_every and (step % eval_every == 0 or is_last) and evals:
+          run_evals(step)
+        if stop["signal"]:
+          break
+    # Said only once the (async) save is final: a checkpoint announced is one that exists.
+    manager.wait_until_finished()
+  where = ckpt_lib.checkpoint_dir(workdir) / str(step)
+  if step < total:
+    console.say(f"{stop['signal']} at step {step}: checkpoint {where} saved; exiting "
+                "(run the same command to resume)")
+  else:
+    if jax.process_index() == 0:
+      ckpt_lib.write_finished(workdir, step)  # the eval binary's signal that no step follows
+    console.say(f"finished: step {step} of {total}; checkpoint {where}; metrics "
+                f"{workdir / 'metrics.jsonl'}")
   return state
 
 
+def _quarantine(workdir, manager, bad: dict[int, str], console: Console) -> None:
+  """Moves damaged steps newer than the restored one aside (process 0; the others wait), so that
+  training can write those steps again; they are kept for inspection, never deleted."""
+  if jax.process_index() == 0:
+    for s in sorted(bad):
+      if (ckpt_lib.checkpoint_dir(workdir) / str(s)).exists():
+        dst = ckpt_lib.quarantine(workdir, s)
+        console.say(f"moved damaged checkpoint {s} to {dst}")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("hybrid_ir.train: damaged checkpoints moved")
+  manager.reload()
+
+
 if __name__ == "__main__":
+  # TensorFlow's C++ INFO lines (oneDNN notes, twice) are no news to a person at the console.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   define_flags()
-  app.run(main, flags_parser=config_flags.parse_flags)
+  try:
+    config_flags.run(main)
+  except SystemExit as e:
+    _exit_now(e.code)

@@ -154,11 +154,9 @@ NOT_CHECKED = {
 }
 # Broken commands in files this test does not own: id -> reason (strict xfail: fix, then remove).
 KNOWN_FAILURES: dict[str, str] = {}
-# `python -m hybrid_ir.<module> --help` exits 1 (absl's default) where the module's __main__ does
-# not turn a help request into exit 0, as search.py and experiments.py do.
-_HELP_1 = ("absl exits 1 after printing --help; hybrid_ir/{}.py's __main__ does not catch it "
-           "(search.py and experiments.py turn it into exit 0)")
-HELP_EXITS_1 = {f"hybrid_ir.{m}": _HELP_1.format(m) for m in ("train", "eval", "export", "prepare")}
+# Modules whose `python -m hybrid_ir.<module> --help` does not exit 0: module -> reason (strict
+# xfail: fix, then remove). config_flags.run turns absl's exit 1 after --help into 0.
+HELP_EXITS_1: dict[str, str] = {}
 
 # ------------------------------------------------------------------------------------------------
 # Extraction.

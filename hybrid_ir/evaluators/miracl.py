@@ -46,10 +46,11 @@ class MiraclResult:
             'recall@100': float(self.recall100[keep].mean()) if keep.any() else float('nan'),
             **self.counts}
 
-  def table(self) -> str:
+  def table(self, label: str | None = None) -> str:
+    """Markdown: one row (named `label`, e.g. the model and checkpoint)."""
     m = self.metrics()
     return (f'| {self.name} | nDCG@10 | Recall@100 | judged queries | documents |\n|---|---|---|---|---|\n'
-            f'| | {m["ndcg@10"]:.3f} | {m["recall@100"]:.3f} | {m["num_judged"]} | '
+            f'| {label or ""} | {m["ndcg@10"]:.3f} | {m["recall@100"]:.3f} | {m["num_judged"]} | '
             f'{m["num_documents"]} |')
 
   def to_json(self) -> dict:

@@ -1,0 +1,26 @@
+"""tests/test_faults.py's run: the tiny train config (tests/configs_test_train.py) for 15 steps, a
+checkpoint every 5 (all kept), a metrics row per step, and a small MLQA-R evaluator (de, zh) for
+the eval binary.
+
+  python -m hybrid_ir.train --config tests/configs_test_faults.py --workdir /tmp/f
+  python -m hybrid_ir.eval --config tests/configs_test_faults.py --workdir /tmp/f --once
+"""
+import pathlib
+
+import ml_collections
+
+from hybrid_ir import config_flags
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = config_flags.load_config_file(str(HERE / "configs_test_train.py"))
+  c.total_steps, c.log_every = 15, 1
+  c.checkpoint.update(every=5, keep=10)
+  data = str(pathlib.Path(c.input.sources[0]["path"]).parent)  # the XQuAD-R source's data dir
+  c.evals = {"mlqa-r": dict(type="lareqa", dataset="mlqa-r", data_dir=data, langs=("de", "zh"),
+                            candidate_text="sentence")}
+  c.eval_batch_size = 256
+  return c
