@@ -80,6 +80,17 @@ def loss_curve(workdir: pathlib.Path) -> list[dict]:
           if "train/loss" in r]
 
 
+def parallel_curve(workdir: pathlib.Path) -> list[dict]:
+  """The parallel-query distance measured during training ({'step', 'sq_dist'}; see
+  hybrid_ir.evaluators.parallel), from metrics.jsonl; [] when the run measured none."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  return [{"step": r["step"], "sq_dist": r["parallel/sq_dist"]} for r in rows
+          if "parallel/sq_dist" in r]
+
+
 def summarize_run(workdir: pathlib.Path, tag: str) -> dict:
   """The results/ summary of one evaluated run: compact results per dataset + loss curve."""
   path = workdir / "eval" / f"{tag}.json"
@@ -88,7 +99,7 @@ def summarize_run(workdir: pathlib.Path, tag: str) -> dict:
   ev = json.loads(path.read_text())
   return {"model": ev["model"], "tag": tag, "uncovered_langs": ev.get("uncovered_langs", []),
           "datasets": {name: compact(d) for name, d in lareqa_details(ev).items()},
-          "loss_curve": loss_curve(workdir)}
+          "loss_curve": loss_curve(workdir), "parallel_curve": parallel_curve(workdir)}
 
 
 def _vectors(dataset_summary: dict) -> dict[str, np.ndarray]:
@@ -336,6 +347,32 @@ def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def plot_parallel_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
+  """Parallel-query distance against the training step, one line per run (e.g. per alpha)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (name, run) in enumerate(runs.items()):
+    pts = [(r["step"], r["sq_dist"]) for r in run["parallel_curve"]]
+    ax.plot(*zip(*pts), "o-", color=f"C{i % 10}", label=name, lw=1.2, ms=3)
+  ax.set(xlabel="step", ylabel="mean squared distance of parallel queries")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def parallel_table(runs: dict[str, dict]) -> str:
+  """Each run's parallel-query distance at the first, middle and last point of its curve."""
+  lines = ["Squared distance between the embeddings of parallel queries (held-out questions, "
+           "macro over language pairs; lower = translations closer), during training:", "",
+           "| run | first point | middle | last |", "|---|---|---|---|"]
+  for name, run in runs.items():
+    c = run["parallel_curve"]
+    cells = [f"{c[i]['sq_dist']:.4f} (step {c[i]['step']})" for i in (0, len(c) // 2, -1)]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot_metric_vs(xs: list[float], runs: list[dict], dataset: str, xlabel: str,
                    path: pathlib.Path) -> None:
   """Mo/Cr/Mul mAP against `xs`, with each run's 95% CI as error bars."""
@@ -437,6 +474,11 @@ def write_report(experiment: str, directory: pathlib.Path) -> str:
       plot_metric_vs([a for a, _ in alphas], [group[n] for _, n in alphas], dataset,
                      "alpha (probability of an X-X-mono batch)", png)
       parts += [f"![alpha]({png.name})", ""]
+    curves = {n: r for n, r in group.items() if r.get("parallel_curve")}
+    if curves:
+      png = directory / f"parallel_{dataset}.png"
+      plot_parallel_curves(curves, png)
+      parts += [parallel_table(curves), "", f"![parallel-query distance]({png.name})", ""]
     if experiment == "languages":
       parts += [seen_unseen_table(group, dataset, baseline), ""]
       ordered = sorted(((len(r["train_langs"]), n) for n, r in group.items()

@@ -1,6 +1,8 @@
 """The α sweep and the languages experiment, each run in miniature end to end (tiny random BERT,
 two steps per run): every run of the grid reaches the report, in the grid's order, with its plots.
 (A file of its own so that pytest-xdist runs it beside test_experiments.py.)"""
+import json
+
 import pytest
 
 from hybrid_ir import experiments
@@ -24,12 +26,20 @@ def grids(tmp_path_factory):
 def test_ratio_report_has_every_alpha_in_order_paired_against_mono(grids):
   text, out_dir = grids["ratio"]
   names = [r.name for r in experiments.runs("ratio")]
-  rows = _table_rows(text, "mlqa-r")
+  # The metric and paired tables; the parallel-query table after them is checked below.
+  rows = _table_rows(text.split("Squared distance between")[0], "mlqa-r")
   assert rows[:len(names)] == names  # alpha0, alpha0.25, ..., alpha1, not string order
   assert "Paired against **alpha1**" in text  # alpha = 1: X-X-mono only
   assert rows[len(names):] == [n for n in names if n != "alpha1"]
-  for png in ("alpha_mlqa-r.png", "loss_mlqa-r.png"):
+  for png in ("alpha_mlqa-r.png", "loss_mlqa-r.png", "parallel_mlqa-r.png"):
     assert (out_dir / png).stat().st_size > 0
+  # The convergence curve: parallel-query distance at every step of the 2-step miniature.
+  summary = json.loads((out_dir / "alpha0.5.json").read_text())
+  assert [r["step"] for r in summary["parallel_curve"]] == [1, 2]
+  assert all(0 <= r["sq_dist"] <= 4 for r in summary["parallel_curve"])
+  table = text.split("Squared distance between the embeddings of parallel queries")[1]
+  assert [l.split("|")[1].strip() for l in table.splitlines() if l.startswith("| alpha")] == [
+      n for n in names if n.startswith("alpha")]
 
 
 def test_languages_report_splits_seen_and_unseen_languages(grids):

@@ -61,4 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = common.model("mini")
     c.eval_batch_size = 256
     c.evals = common.lareqa_evals(evaluate_on, langs=("de", "en", "zh"))
+  if int(a.get("curve", 0)):
+    # The convergence curve: parallel-query distance on held-out questions, during training.
+    c.eval_every = max(1, a["steps"] // int(a["curve"]))
+    c.evals.parallel = dict(type="parallel", dataset=evaluate_on, data_dir=common.DATA_DIR,
+                            langs=c.evals[evaluate_on].langs, max_questions=200)
+    c.train_evals = ["parallel"]
   return c

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 # type -> module. A new benchmark: a module with `Evaluator`, and one line here.
-TYPES = {"lareqa": "hybrid_ir.evaluators.lareqa", "miracl": "hybrid_ir.evaluators.miracl"}
+TYPES = {"lareqa": "hybrid_ir.evaluators.lareqa", "miracl": "hybrid_ir.evaluators.miracl",
+         "parallel": "hybrid_ir.evaluators.parallel"}
 
 
 def module(kind: str, where: str = "type"):
