@@ -30,26 +30,17 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 
+from hybrid_ir.hardware import cpu_model
+
 T0 = time.time()  # the child's start, for first_batch_s (imports included)
 DATA = pathlib.Path(os.environ.get(
     'HYBRID_IR_DATA', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'))
-
-
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def peak_rss_bytes() -> int:

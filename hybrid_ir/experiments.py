@@ -23,7 +23,6 @@ are skipped on a rerun.
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -32,6 +31,7 @@ from absl import flags
 from absl import logging
 
 from hybrid_ir import grids
+from hybrid_ir import hardware
 from hybrid_ir import report
 
 CONFIG = "configs/experiments/base.py"
@@ -92,20 +92,6 @@ def load_config(path: pathlib.Path, arg: str):
   return config_flags.load_config_file(f"{path}:{arg}")
 
 
-def hardware() -> str:
-  """What ran it: the accelerator (or the CPU model) and the core count, for each run's JSON."""
-  import jax  # pylint: disable=g-import-not-at-top
-  device = jax.devices()[0]
-  cpu = platform.processor() or platform.machine()
-  try:
-    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-               if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  accel = "" if device.platform == "cpu" else f"{jax.device_count()} x {device.device_kind}, "
-  return f"{accel}{cpu}, {os.cpu_count()} cores"
-
-
 def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: pathlib.Path,
             config_path: str | os.PathLike | None = None) -> pathlib.Path:
   """Trains (unless pretrained) and evaluates one run in this process; writes its summary JSON.
@@ -143,7 +129,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   summary = report.summarize_run(workdir, tag)
   summary.update(run=run.name, experiment=name, config=spec, args=args,
                  wall_seconds=time.time() - t0,
-                 hardware=hardware())
+                 hardware=hardware.describe())
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(summary))
   return out
