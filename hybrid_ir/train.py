@@ -184,8 +184,8 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   state from a step that is not ok is ever saved, and it stops naming the first such step. The
   update itself is not gated: keeping the old state on a bad step would need a select over
   params and both Adam moments after the norm is known, a second pass over 3x the model's memory
-  (0.47 s of a 5.9 s e5-small step on 2 CPU cores, benchmarks/bench_peer.py), for a state that
-  is never saved anyway.
+  (memory-bound; with the norms it was 0.47 s of a 5.9 s e5-small CPU step in one
+  benchmarks/bench_peer.py run), for a state that is never saved anyway.
   """
   tx = tx or make_optimizer(config)
   rep = sharding.replicated(mesh)
