@@ -86,6 +86,7 @@ def test_metrics_match_ir_measures(files):
   assert [[f'd{j}#0' for j in row] for row in expect] == res.top_docids
   json.dumps(res.to_json())
   assert f'| | {out["miracl-xx/ndcg@10"]:.3f} |' in ev.result.table()
+  assert f'| e5 step 3 | {out["miracl-xx/ndcg@10"]:.3f} |' in ev.result.table('e5 step 3')
 
 
 def test_killed_encode_resumes_only_missing_shards(files, tmp_path):

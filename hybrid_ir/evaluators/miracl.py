@@ -50,7 +50,7 @@ class MiraclResult:
     """Markdown: one row (named `label`, e.g. the model and checkpoint)."""
     m = self.metrics()
     return (f'| {self.name} | nDCG@10 | Recall@100 | judged queries | documents |\n|---|---|---|---|---|\n'
-            f'| {label or ""} | {m["ndcg@10"]:.3f} | {m["recall@100"]:.3f} | {m["num_judged"]} | '
+            f'|{f" {label} " if label else " "}| {m["ndcg@10"]:.3f} | {m["recall@100"]:.3f} | {m["num_judged"]} | '
             f'{m["num_documents"]} |')
 
   def to_json(self) -> dict:
