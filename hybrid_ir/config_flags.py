@@ -34,8 +34,11 @@ def define_config(name: str = "config", help_string: str = "Config file, path[:a
   return mlc_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads 'path/to/config.py[:arg]' -> get_config(arg) (as ml_collections does)."""
+def load_config_file(spec: str, overrides: Mapping[str, Any] | None = None
+                     ) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:arg]' -> get_config(arg) (as ml_collections does), then sets each
+  dotted key of `overrides` ('checkpoint.every': 3), as `--config.checkpoint.every=3` would
+  (an unknown key: check_key's error)."""
   path, _, arg = spec.partition(":")
   if not pathlib.Path(path).is_file():
     raise FileNotFoundError(f"config file not found: {path!r} (from --config={spec!r})")
@@ -44,7 +47,15 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} has no get_config(arg=None)")
-  return module.get_config(arg) if arg else module.get_config()
+  config = module.get_config(arg) if arg else module.get_config()
+  for key, value in (overrides or {}).items():
+    check_key(config, key)
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[last] = value
+  return config
 
 
 def check_key(config: ml_collections.ConfigDict, key: str, flag: str = "config") -> None:

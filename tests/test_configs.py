@@ -47,3 +47,12 @@ def test_experiment_arg_errors_name_the_problem(monkeypatch):
     config_flags.load_config_file("configs/experiments/base.py:alpha=0.5")
   with pytest.raises(ValueError, match=r"langs \['xx'\] are not in xquad-r"):
     config_flags.load_config_file("configs/experiments/base.py:langs=en+xx")
+
+
+def test_overrides_set_dotted_keys_and_name_a_misspelt_one(monkeypatch):
+  monkeypatch.chdir(REPO)
+  config = config_flags.load_config_file("configs/demo.py", {"checkpoint.every": 7,
+                                                             "total_steps": 9})
+  assert (config.checkpoint.every, config.total_steps) == (7, 9)
+  with pytest.raises(KeyError, match="--config.checkpoint has no field 'evry'"):
+    config_flags.load_config_file("configs/demo.py", {"checkpoint.evry": 7})

@@ -46,14 +46,7 @@ ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX
 
 
 def get_config(**overrides):
-  config = config_flags.load_config_file(str(CONFIG))
-  for k, v in overrides.items():
-    node = config
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  return config_flags.load_config_file(str(CONFIG), overrides)
 
 
 def binary(module, workdir, *flags, timeout=600):

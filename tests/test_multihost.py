@@ -25,14 +25,7 @@ OVERRIDES = {"total_steps": STEPS, "log_every": 1, "checkpoint.every": 3, "check
 
 
 def get_config():
-  config = config_flags.load_config_file(str(CONFIG))
-  for k, v in OVERRIDES.items():
-    node = config
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  return config_flags.load_config_file(str(CONFIG), OVERRIDES)
 
 
 def free_port() -> int:

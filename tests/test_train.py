@@ -22,14 +22,7 @@ CONFIG = REPO / "tests" / "configs_test_train.py"
 
 
 def get_config(**overrides):
-  config = config_flags.load_config_file(str(CONFIG))
-  for k, v in overrides.items():
-    node = config
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  return config_flags.load_config_file(str(CONFIG), overrides)
 
 
 def launch(workdir, *flags):
