@@ -277,6 +277,9 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
+  if not f.config.get("evals"):  # a train-only config: say so, not in a traceback
+    sys.exit(f"hybrid_ir.eval: error: the config has no `evals` to run (a training-only config?); "
+             f"keys: {sorted(f.config.keys())}")
   from hybrid_ir import checkpoint
 
   def stop(signum, frame):

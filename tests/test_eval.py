@@ -103,3 +103,12 @@ def test_in_training_evaluation_writes_metrics(tmp_path, shared_data):
   evals = [r for r in rows if "mlqa-r/mo_map" in r]
   assert [r["step"] for r in evals] == [4]
   assert 0.0 < evals[0]["mlqa-r/mo_map"] <= 1.0 and evals[0]["mlqa-r/num_questions"] == 1016
+
+
+def test_cli_names_a_config_without_evals(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "hybrid_ir.eval", f"--config={TRAIN_CONFIG}", f"--workdir={tmp_path}",
+       "--once"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.startswith("hybrid_ir.eval: error: the config has no `evals`"), out.stderr
+  assert "Traceback" not in out.stderr

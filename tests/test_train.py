@@ -94,6 +94,12 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
   assert proc.returncode == 0, out[-3000:]
   step = checkpoint.latest_finished_step(tmp_path)
   assert 1 < step < 1000  # a checkpoint written because of the signal, not the interval
+  # The console says where things go, where the run started and how it ended; JAX's backend
+  # probe and Orbax's INFO lines go to the log file only.
+  assert f"log:         {tmp_path}/train.INFO" in out and "starting at step 0 of 1000" in out
+  assert f"SIGTERM at step {step}: checkpoint {tmp_path}/checkpoints/{step} saved" in out, out
+  assert "Unable to initialize backend" not in out and "orbax" not in out.lower(), out[-3000:]
+  assert "orbax" in (tmp_path / "train.INFO").read_text().lower()
 
 
 def test_grad_cache_matches_plain_gradients():
