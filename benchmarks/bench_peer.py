@@ -13,9 +13,10 @@ Everything is measured in one run, calls interleaved (one call of each timed fun
      bench_encode) and each part of our step (forward, forward+backward, with and without the
      250k-row embedding table's gradient, the optimizer update, the whole step, and the step with
      the table frozen) as GFLOP/s (XLA's cost analysis) and share of XLA's probe.
-  3. encode: a random sample of all XQuAD-R + MLQA-R questions and candidates encoded as the
-     evaluation does (`Encoder.encode`, batch 64), extrapolated to the full sets, against the
-     time the useful FLOPs (real tokens, no padding) would take at the probe's rate.
+  3. encode: a random sample of the full evaluation's own batches (all XQuAD-R + MLQA-R
+     questions and candidates, length-sorted as `Encoder.encode` does, batch 64), extrapolated to
+     all of them, against the time the useful FLOPs (real tokens, no padding) would take at the
+     probe's rate; the same batches padded to the training buckets, side by side.
 
   python benchmarks/bench_peer.py                      # ~6-9 min on 2 busy cores
   python benchmarks/bench_peer.py --reps 2 --encode_sample 1000 --no_compile   # ~3 min
@@ -304,44 +305,56 @@ def matmul_probes(m: int = 1024, k: int = 384, n: int = 1536, calls: int = 10):
 
 
 def encode_sample(encoder, data_dir: str, sample: int, batch_size: int, seed: int = 0) -> dict:
-  """Encodes a random `sample` of all XQuAD-R + MLQA-R texts (each of the four groups in
-  proportion) as the evaluation does; returns seconds and useful / padded FLOPs, each
-  extrapolated to the full sets."""
+  """The full evaluation's own batches (every XQuAD-R + MLQA-R question and candidate, sorted by
+  token length and cut into `batch_size` rows, as `Encoder.encode` does), a random sample of
+  ~`sample` texts' worth of them timed, extrapolated to all of them. Twice, on the same sampled
+  batches, interleaved: padded to the encode buckets (what the evaluation does) and to the
+  training buckets (what it did before). FLOPs are exact over every batch."""
   import jax
   from hybrid_ir.data import lareqa
+  tok = encoder.tokenizer
+  cfg = encoder.module(encoder.params).cfg
+  settings = {"encode buckets": tok.encode_buckets, "training buckets": tok.buckets}
+  # Compile every shape first: the full evaluation compiles each once too, a fixed cost that a
+  # sample would overweight.
+  for buckets in settings.values():
+    tok.encode_buckets = buckets
+    for b in buckets:
+      encoder.encode(encoder.params, ["x " * (b - 4)], "passage", batch_size, progress=False)
+  rng = np.random.default_rng(seed)
+  out = {name: dict(buckets=b, seconds=0.0, padded_flops=0.0) for name, b in settings.items()}
+  out.update(texts=0, sampled=0, useful_flops=0.0)
   groups = []
   for name in ("xquad-r", "mlqa-r"):
     d = lareqa.load_lareqa(data_dir, name)
     groups += [(f"{name} questions", list(d.question_text), "query"),
                (f"{name} candidates", d.cand_text, "passage")]
-  total = sum(len(t) for _, t, _ in groups)
-  cfg = encoder.module(encoder.params).cfg
-  tok = encoder.tokenizer
-  # Compile every bucket shape first: the full evaluation compiles each once too, a fixed
-  # cost that a sample would overweight.
-  for b in tok.buckets:
-    encoder.encode(encoder.params, ["x " * (b - 4)], "passage", batch_size, progress=False)
-  rng = np.random.default_rng(seed)
-  out = dict(texts=total, sampled=0, seconds=0.0, useful_flops=0.0, padded_flops=0.0)
-  for name, texts, kind in groups:
-    k = max(1, round(sample * len(texts) / total))
-    pick = [texts[i] for i in rng.choice(len(texts), k, replace=False)]
-    t = time.perf_counter()
-    encoder.encode(encoder.params, pick, kind, batch_size, progress=False)
-    seconds = time.perf_counter() - t
-    # FLOPs: useful = real tokens only; padded = what the batches compute (each batch padded
-    # to its bucket and to batch_size rows), reproduced from encode's own batching.
-    lengths = np.sort([len(x) for x in tok.encode_ids(pick, kind)])
-    useful = sum(encoder_flops(cfg, int(n)) for n in lengths)
-    padded = sum(batch_size * encoder_flops(cfg, tok.bucket_for(int(lengths[s:s + batch_size][-1])))
-                 for s in range(0, len(lengths), batch_size))
-    scale = len(texts) / k
-    out["sampled"] += k
-    out["seconds"] += seconds * scale
-    out["useful_flops"] += useful * scale
-    out["padded_flops"] += padded * scale
-    print(f"  {name:22s} {k:5d} of {len(texts):5d} texts: {seconds:6.1f} s, "
-          f"mean {lengths.mean():.1f} tokens", flush=True)
+  fraction = sample / sum(len(texts) for _, texts, _ in groups)
+  for group, texts, kind in groups:
+    lengths = np.array([len(x) for x in tok.encode_ids(texts, kind)])
+    order = np.argsort(lengths, kind="stable")
+    starts = list(range(0, len(texts), batch_size))
+    k = max(1, round(len(starts) * fraction))
+    picked = sorted(rng.choice(len(starts), min(k, len(starts)), replace=False))
+    out["texts"] += len(texts)
+    out["sampled"] += sum(len(order[starts[i]:starts[i] + batch_size]) for i in picked)
+    out["useful_flops"] += sum(encoder_flops(cfg, int(n)) for n in lengths)
+    line = []
+    for setting, buckets in settings.items():
+      longest = [int(lengths[order[s:s + batch_size]].max()) for s in starts]
+      out[setting]["padded_flops"] += sum(
+          batch_size * encoder_flops(cfg, tok.bucket_for(n, buckets)) for n in longest)
+      tok.encode_buckets = buckets
+      t = time.perf_counter()
+      for i in picked:
+        batch_texts = [texts[j] for j in order[starts[i]:starts[i] + batch_size]]
+        encoder.encode(encoder.params, batch_texts, kind, batch_size, progress=False)
+      seconds = time.perf_counter() - t
+      out[setting]["seconds"] += seconds * len(starts) / len(picked)
+      line.append(f"{setting} {seconds:5.1f} s")
+    print(f"  {group:22s} {len(picked):3d} of {len(starts):3d} batches: " + ", ".join(line) +
+          f"; mean {lengths.mean():.1f} tokens", flush=True)
+  tok.encode_buckets = settings["encode buckets"]
   jax.block_until_ready(encoder.params)
   return out
 
@@ -352,7 +365,8 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--reps", type=int, default=5, help="interleaved rounds (medians of these)")
   ap.add_argument("--encode_sample", type=int, default=4000,
-                  help="texts of XQuAD-R + MLQA-R to encode (0: skip the encode part)")
+                  help="about this many texts of XQuAD-R + MLQA-R to encode, in whole "
+                  "batches of the full evaluation (0: skip the encode part)")
   ap.add_argument("--encode_batch", type=int, default=64, help="as hybrid_ir.eval's default")
   ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                   help="torch threads (XLA uses every core it sees)")
@@ -444,13 +458,19 @@ def main(argv=None):
           f"batch {args.encode_batch} ==", flush=True)
     e = encode_sample(encoder, args.data_dir, args.encode_sample, args.encode_batch)
     limit = e["useful_flops"] / xla_rate
-    r = e["seconds"] / limit
-    print(f"full {e['texts']} texts (extrapolated from {e['sampled']}): {e['seconds']:.0f} s; "
-          f"useful {e['useful_flops'] / 1e12:.2f} TFLOP (real tokens) -> FLOP-limit time at "
-          f"the probe's {xla_rate / 1e9:.0f} GFLOP/s {limit:.0f} s")
-    print(f"  padded {e['padded_flops'] / 1e12:.2f} TFLOP computed ({e['padded_flops'] / e['useful_flops']:.2f}x "
-          f"useful), {e['padded_flops'] / e['seconds'] / 1e9:.0f} GFLOP/s = "
-          f"{e['padded_flops'] / e['seconds'] / xla_rate:.0%} of the probe")
+    print(f"all {e['texts']} texts (extrapolated from {e['sampled']} in whole batches): useful "
+          f"{e['useful_flops'] / 1e12:.2f} TFLOP (real tokens) -> FLOP-limit time at the probe's "
+          f"{xla_rate / 1e9:.0f} GFLOP/s {limit:.0f} s")
+    for setting in ("training buckets", "encode buckets"):
+      x = e[setting]
+      print(f"  {setting:16s} {x['buckets']}: "
+            f"{x['seconds']:5.0f} s, {x['padded_flops'] / e['useful_flops']:.2f}x the useful FLOPs, "
+            f"{x['padded_flops'] / x['seconds'] / 1e9:.0f} GFLOP/s = "
+            f"{x['padded_flops'] / x['seconds'] / xla_rate:.0%} of the probe; "
+            f"{x['seconds'] / limit:.2f}x the FLOP-limit time")
+    r = e["encode buckets"]["seconds"] / limit
+    print(f"encode buckets vs training buckets, same batches: time ratio "
+          f"{e['encode buckets']['seconds'] / e['training buckets']['seconds']:.2f}")
     print(f"encode time / FLOP-limit time: {r:.2f}x; target within 1.3x: "
           f"{'met' if r <= 1.3 else 'MISSED'}")
   print(f"\nload average at end {tuple(round(x, 2) for x in os.getloadavg())}; "

@@ -93,6 +93,31 @@ def test_encode_restores_input_order_and_batches_fixed_shapes():
     np.testing.assert_allclose(out[i], single, atol=1e-5)
 
 
+def test_fine_buckets_cut_octaves_in_quarters():
+  assert tokenizers_lib.fine_buckets((16, 32, 64, 128)) == (16, 24, 32, 40, 48, 56, 64, 80, 96,
+                                                            112, 128)
+  assert tokenizers_lib.fine_buckets((8, 16)) == (8, 16)
+  assert tokenizers_lib.fine_buckets((8, 40)) == (8, 16, 24, 32, 40)
+
+
+def test_encode_pads_sorted_batches_to_fine_buckets_with_the_coarse_results():
+  texts = ["a " * n for n in (3, 14, 20, 30, 9, 40, 2, 25)]
+  fine, coarse = tiny_encoder(buckets=(8, 64)), tiny_encoder(buckets=(8, 64))
+  coarse.tokenizer.encode_buckets = coarse.tokenizer.buckets
+  assert fine.tokenizer.encode_buckets == (8, 16, 24, 32, 40, 48, 56, 64)
+  shapes = []
+  apply = fine._jit_apply
+  fine._jit_apply = lambda p, b: shapes.append(b["input_ids"].shape) or apply(p, b)
+  out = fine.encode(fine.params, texts, "passage", batch_size=2, progress=False)
+  # Sorted lengths (with [CLS]/[SEP]) 4 5 | 11 16 | 22 27 | 32 42: each batch at its own bucket.
+  assert shapes == [(2, 8), (2, 16), (2, 32), (2, 48)]
+  np.testing.assert_allclose(out, coarse.encode(coarse.params, texts, "passage", batch_size=2,
+                                                progress=False), atol=1e-5)
+  with pytest.raises(ValueError, match="ending at the largest bucket 64"):
+    tokenizers_lib.HFTokenizer(fine.tokenizer.tokenizer, name="t", query_prefix="", passage_prefix="",
+                               buckets=(8, 64), encode_buckets=(8, 32))
+
+
 def test_params_are_plain_dicts_with_matching_partition_specs():
   enc = tiny_encoder("pooler")
   leaves = jax.tree_util.tree_leaves_with_path(enc.params)
@@ -158,7 +183,15 @@ def test_load_encoder_takes_configdict_prefixes_and_buckets():
   enc = models.load_encoder(ml_collections.ConfigDict(dict(
       name="bundled:use-m3", query_prefix="Query: ", passage_prefix=None, buckets=(16, 32))))
   assert enc.tokenizer.prefixes == {"query": "Query: ", "passage": ""}
-  assert enc.tokenizer.buckets == (16, 32)
+  assert enc.tokenizer.buckets == (16, 32) and enc.tokenizer.encode_buckets == (16, 24, 32)
+  texts = ["hello world", "a longer sentence, " * 3, "hi"]
+  fine = enc.encode(enc.params, texts, "query", batch_size=2, progress=False)
+  enc.tokenizer.encode_buckets = (32,)  # USE's CNN and pooling must ignore padding too
+  np.testing.assert_allclose(enc.encode(enc.params, texts, "query", batch_size=2, progress=False),
+                             fine, atol=1e-5)
+  explicit = models.load_encoder(dict(name="bundled:use-m3", buckets=(16, 32),
+                                     encode_buckets=(32,)))
+  assert explicit.tokenizer.encode_buckets == (32,)
   ids = enc.tokenizer.encode_ids(["hello"], "query")[0]
   assert ids == enc.tokenizer.sp.encode("Query: hello", add_bos=True, add_eos=True)
 

