@@ -22,6 +22,7 @@ also pooled: mean ± sd over seeds and a two-level bootstrap (seeds, then querie
 `stats.seed_bootstrap`, so that a difference is judged against seed-to-seed variance too.
 """
 import argparse
+from collections.abc import Sequence
 import json
 import pathlib
 import sys
@@ -185,11 +186,13 @@ def _seed_matrix(runs: dict[str, dict], names: list[str], dataset: str, k: str
   return np.stack([v[k] for v in vecs]), vecs[0]["lang"]
 
 
-def seed_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str:
+def seed_table(runs: dict[str, dict], dataset: str, baselines: str | Sequence[str] | None) -> str:
   """Across training seeds: per run (seeds pooled by name) mean ± sd over seeds with a 95% CI
-  that covers seed and query variance (`stats.seed_bootstrap`), and each run vs `baseline`."""
+  that covers seed and query variance (`stats.seed_bootstrap`), and each run vs each of
+  `baselines` (strategies: X-X-mono, then X-Y, the paper's two claims for hybrid)."""
   groups = _seed_groups(runs)
-  base = grids.seed_of(baseline)[0] if baseline else None
+  if isinstance(baselines, str):
+    baselines = [baselines]
 
   def cells(names, base_names=None):
     out = []
@@ -217,7 +220,9 @@ def seed_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str
   for name, names in groups.items():
     seeds = sorted(grids.seed_of(n)[1] for n in names)
     lines.append(f"| {name} | {','.join(map(str, seeds))} | " + " | ".join(cells(names)) + " |")
-  if base in groups:
+  for base in (grids.seed_of(b)[0] for b in baselines or ()):
+    if base not in groups:
+      continue
     lines += ["", f"Against **{base}** across seeds (seeds resampled separately for each run, "
               "queries paired; two-sided bootstrap p):", "",
               "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
@@ -455,7 +460,9 @@ def write_report(experiment: str, directory: pathlib.Path) -> str:
         (n for n in group if n.endswith("-mono")), None)
     parts += [f"## Evaluated on {dataset}", "", comparison_table(group, dataset, baseline), ""]
     if any(grids.seed_of(n)[1] for n in group):
-      parts += [seed_table(group, dataset, baseline), ""]
+      # strategies: hybrid's claims are against X-X-mono (Mo) and X-Y (Cr, Mul).
+      cross = [n for n in group if n.endswith("-cross")] if experiment == "strategies" else []
+      parts += [seed_table(group, dataset, [b for b in (baseline, *cross) if b]), ""]
     if experiment == "recipe":
       parts += [ablation_table(group, dataset), ""]
     trained = {n: r for n, r in group.items() if r.get("loss_curve")}

@@ -244,6 +244,14 @@ def test_seed_table_on_runs_whose_answer_is_known():
   assert 0 < low < 0.05 < high < 0.1
   # The seed level counts: with 3 seeds of sd .02, the CI is far wider than the query CI (0).
   assert high - low > 0.02
+  # Several baselines: one block each, the other runs against it.
+  runs.update({n.replace("mono", "cross"): r for n, r in runs.items() if n.startswith("mono")})
+  text = report.seed_table(runs, "toy", ["mono", "cross"])
+  assert "Against **mono**" in text and "Against **cross**" in text
+  block = text.split("Against **cross**")[1]
+  assert "| mono |" in block and "| cross |" not in block
+  hybrid = next(l for l in block.splitlines() if l.startswith("| hybrid |"))
+  assert hybrid.split("|")[2].strip().startswith("+0.050 [")
 
 
 def test_versus_table_pairs_the_runs_two_folders_share():
