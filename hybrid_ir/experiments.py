@@ -92,12 +92,17 @@ def load_config(path: pathlib.Path, arg: str):
   return config_flags.load_config_file(f"{path}:{arg}")
 
 
+class Interrupted(RuntimeError):
+  """A run's training stopped before its last step (a signal); the grid stops there."""
+
+
 def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: pathlib.Path,
             config_path: str | os.PathLike | None = None) -> pathlib.Path:
   """Trains (unless pretrained) and evaluates one run in this process; writes its summary JSON.
 
   config_path: the experiment config file (default: `find_config()`).
   """
+  from hybrid_ir import checkpoint
   from hybrid_ir import eval as eval_lib
   from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
@@ -125,6 +130,13 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   else:
     print(f"+ python -m hybrid_ir.train {cli}\n+ python -m hybrid_ir.eval {cli} --once", flush=True)
     train_lib.train(config, workdir)
+    # train() also returns after a SIGTERM/Ctrl-C, with a checkpoint short of the last step:
+    # summarising that one would report a partly trained run as the run.
+    finished = checkpoint.read_finished(workdir)
+    if not finished or finished["step"] != config.total_steps:
+      raise Interrupted(f"{run.name}: training stopped at step "
+                        f"{checkpoint.latest_finished_step(workdir)} of {config.total_steps} "
+                        f"(in {workdir}); no summary written. Rerun the same command to resume.")
     tag = eval_lib.run(config, workdir, once=True)[-1]
   summary = report.summarize_run(workdir, tag)
   summary.update(run=run.name, experiment=name, config=spec, args=args,
@@ -155,7 +167,10 @@ def main(argv) -> None:
     grid = [r for r in grid if r.name in f.only]
   results, workdirs = pathlib.Path(f.results), pathlib.Path(f.workdirs)
   for run in grid:
-    execute(name, run, common, results, workdirs, config_path)
+    try:
+      execute(name, run, common, results, workdirs, config_path)
+    except Interrupted as e:
+      sys.exit(f"hybrid_ir.experiments: {e}")
   print(report.write_report(name, results / name))
 
 

@@ -77,6 +77,25 @@ def test_a_saved_run_with_other_settings_is_an_error_not_a_skip(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_run_whose_training_stopped_early_gets_no_summary(tmp_path, monkeypatch):
+  # train() returns normally after a SIGTERM with a checkpoint short of total_steps; stand in for
+  # that with the real trainer stopping after 1 of the run's 2 steps.
+  from hybrid_ir import train as train_lib
+  real = train_lib.train
+
+  def stopped_at_step_1(config, workdir, **kw):
+    config = config.copy_and_resolve_references()
+    config.total_steps = 1
+    return real(config, workdir, **kw)
+
+  monkeypatch.setattr(train_lib, "train", stopped_at_step_1)
+  run = experiments.runs("strategies")[3]  # xquad-r-hybrid
+  with pytest.raises(experiments.Interrupted, match=r"xquad-r-hybrid: training stopped at step 1 "
+                                                     r"of 2 .*Rerun the same command to resume"):
+    experiments.execute("strategies", run, MINI, tmp_path / "results", tmp_path / "w")
+  assert not (tmp_path / "results" / "strategies" / "xquad-r-hybrid.json").exists()
+
+
 @pytest.mark.slow
 def test_strategies_both_directions_miniature_has_every_row(tmp_path):
   grid = experiments.runs("strategies")
