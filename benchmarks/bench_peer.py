@@ -339,9 +339,9 @@ def encode_sample(encoder, data_dir: str, sample: int, batch_size: int, seed: in
     out["texts"] += len(texts)
     out["sampled"] += sum(len(order[starts[i]:starts[i] + batch_size]) for i in picked)
     out["useful_flops"] += sum(encoder_flops(cfg, int(n)) for n in lengths)
+    longest = [int(lengths[order[s:s + batch_size]].max()) for s in starts]
     line = []
     for setting, buckets in settings.items():
-      longest = [int(lengths[order[s:s + batch_size]].max()) for s in starts]
       out[setting]["padded_flops"] += sum(
           batch_size * encoder_flops(cfg, tok.bucket_for(n, buckets)) for n in longest)
       tok.encode_buckets = buckets

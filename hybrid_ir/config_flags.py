@@ -128,6 +128,10 @@ RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_bat
                     "input.store_dir", "input.prepare")
 
 
+class ConfigError(ValueError):
+  """A config that loads but lacks what a binary needs (the binary says so in one line)."""
+
+
 class ConfigChangedError(ValueError):
   """Resuming with a config that differs from the checkpoint's in keys not allowed to change."""
 

@@ -253,7 +253,8 @@ def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = F
   from hybrid_ir import checkpoint
   with checkpoint.HeldLog() as log:
     if not config.get("evals"):
-      raise ValueError(f"config has no `evals` to run; keys: {sorted(config.keys())}")
+      raise config_flags.ConfigError("the config has no `evals` to run (a training-only "
+                                     f"config?); keys: {sorted(config.keys())}")
     from hybrid_ir import models  # heavy import; keeps --help fast
     encoder = models.load_encoder(config.model)
     # Before anything is evaluated: results must have somewhere to go. The workdir is created if
@@ -277,9 +278,6 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  if not f.config.get("evals"):  # a train-only config: say so, not in a traceback
-    sys.exit(f"hybrid_ir.eval: error: the config has no `evals` to run (a training-only config?); "
-             f"keys: {sorted(f.config.keys())}")
   from hybrid_ir import checkpoint
 
   def stop(signum, frame):
@@ -293,7 +291,8 @@ def main(argv) -> None:
                log_file=True, poll_seconds=f.poll_seconds, max_idle_seconds=f.max_idle_seconds)
   except Stopped as e:  # during set-up, before polling
     sys.exit(130 if e.signame == "SIGINT" else 0)
-  except (checkpoint.CheckpointError, checkpoint.WorkdirError, FileNotFoundError) as e:
+  except (checkpoint.CheckpointError, checkpoint.WorkdirError, config_flags.ConfigError,
+          FileNotFoundError) as e:
     # A fault with a message that says what to do: a traceback would bury it.
     checkpoint.log_error(str(e))
     sys.exit(f"hybrid_ir.eval: error: {e}")

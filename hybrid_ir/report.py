@@ -186,13 +186,11 @@ def _seed_matrix(runs: dict[str, dict], names: list[str], dataset: str, k: str
   return np.stack([v[k] for v in vecs]), vecs[0]["lang"]
 
 
-def seed_table(runs: dict[str, dict], dataset: str, baselines: str | Sequence[str] | None) -> str:
+def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = ()) -> str:
   """Across training seeds: per run (seeds pooled by name) mean ± sd over seeds with a 95% CI
   that covers seed and query variance (`stats.seed_bootstrap`), and each run vs each of
   `baselines` (strategies: X-X-mono, then X-Y, the paper's two claims for hybrid)."""
   groups = _seed_groups(runs)
-  if isinstance(baselines, str):
-    baselines = [baselines]
 
   def cells(names, base_names=None):
     out = []
@@ -220,7 +218,7 @@ def seed_table(runs: dict[str, dict], dataset: str, baselines: str | Sequence[st
   for name, names in groups.items():
     seeds = sorted(grids.seed_of(n)[1] for n in names)
     lines.append(f"| {name} | {','.join(map(str, seeds))} | " + " | ".join(cells(names)) + " |")
-  for base in (grids.seed_of(b)[0] for b in baselines or ()):
+  for base in (grids.seed_of(b)[0] for b in baselines):
     if base not in groups:
       continue
     lines += ["", f"Against **{base}** across seeds (seeds resampled separately for each run, "

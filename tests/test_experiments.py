@@ -253,7 +253,7 @@ def test_seed_table_on_runs_whose_answer_is_known():
     for name, level in (("mono", 0.5), ("hybrid", 0.55)):
       runs[name if s == 0 else f"{name}-seed{s}"] = _trained(_fake_summary(
           {"en": np.full(300, level + off), "de": np.full(100, level + off)}, name))
-  text = report.seed_table(runs, "toy", "mono")
+  text = report.seed_table(runs, "toy", ["mono"])
   mono = next(l for l in text.splitlines() if l.startswith("| mono | 0,1,2 |"))
   assert "0.500 ± 0.020" in mono
   hybrid = next(l for l in text.splitlines() if l.startswith("| hybrid |") and "p=" in l)
