@@ -32,7 +32,8 @@ DEFAULT_BUCKETS = (16, 32, 64, 128)
 def fine_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
   """`buckets` plus each octave [b, 2b) from 16 up cut in quarters (multiples of 8, which
   accelerators tile well) below the largest: (16, 32, 64, 128) -> 16, 24, 32, 40, 48, 56, 64, 80,
-  96, 112, 128. A text then pads to at most 1.5x (16-24: 1.5x; above 32: 1.25x) its length."""
+  96, 112, 128. A text longer than 16 tokens then pads to under 1.5x its length (longer than 32:
+  at most 1.25x)."""
   largest, out, b = max(buckets), set(int(x) for x in buckets), 16
   while b < largest:
     out.update(x for x in range(b, 2 * b, max(8, b // 4)) if x < largest)
