@@ -30,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grad_cache_chunks = 0
   c.mesh = dict(data=-1, fsdp=1)
   c.model = common.model("use-m3")
-  c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=15, decay="linear", grad_clip=1.0)
+  c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=15, decay="linear", grad_clip=1.0,
+                     embedding_update="dense")
   c.loss = common.loss()
   c.checkpoint = dict(every=50, keep=2, async_save=True)
   c.input = dict(

@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1)
   c.model = common.model(a["model"])
   c.optimizer = dict(lr=a["lr"], weight_decay=0.01, warmup_steps=max(1, a["steps"] // 10),
-                     decay="linear", grad_clip=1.0)
+                     decay="linear", grad_clip=1.0, embedding_update="dense")
   c.loss = common.loss()
   c.checkpoint = dict(every=max(1, a["steps"] // 2), keep=2, async_save=True)
   c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, too_few="drop",

@@ -127,6 +127,10 @@ RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_bat
                     "checkpoint.keep", "checkpoint.async_save", "input.prefetch",
                     "input.store_dir", "input.prepare")
 
+# Keys added to the configs after checkpoints had been written without them, with the value that
+# an absent key meant then: a checkpoint saved before the key existed resumes under that value.
+ADDED_KEYS = {"optimizer.embedding_update": "dense"}
+
 
 class ConfigError(ValueError):
   """A config that loads but lacks what a binary needs (the binary says so in one line)."""
@@ -158,9 +162,11 @@ def config_changes(saved: Mapping, current: Mapping, allow: Sequence[str] = ()
                    ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
   """(refused, allowed) differences [(key, saved value, current value)] between two JSON configs
   (see `checkpoint.config_to_json`); a key in `allow` or RESUME_SAFE_KEYS allows its sub-keys.
-  A key absent on one side shows as '<absent>'."""
+  A key absent on one side shows as '<absent>', except that one of ADDED_KEYS absent from the
+  saved config takes the value it stood for."""
   a, b = flatten(saved), flatten(current)
   absent = "<absent>"
+  a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **a}
   diffs = [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
            if a.get(k, absent) != b.get(k, absent)]
   ok = lambda k: any(_covers(x, k) for x in (*RESUME_SAFE_KEYS, *allow))  # noqa: E731

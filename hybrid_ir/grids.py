@@ -20,6 +20,8 @@ The recipe's switches (issue "results that hold up"; each off by default):
   symmetric   1: add the passage -> query InfoNCE direction
   learn_temp  1: a learned temperature (from `temp`); temp: the (initial) temperature, 0.05
   chunks      GradCache chunks (0: off), for batches larger than memory allows
+  table       dense | lazy | frozen: how the token-embedding table is trained
+              (optimizer.embedding_update, hybrid_ir.table_update)
   curve       points of the parallel-query distance curve measured during training (0: off; the
               ratio experiment measures 10), on held-out questions of the evaluation set
 
@@ -31,11 +33,11 @@ from hybrid_ir.data import lareqa
 
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
-                symmetric=0, learn_temp=0, temp=0.05, chunks=0, curve=0)
+                symmetric=0, learn_temp=0, temp=0.05, chunks=0, curve=0, table="dense")
 # Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
 MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
 SIZES = ("full", "mini")
-EXPERIMENTS = ("strategies", "ratio", "languages", "recipe")
+EXPERIMENTS = ("strategies", "ratio", "languages", "recipe", "table")
 # The recipe's ablation, cumulative: each row adds one ingredient to the row before it.
 RECIPE = (("base", {}), ("negatives", dict(negatives=3)), ("bitext", dict(bitext="lohelp+bible")),
           ("symmetric", dict(symmetric=1)), ("learn_temp", dict(learn_temp=1)),
@@ -125,6 +127,9 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
   languages   1, 2, 4 and all training languages (nested, English first), hybrid batches.
   recipe      hybrid batches with the recipe's ingredients added one by one (RECIPE), trained
               on XQuAD-R, evaluated on MLQA-R; the report pairs each row with the one before.
+  table       hybrid batches with the token-embedding table updated densely (exact AdamW),
+              lazily or not at all (hybrid_ir.table_update), trained on XQuAD-R, evaluated on
+              MLQA-R: what the faster updates cost in mAP.
   """
   if name == "strategies":
     out = []
@@ -155,4 +160,8 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
       args = dict(args, **change)
       out.append(Run(f"recipe{i}-{ingredient}", dict(args)))
     return out
+  if name == "table":
+    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+    return out + [Run(f"table-{mode}", dict(train="xquad-r", table=mode, **_mix(0.5, 0.5)))
+                  for mode in ("dense", "lazy", "frozen")]
   raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")

@@ -38,7 +38,8 @@ TESTED = ("mo_map", "cr_map", "mul_map", "rank_distance")  # those with per-quer
 HEADERS = {"mo_map": "Mo mAP", "cr_map": "Cr mAP", "mul_map": "Mul mAP", "mo_r1": "Mo R@1",
            "cr_r1": "Cr R@1", "mul_r10": "Mul R@10", "rank_distance": "rank dist."}
 # strategies: '<train set>-mono'; recipe: its first row (and each row vs the one before it)
-BASELINES = {"ratio": "alpha1", "languages": "pretrained", "recipe": "recipe1-base"}
+BASELINES = {"ratio": "alpha1", "languages": "pretrained", "recipe": "recipe1-base",
+             "table": "table-dense"}
 N_RESAMPLES = 2000
 
 

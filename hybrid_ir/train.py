@@ -8,7 +8,8 @@ Config keys read here (besides `model`, `mesh`, `input`, `evals`, owned by their
   seed, total_steps, log_every, eval_every (0: off), train_evals (names of `evals` run every
         eval_every steps; default all), peak_flops (per device, for MFU; optional),
   optimizer: lr, weight_decay, b1, b2, eps, warmup_steps, decay ('cosine'|'linear'|'constant'),
-             grad_clip (global norm; 0: off)
+             grad_clip (global norm; 0: off), embedding_update ('dense'|'lazy'|'frozen': how the
+             token-embedding table is trained; hybrid_ir.table_update; default dense)
   loss: variant ('standard'|'paper'), temperature, learn_temperature, symmetric,
         mask_false_negatives (mask in-batch positives and hard negatives that share a passage
         identity with a query's positive; the sampler already avoids them, see losses.info_nce)
@@ -61,6 +62,7 @@ from hybrid_ir import checkpoint as ckpt_lib
 from hybrid_ir import config_flags
 from hybrid_ir import losses
 from hybrid_ir import sharding
+from hybrid_ir import table_update
 
 # What the binary adds to `train` beyond (config, workdir), set by `main` only: a call from code
 # (experiments, tests, notebooks) keeps the defaults. `main` calls `train(config, workdir)` like
@@ -80,8 +82,8 @@ def define_flags() -> None:
   sharding.define_distributed_flags()
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW (decay only on matrices, as BERT/HF do) with warm-up + decay and global-norm clipping."""
+def learning_rate(config) -> optax.Schedule:
+  """Linear warm-up from 0 to optimizer.lr, then cosine or linear decay to 0, or constant."""
   oc = config.optimizer
   warmup, total = int(oc.get("warmup_steps", 0)), int(config.total_steps)
   decay = oc.get("decay", "linear")
@@ -89,15 +91,42 @@ def make_optimizer(config) -> optax.GradientTransformation:
   if end is None:
     raise ValueError(f"config.optimizer.decay={decay!r}; valid: cosine, linear, constant")
   if decay == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, oc.lr, max(warmup, 1), max(total, warmup + 1))
-  else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, oc.lr, max(warmup, 1)),
+    return optax.warmup_cosine_decay_schedule(0.0, oc.lr, max(warmup, 1), max(total, warmup + 1))
+  return optax.join_schedules([optax.linear_schedule(0.0, oc.lr, max(warmup, 1)),
                                optax.linear_schedule(oc.lr, end, max(total - warmup, 1))], [warmup])
-  adamw = optax.adamw(lr, b1=oc.get("b1", 0.9), b2=oc.get("b2", 0.999), eps=oc.get("eps", 1e-8),
-                      weight_decay=oc.get("weight_decay", 0.01),
+
+
+def _adam_args(oc) -> dict:
+  return dict(b1=oc.get("b1", 0.9), b2=oc.get("b2", 0.999), eps=oc.get("eps", 1e-8),
+              weight_decay=oc.get("weight_decay", 0.01))
+
+
+def make_optimizer(config, clip: bool = True) -> optax.GradientTransformation:
+  """AdamW (decay only on matrices, as BERT/HF do) with warm-up + decay and global-norm clipping
+  (clip=False: without it, for an update that clips a larger gradient itself)."""
+  oc = config.optimizer
+  adamw = optax.adamw(learning_rate(config), **_adam_args(oc),
                       mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
-  clip = oc.get("grad_clip", 1.0)
-  return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
+  max_norm = oc.get("grad_clip", 1.0)
+  return optax.chain(optax.clip_by_global_norm(max_norm), adamw) if clip and max_norm else adamw
+
+
+def make_table_update(encoder, config) -> table_update.SparseTable | None:
+  """optimizer.embedding_update: 'dense' (default) -> None (plain AdamW on the whole tree);
+  'lazy' / 'frozen' -> the token table's update (hybrid_ir.table_update)."""
+  oc = config.optimizer
+  mode = oc.get("embedding_update", "dense")
+  if mode not in table_update.MODES:
+    raise ValueError(f"config.optimizer.embedding_update={mode!r}; valid: "
+                     f"{', '.join(table_update.MODES)}")
+  if mode == "dense":
+    return None
+  if encoder.token_table is None:
+    raise ValueError(f"config.optimizer.embedding_update={mode!r}, but model {encoder.name} "
+                     "names no token-embedding table (Encoder.token_table)")
+  return table_update.SparseTable(mode, encoder.token_table, make_optimizer(config, clip=False),
+                                  learning_rate(config), oc.get("grad_clip", 1.0),
+                                  **_adam_args(oc))
 
 
 def make_loss_and_grads(encoder, config):
@@ -171,7 +200,8 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   """The update step train.py runs, for train.py and benchmarks/bench_train.py alike.
 
   Inputs: encoder (`models.load_encoder`), config (optimizer, loss, grad_cache_chunks,
-  total_steps), mesh; tx (default `make_optimizer(config)`).
+  total_steps), mesh; tx (default `make_optimizer(config)`, or under optimizer.embedding_update
+  'lazy'/'frozen' the table update of `make_table_update`, which a given tx cannot combine with).
   State: {'params', 'loss_params': {'log_temperature'}, 'opt_state', 'step'}; params sharded by
   their annotations / the FSDP rule, optimizer moments alike, scalars replicated; the state is
   donated to `update`. `update` returns the loss's metrics plus loss, grad_norm, update_norm,
@@ -187,7 +217,11 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   (memory-bound; with the norms it was 0.47 s of a 5.9 s e5-small CPU step in one
   benchmarks/bench_peer.py run), for a state that is never saved anyway.
   """
+  sparse = make_table_update(encoder, config)
+  if sparse and tx is not None:
+    raise ValueError("make_train_step: pass tx or set optimizer.embedding_update, not both")
   tx = tx or make_optimizer(config)
+  opt_init = sparse.init if sparse else tx.init
   rep = sharding.replicated(mesh)
   param_sh = {"params": sharding.param_shardings(encoder.params, mesh,
                                                  getattr(encoder, "partition_specs", None)),
@@ -195,14 +229,16 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   init_temp = float(config.loss.get("temperature", 0.05))
   abstract_trainable = {"params": encoder.params,
                         "loss_params": {"log_temperature": jax.ShapeDtypeStruct((), jnp.float32)}}
-  abstract_opt = jax.eval_shape(tx.init, abstract_trainable)
   # Optimizer moments mirror the params; counters and other scalars are replicated.
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: rep)
+  if sparse:
+    opt_sh = sparse.shardings(param_sh, abstract_trainable, rep)
+  else:
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_trainable),
+                                   param_sh, transform_non_params=lambda _: rep)
   state_sh = {"params": param_sh["params"], "loss_params": param_sh["loss_params"],
               "opt_state": opt_sh, "step": rep}
   init_state = jax.jit(lambda tr: {
-      "params": tr["params"], "loss_params": tr["loss_params"], "opt_state": tx.init(tr),
+      "params": tr["params"], "loss_params": tr["loss_params"], "opt_state": opt_init(tr),
       "step": jnp.zeros((), jnp.int32)},
       out_shardings=state_sh)
 
@@ -218,9 +254,13 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(state_sh, rep))
   def update(state, batch):
     trainable = {"params": state["params"], "loss_params": state["loss_params"]}
-    (loss, m), grads = loss_and_grads(trainable, batch)
-    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
-    new = optax.apply_updates(trainable, updates)
+    if sparse:
+      (loss, m), grads, new, updates, opt_state = sparse.step(
+          loss_and_grads, trainable, state["opt_state"], batch, state["step"])
+    else:
+      (loss, m), grads = loss_and_grads(trainable, batch)
+      updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+      new = optax.apply_updates(trainable, updates)
     grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(new["params"])
     ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
           & (param_norm <= max_norm))

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  query_prefix="", passage_prefix="",
                  random_init=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=64))
-  c.optimizer = dict(lr=3e-3, weight_decay=0.01, warmup_steps=2, decay="linear", grad_clip=1.0)
+  c.optimizer = dict(lr=3e-3, weight_decay=0.01, warmup_steps=2, decay="linear", grad_clip=1.0,
+                     embedding_update="dense")
   c.loss = dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
                 mask_false_negatives=True)
   c.checkpoint = dict(every=5, keep=3, async_save=True)

@@ -56,3 +56,26 @@ def test_overrides_set_dotted_keys_and_name_a_misspelt_one(monkeypatch):
   assert (config.checkpoint.every, config.total_steps) == (7, 9)
   with pytest.raises(KeyError, match="--config.checkpoint has no field 'evry'"):
     config_flags.load_config_file("configs/demo.py", {"checkpoint.evry": 7})
+
+
+@pytest.mark.parametrize("path,arg", CASES)
+def test_the_table_update_can_be_set_on_every_training_config(path, arg, monkeypatch):
+  monkeypatch.chdir(REPO)
+  spec = path if arg is None else f"{path}:{arg}"
+  if "total_steps" not in config_flags.load_config_file(spec):
+    pytest.skip("an evaluation-only config")
+  config = config_flags.load_config_file(spec, {"optimizer.embedding_update": "lazy"})
+  assert config.optimizer.embedding_update == "lazy"
+
+
+def test_a_checkpoint_saved_before_a_key_was_added_resumes_under_its_old_meaning():
+  saved = {"optimizer": {"lr": 0.1}}
+  assert config_flags.config_changes(
+      saved, {"optimizer": {"lr": 0.1, "embedding_update": "dense"}}) == ([], [])
+  refused, _ = config_flags.config_changes(
+      saved, {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}})
+  assert refused == [("optimizer.embedding_update", "dense", "lazy")]
+  # A saved value is compared as saved.
+  refused, _ = config_flags.config_changes(
+      {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}}, {"optimizer": {"lr": 0.1}})
+  assert refused == [("optimizer.embedding_update", "lazy", "<absent>")]

@@ -314,3 +314,17 @@ def test_ablation_table_pairs_each_row_with_the_one_before():
   assert rows[0].split("|")[2].strip().startswith("+0.040 [")
   assert rows[1].split("|")[2].strip().startswith("-0.010 [")
   assert rows[0].rstrip().endswith("| 2 min |")
+
+
+def test_table_grid_trains_the_same_run_with_each_table_update():
+  from configs.experiments import base
+  trained = [r for r in experiments.runs("table") if not r.pretrained]
+  assert [r.name for r in trained] == ["table-dense", "table-lazy", "table-frozen"]
+  arg = lambda run: ",".join(f"{k}={v}" for k, v in dict(run.args, **MINI).items())  # noqa: E731
+  configs = [base.get_config(arg(r)) for r in trained]
+  assert [c.optimizer.embedding_update for c in configs] == ["dense", "lazy", "frozen"]
+  for c in configs[1:]:  # nothing else differs
+    a, b = c.to_dict(), configs[0].to_dict()
+    a["optimizer"].pop("embedding_update"), b["optimizer"].pop("embedding_update")
+    assert a == b
+  assert report.BASELINES["table"] == "table-dense"

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = dict(data=-1, fsdp=1)
   c.model = common.model(a["model"])
   c.optimizer = dict(lr=a["lr"], weight_decay=0.01, warmup_steps=max(1, a["steps"] // 10),
-                     decay="linear", grad_clip=1.0)
+                     decay="linear", grad_clip=1.0, embedding_update=a.get("table", "dense"))
   # The recipe's switches (hybrid_ir.grids); .get keeps configs of older args loadable.
   c.loss = common.loss(symmetric=bool(a.get("symmetric", 0)),
                        learn_temperature=bool(a.get("learn_temp", 0)),

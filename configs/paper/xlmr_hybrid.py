@@ -58,7 +58,8 @@ def get_config(arg: str | None = None, model: str = "hf:FacebookAI/xlm-roberta-b
   c.model = ml_collections.ConfigDict(dict(
       name=model, pooling=pooling, dtype="bfloat16", query_prefix="Query: ",
       passage_prefix="Passage: ", buckets=(32, 64, 128, 256)))
-  c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=1000, decay="linear", grad_clip=1.0)
+  c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=1000, decay="linear", grad_clip=1.0,
+                     embedding_update="dense")
   c.loss = common.loss()
   c.checkpoint = dict(every=1000, keep=5, async_save=True)
   mm = f"{data_dir}/mmarco"

@@ -172,6 +172,8 @@ class Encoder:
     partition_specs: same structure, jax.sharding.PartitionSpec per leaf (see module docstring).
     tokenizer: a `tokenizers_lib.BucketTokenizer` (prefixes, buckets, `stats` of truncations).
     dim: embedding size.
+    token_table: path in `params` of the token-embedding table ([vocab, H], indexed by
+      input_ids only), or None; what optimizer.embedding_update='lazy'/'frozen' acts on.
   Methods:
     tokenize(texts, kind) -> {'input_ids', 'attention_mask'} int32 numpy, padded to a bucket.
     apply(params, batch) -> [B, D] L2-normalised float32 (pure, jit-able).
@@ -181,7 +183,8 @@ class Encoder:
 
   def __init__(self, *, name: str, module: nnx.Module, params: dict | None,
                tokenizer: tokenizers_lib.BucketTokenizer,
-               embed_fn: Callable[[nnx.Module, dict], jax.Array]):
+               embed_fn: Callable[[nnx.Module, dict], jax.Array],
+               token_table: tuple[str, ...] | None = None):
     """`module` may be abstract (from nnx.eval_shape); `params` then supplies the values."""
     self.name = name
     self.tokenizer = tokenizer
@@ -193,6 +196,7 @@ class Encoder:
     _check_params(name, params, nnx.to_pure_dict(state))
     self.params = jax.tree.map(jnp.asarray, params)
     self._embed_fn = embed_fn
+    self.token_table = token_table
     self._jit_apply = jax.jit(self.apply)
     probe = tokenizer.pad([[tokenizer.pad_id]], tokenizer.buckets[0])
     self.dim = int(jax.eval_shape(self.apply, self.params, probe).shape[-1])
@@ -254,7 +258,8 @@ def bert_encoder(name: str, cfg: BertConfig, params: dict | None,
                  tokenizer: tokenizers_lib.BucketTokenizer, seed: int = 0) -> Encoder:
   """An `Encoder` for a BERT / XLM-R config; params=None -> random init (tests, from-scratch)."""
   module = BertModel(cfg, nnx.Rngs(seed)) if params is None else abstract_bert(cfg)
-  return Encoder(name=name, module=module, params=params, tokenizer=tokenizer, embed_fn=bert_embed)
+  return Encoder(name=name, module=module, params=params, tokenizer=tokenizer, embed_fn=bert_embed,
+                 token_table=("word_embeddings", "embedding"))
 
 
 def _check_params(name: str, params: dict, template: dict) -> None:

@@ -109,4 +109,4 @@ def load_use_m3_encoder(name: str = "bundled:use-m3", *, dtype: str = "float32",
   rows = params["embedding"]["embedding"].shape[0]
   module = nnx.eval_shape(lambda: UseM3(rows, eps, nnx.Rngs(0), dtype=dtype))
   return encoder_lib.Encoder(name=name, module=module, params=params, tokenizer=tok,
-                             embed_fn=_embed)
+                             embed_fn=_embed, token_table=("embedding", "embedding"))
