@@ -51,6 +51,10 @@ def define_flags() -> None:
                     "cover seed and query variance.")
   flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
                     "Training sets for `strategies` (evaluation is on the other).")
+  flags.DEFINE_list("set", [], "Grid-arg key=values given to every run of the grid (keys of "
+                    "hybrid_ir.grids.DEFAULTS, e.g. negatives=3,table=lazy: a recipe under another "
+                    "experiment; a run's own args win); they key the workdirs, so use a "
+                    "--results of their own.")
   flags.DEFINE_string("base_config", None, f"The experiment config file (default: {CONFIG} in "
                       "the current directory or in the checkout the package runs from).")
 
@@ -92,6 +96,18 @@ def load_config(path: pathlib.Path, arg: str):
   return config_flags.load_config_file(f"{path}:{arg}")
 
 
+def shared_args(model: str, steps: int, batch: int, size: str, extra: list[str] = ()) -> dict:
+  """The args every run of a grid gets: the flags', plus --set's key=values (checked and typed
+  by grids.parse; a key the flags already set is refused)."""
+  common = dict(model=model, steps=steps, batch=batch, size=size)
+  parsed = grids.parse(",".join(extra))
+  keys = [item.partition("=")[0] for item in extra]
+  clash = [k for k in keys if k in common]
+  if clash:
+    raise ValueError(f"--set {clash}: set by their own flags (--{', --'.join(clash)})")
+  return dict(common, **{k: parsed[k] for k in keys})
+
+
 class Interrupted(RuntimeError):
   """A run's training stopped before its last step (a signal); the grid stops there."""
 
@@ -106,7 +122,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   from hybrid_ir import eval as eval_lib
   from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
-  args = {**common, **run.args}
+  args = {**common, **run.args}  # a run's own args win (recipe6's steps, strategies' mono/cross)
   if out.exists():
     done = json.loads(out.read_text()).get("args", {})
     differ = {k: (done.get(k), v) for k, v in args.items() if done.get(k) != v}
@@ -157,7 +173,10 @@ def main(argv) -> None:
     config_path = find_config(f.base_config)
   except FileNotFoundError as e:
     raise app.UsageError(str(e)) from e
-  common = dict(model=f.model, steps=f.steps, batch=f.batch, size=f.size)
+  try:
+    common = shared_args(f.model, f.steps, f.batch, f.size, f.set)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   grid = grids.with_seeds(runs(name, tuple(f.directions)), [int(x) for x in f.seeds])
   if f.only:
     unknown = set(f.only) - {r.name for r in grid}

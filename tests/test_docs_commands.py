@@ -146,8 +146,13 @@ FRAGMENTS = {
     ("configs/paper/xlmr_hybrid.py", "--config.loss.variant=paper"):
         "python -m hybrid_ir.train --config configs/paper/xlmr_hybrid.py --workdir W "
         "--config.loss.variant=paper",
+    ("README.md", "--config.optimizer.embedding_update=lazy"):
+        "python -m hybrid_ir.train --config configs/demo.py --workdir W "
+        "--config.optimizer.embedding_update=lazy",
 }
 NOT_CHECKED = {
+    ("README.md", "--config.optimizer.embedding_update=lazy|frozen"):
+        "two values of the key above (checked as a fragment)",
     ("README.md", "--config.a.b=v"): "the override syntax, with no real key",
     ("hybrid_ir/config_flags.py", "--config.a.b=v"): "the override syntax, with no real key",
     ("hybrid_ir/config_flags.py", "--config.<key>"): "the override syntax, with no real key",

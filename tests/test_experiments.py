@@ -328,3 +328,16 @@ def test_table_grid_trains_the_same_run_with_each_table_update():
     a["optimizer"].pop("embedding_update"), b["optimizer"].pop("embedding_update")
     assert a == b
   assert report.BASELINES["table"] == "table-dense"
+
+
+def test_set_gives_every_run_checked_typed_args():
+  common = experiments.shared_args("e5-small", 300, 32, "full", ["negatives=3", "table=lazy"])
+  assert common == dict(model="e5-small", steps=300, batch=32, size="full", negatives=3,
+                        table="lazy")
+  run = next(r for r in experiments.runs("strategies") if r.name == "xquad-r-mono")
+  arg = run.config_arg(common)
+  assert "negatives=3" in arg and "table=lazy" in arg and "mono=1.0" in arg
+  with pytest.raises(ValueError, match="negativs=3"):
+    experiments.shared_args("e5-small", 300, 32, "full", ["negativs=3"])
+  with pytest.raises(ValueError, match=r"--set \['steps'\]: set by their own flags"):
+    experiments.shared_args("e5-small", 300, 32, "full", ["steps=10"])
