@@ -220,7 +220,7 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   sparse = make_table_update(encoder, config)
   if sparse and tx is not None:
     raise ValueError("make_train_step: pass tx or set optimizer.embedding_update, not both")
-  tx = tx or make_optimizer(config)
+  tx = None if sparse else tx or make_optimizer(config)
   opt_init = sparse.init if sparse else tx.init
   rep = sharding.replicated(mesh)
   param_sh = {"params": sharding.param_shardings(encoder.params, mesh,
