@@ -69,26 +69,15 @@ def compact(params: dict, batch: dict, path: Sequence[str]) -> tuple[dict, dict,
 
 def adamw_rows(table, mu, nu, rows, grad, *, lr, count, b1: float, b2: float, eps: float,
                weight_decay: float):
-  """optax.adamw's update on `rows` of `table` only: moments, bias correction after `count`
-  earlier updates, decoupled weight decay, learning rate `lr`. Returns (table, mu, nu, update
-  [rows, D]); rows equal to len(table) are dropped."""
+  """optax.adamw's update on `rows` of `table` only: optax's own Adam on the gathered moments
+  (bias-corrected after `count` earlier updates), decoupled weight decay, learning rate `lr`.
+  Returns (table, mu, nu, update [rows, D]); rows equal to len(table) are dropped."""
   take = lambda x: x.at[rows].get(mode="fill", fill_value=0)  # noqa: E731
-  m = b1 * take(mu) + (1 - b1) * grad
-  v = b2 * take(nu) + (1 - b2) * grad * grad
-  c = (count + 1).astype(jnp.float32)
-  m_hat, v_hat = m / (1 - b1 ** c), v / (1 - b2 ** c)
-  update = -lr * (m_hat / (jnp.sqrt(v_hat) + eps) + weight_decay * take(table))
-  return (table.at[rows].add(update, mode="drop"), mu.at[rows].set(m, mode="drop"),
-          nu.at[rows].set(v, mode="drop"), update)
-
-
-def clip_by_global_norm(tree, max_norm: float):
-  """optax.clip_by_global_norm's rule on a tree: (clipped tree, the norm before clipping)."""
-  norm = optax.tree.norm(tree)
-  if not max_norm:
-    return tree, norm
-  scale = lambda t: jax.lax.select(norm < max_norm, t, (t / norm.astype(t.dtype)) * max_norm)  # noqa: E731
-  return jax.tree.map(scale, tree), norm
+  adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+  direction, moments = adam.update(grad, optax.ScaleByAdamState(count, take(mu), take(nu)))
+  update = -lr * (direction + weight_decay * take(table))
+  return (table.at[rows].add(update, mode="drop"), mu.at[rows].set(moments.mu, mode="drop"),
+          nu.at[rows].set(moments.nu, mode="drop"), update)
 
 
 class SparseTable:
@@ -105,8 +94,8 @@ class SparseTable:
                weight_decay: float):
     if mode not in ("lazy", "frozen"):
       raise ValueError(f"SparseTable mode {mode!r}; valid: lazy, frozen")
-    self.mode, self.path, self.rest_tx, self.lr, self.grad_clip = (
-        mode, tuple(path), rest_tx, lr, grad_clip)
+    self.mode, self.path, self.rest_tx, self.lr = mode, tuple(path), rest_tx, lr
+    self.clip = optax.clip_by_global_norm(grad_clip) if grad_clip else optax.identity()
     self.adam = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
   def split(self, trainable: dict) -> tuple[dict, Any]:
@@ -145,11 +134,11 @@ class SparseTable:
     rest_grads, table_grad = self.split(grads)
     rest, table = self.split(trainable)
     if self.mode == "frozen":
-      clipped, _ = clip_by_global_norm(rest_grads, self.grad_clip)
+      clipped, _ = self.clip.update(rest_grads, optax.EmptyState())
       updates, rest_state = self.rest_tx.update(clipped, opt_state["rest"], rest)
       new = self.merge(optax.apply_updates(rest, updates), table)
       return (loss, m), rest_grads, new, updates, {"rest": rest_state}
-    (clipped, table_clipped), _ = clip_by_global_norm((rest_grads, table_grad), self.grad_clip)
+    (clipped, table_clipped), _ = self.clip.update((rest_grads, table_grad), optax.EmptyState())
     updates, rest_state = self.rest_tx.update(clipped, opt_state["rest"], rest)
     table, mu, nu, table_update = adamw_rows(
         table, opt_state["table"]["mu"], opt_state["table"]["nu"], rows, table_clipped,
