@@ -47,6 +47,8 @@ def loss(**overrides) -> dict:
   """InfoNCE defaults shared by the training configs: in-batch negatives incl. the other queries'
   positives ('standard'; 'paper' = as printed), fixed temperature (unstated in the paper), and
   the safety net that masks any in-batch or hard negative sharing a passage identity with a
-  query's positive (the sampler already keeps them out of a batch)."""
-  return dict(dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
+  query's positive (the sampler already keeps them out of a batch). temperature_lr: the learned
+  temperature's own peak learning rate (0: the encoder's)."""
+  return dict(dict(variant="standard", temperature=0.05, learn_temperature=False,
+                   temperature_lr=0.0, symmetric=False,
                    mask_false_negatives=True), **overrides)

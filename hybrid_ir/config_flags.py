@@ -129,7 +129,7 @@ RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_bat
 
 # Keys added to the configs after checkpoints had been written without them, with the value that
 # an absent key meant then: a checkpoint saved before the key existed resumes under that value.
-ADDED_KEYS = {"optimizer.embedding_update": "dense"}
+ADDED_KEYS = {"optimizer.embedding_update": "dense", "loss.temperature_lr": 0.0}
 
 
 class ConfigError(ValueError):

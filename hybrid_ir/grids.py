@@ -18,7 +18,8 @@ The recipe's switches (issue "results that hold up"; each off by default):
   bitext      none | lohelp | bible | lohelp+bible: parallel text of ../shared/data/bitext as
               extra sources (translation ranking), sources then drawn uniformly
   symmetric   1: add the passage -> query InfoNCE direction
-  learn_temp  1: a learned temperature (from `temp`); temp: the (initial) temperature, 0.05
+  learn_temp  1: a learned temperature (from `temp`); temp: the (initial) temperature, 0.05;
+              temp_lr: the learned temperature's own peak learning rate (0: lr, the encoder's)
   chunks      GradCache chunks (0: off), for batches larger than memory allows
   table       dense | lazy | frozen: how the token-embedding table is trained
               (optimizer.embedding_update, hybrid_ir.table_update)
@@ -33,7 +34,7 @@ from hybrid_ir.data import lareqa
 
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
-                symmetric=0, learn_temp=0, temp=0.05, chunks=0, curve=0, table="dense")
+                symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense")
 # Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
 MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
 SIZES = ("full", "mini")

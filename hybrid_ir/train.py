@@ -10,7 +10,8 @@ Config keys read here (besides `model`, `mesh`, `input`, `evals`, owned by their
   optimizer: lr, weight_decay, b1, b2, eps, warmup_steps, decay ('cosine'|'linear'|'constant'),
              grad_clip (global norm; 0: off), embedding_update ('dense'|'lazy'|'frozen': how the
              token-embedding table is trained; hybrid_ir.table_update; default dense)
-  loss: variant ('standard'|'paper'), temperature, learn_temperature, symmetric,
+  loss: variant ('standard'|'paper'), temperature, learn_temperature, temperature_lr (its own
+        peak learning rate; 0: optimizer.lr), symmetric,
         mask_false_negatives (mask in-batch positives and hard negatives that share a passage
         identity with a query's positive; the sampler already avoids them, see losses.info_nce)
   max_param_norm_growth: a step whose parameter norm exceeds this times the initial one is a
@@ -103,10 +104,21 @@ def _adam_args(oc) -> dict:
 
 def make_optimizer(config, clip: bool = True) -> optax.GradientTransformation:
   """AdamW (decay only on matrices, as BERT/HF do) with warm-up + decay and global-norm clipping
-  (clip=False: without it, for an update that clips a larger gradient itself)."""
+  (clip=False: without it, for an update that clips a larger gradient itself).
+
+  loss.temperature_lr > 0 gives the loss's parameters (the learned temperature) that peak rate
+  instead of optimizer.lr, same schedule shape (their AdamW steps are scaled by the ratio): Adam
+  moves a parameter by about its rate per step whatever the gradient, so at an encoder's 3e-5 a
+  learned log-temperature barely moves (0.05 -> 0.0499 in 150 steps, README's recipe row 5).
+  """
   oc = config.optimizer
   adamw = optax.adamw(learning_rate(config), **_adam_args(oc),
                       mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+  temperature_lr = float(config.get("loss", {}).get("temperature_lr", 0.0))
+  if temperature_lr:
+    ratio = temperature_lr / oc.lr
+    adamw = optax.chain(adamw, optax.stateless(lambda u, _: dict(
+        u, loss_params=jax.tree.map(lambda x: x * ratio, u["loss_params"]))))
   max_norm = oc.get("grad_clip", 1.0)
   return optax.chain(optax.clip_by_global_norm(max_norm), adamw) if clip and max_norm else adamw
 

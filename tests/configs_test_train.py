@@ -28,8 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   intermediate_size=64, max_position_embeddings=64))
   c.optimizer = dict(lr=3e-3, weight_decay=0.01, warmup_steps=2, decay="linear", grad_clip=1.0,
                      embedding_update="dense")
-  c.loss = dict(variant="standard", temperature=0.05, learn_temperature=False, symmetric=False,
-                mask_false_negatives=True)
+  c.loss = dict(variant="standard", temperature=0.05, learn_temperature=False, temperature_lr=0.0,
+                symmetric=False, mask_false_negatives=True)
   c.checkpoint = dict(every=5, keep=3, async_save=True)
   c.input = dict(batch_size=16, seed=0, prefetch=2, store_dir=os.environ.get("HYBRID_IR_STORES"),
                  type_probs=dict(mono=0.5, cross=0.5, mixed=0.0),

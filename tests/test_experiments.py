@@ -296,8 +296,10 @@ def test_recipe_grid_adds_one_ingredient_per_row_and_every_config_builds():
   assert last.input.sources[0]["num_negatives"] == 3
   assert [s["name"] for s in last.input.sources] == ["xquad-r", "lohelp", "bible"]
   assert last.loss.symmetric and last.loss.learn_temperature
+  assert base.get_config(arg(recipe[-1]) + ",temp_lr=0.01").loss.temperature_lr == 0.01
   first = base.get_config(arg(recipe[0]))
   assert not first.loss.symmetric and len(first.input.sources) == 1
+  assert first.loss.temperature_lr == 0.0  # 0: the encoder's learning rate
   with pytest.raises(ValueError, match="'wiki' is not one of"):
     base.get_config("bitext=wiki")
 

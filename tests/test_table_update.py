@@ -47,10 +47,11 @@ def make_batch(seed: int, low: int = 5, high: int = VOCAB) -> dict:
           "negative_valid": np.ones(16, bool)}
 
 
-def run(encoder, mode: str, batches, chunks: int = 0, **optimizer):
+def run(encoder, mode: str, batches, chunks: int = 0, loss: dict | None = None, **optimizer):
   config = config_flags.load_config_file(str(CONFIG), {
       "optimizer.warmup_steps": 0, "optimizer.embedding_update": mode, "total_steps": 100,
-      "grad_cache_chunks": chunks, **{f"optimizer.{k}": v for k, v in optimizer.items()}})
+      "grad_cache_chunks": chunks, **{f"optimizer.{k}": v for k, v in optimizer.items()},
+      **{f"loss.{k}": v for k, v in (loss or {}).items()}})
   mesh = sharding.make_mesh(config.mesh)
   step = train.make_train_step(encoder, config, mesh)
   state = step.init(jax.tree.map(jnp.copy, encoder.params))
@@ -150,3 +151,18 @@ def test_frozen_trains_everything_but_the_table(encoder):
 def test_unknown_mode_is_refused(encoder):
   with pytest.raises(ValueError, match=r"embedding_update='sparse'.*dense, lazy, frozen"):
     run(encoder, "sparse", [])
+
+
+@pytest.mark.parametrize("mode", ["dense", "lazy"])
+def test_learned_temperature_takes_its_own_learning_rate(encoder, mode):
+  """loss.temperature_lr: Adam's first step moves each parameter by its peak rate (no warm-up
+  here), so the log-temperature moves by temperature_lr instead of optimizer.lr (3e-3), and the
+  encoder's step is the one it gets without the option."""
+  batches = [make_batch(0)]
+  learned = dict(learn_temperature=True)
+  shared, _ = run(encoder, mode, batches, loss=learned)
+  own, _ = run(encoder, mode, batches, loss=dict(learned, temperature_lr=0.1))
+  start = np.log(0.05)
+  np.testing.assert_allclose(abs(shared["loss_params"]["log_temperature"] - start), 3e-3, rtol=1e-3)
+  np.testing.assert_allclose(abs(own["loss_params"]["log_temperature"] - start), 0.1, rtol=1e-3)
+  assert_same_params(shared["params"], own["params"], steps=1)

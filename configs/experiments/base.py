@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The recipe's switches (hybrid_ir.grids); .get keeps configs of older args loadable.
   c.loss = common.loss(symmetric=bool(a.get("symmetric", 0)),
                        learn_temperature=bool(a.get("learn_temp", 0)),
-                       temperature=float(a.get("temp", 0.05)))
+                       temperature=float(a.get("temp", 0.05)),
+                       temperature_lr=float(a.get("temp_lr", 0.0)))
   c.grad_cache_chunks = int(a.get("chunks", 0))
   c.checkpoint = dict(every=a["steps"], keep=1, async_save=True)
   c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, store_dir=common.STORE_DIR,
