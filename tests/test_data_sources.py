@@ -348,9 +348,24 @@ def test_a_store_from_other_files_is_refused_with_the_differences(tmp_path):
   assert first.directory == tmp_path / 'stores' / 'j'
   with pytest.raises(ValueError, match=r'settings\.max_bad_lines: store has 0, config gives 3'):
     prep(tmp_path, kind='jsonl', paths=[path], name='j', max_bad_lines=3)
-  os.utime(path, (1, 1))  # the file changed since
+  # A fresh copy of the same bytes (only the mtime is new) is the same data: the store is used,
+  # with the fingerprint a checkpoint's input state is checked against.
+  os.utime(path, (1, 1))
+  again = prep(tmp_path, kind='jsonl', paths=[path], name='j')
+  assert again.fingerprint == first.fingerprint and again.num_groups == 2
+  # New content of the same size is not.
+  text = open(path).read()
+  open(path, 'w').write(text.replace('"a"', '"c"', 1))
+  assert len(open(path).read()) == len(text)
+  os.utime(path, (2, 2))  # mtimes are whole seconds: this edit may share the first one's
   with pytest.raises(ValueError, match=r'prepared from other files or settings.*\n.*inputs'):
     prep(tmp_path, kind='jsonl', paths=[path], name='j')
+  # Prepared again from the same contents elsewhere, a store has the same fingerprint.
+  open(path, 'w').write(text)
+  moved = tmp_path / 'moved.jsonl'
+  os.rename(path, moved)
+  assert prep(tmp_path, kind='jsonl', paths=[str(moved)], name='k').fingerprint == first.fingerprint
+  os.rename(moved, path)
   # An explicit store elsewhere; and a host without the raw files uses the store as prepared.
   explicit = tmp_path / 'my_store'
   prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))

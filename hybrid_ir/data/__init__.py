@@ -69,6 +69,31 @@ def _differences(saved: dict, wanted: dict, prefix: str = '') -> list[str]:
   return out
 
 
+def _reconcile_inputs(saved: list, wanted: list, name: str) -> list:
+  """`wanted`'s inputs as the store would record them, for comparison with `saved`.
+
+  A file whose path and size match but whose mtime does not (a fresh copy of the same data: a
+  new VM, `gsutil cp`, a restored backup) counts as unchanged when its sha256 matches the one
+  recorded at preparation; only then is it read.
+  """
+  out = []
+  for i, w in enumerate(wanted):
+    s = saved[i] if isinstance(saved, list) and i < len(saved) else {}
+    same_file = s.get('path') == w['path'] and s.get('size') == w['size']
+    if same_file and s.get('mtime') == w['mtime']:
+      w = dict(s)
+    elif same_file and s.get('sha256'):
+      digest = store_lib.file_digest(w['path'])
+      if digest == s['sha256']:
+        logging.info('source %s: %s has a new mtime but the content it was prepared from',
+                     name, w['path'])
+        w = dict(s)
+      else:
+        w = dict(w, sha256=digest)
+    out.append(w)
+  return out
+
+
 def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare: str = 'auto',
                overwrite: bool = False, workers: int | None = None) -> store_lib.Store:
   """The store of source `cfg`, prepared first when missing and `prepare` is 'auto'.
@@ -77,7 +102,8 @@ def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare:
   ~/.cache/hybrid_ir/stores); prepare 'auto' | 'never'; overwrite (prepare again even if a
   store exists); workers (processes for preparation; default all cores).
   Raises ValueError listing the differences when an existing store was prepared from other
-  files or settings than `cfg` names. Where the raw files are not on this host (a pod's
+  files or settings than `cfg` names (a file with only a new mtime is compared by content).
+  Where the raw files are not on this host (a pod's
   training workers reading the store from gs://) the store is used as it was prepared.
   """
   if prepare not in ('auto', 'never'):
@@ -93,6 +119,7 @@ def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare:
                       e, path, [i['path'] for i in store.meta.get('inputs', [])])
       return store
     saved = {k: store.meta.get(k) for k in wanted}
+    wanted['inputs'] = _reconcile_inputs(saved['inputs'] or [], wanted['inputs'], cfg.get('name'))
     diff = _differences(json.loads(json.dumps(saved)), json.loads(json.dumps(wanted)))
     if diff:
       raise ValueError(f'source {cfg.get("name")!r}: the store {path} was prepared from other '
@@ -105,8 +132,9 @@ def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare:
     raise FileNotFoundError(f'source {cfg.get("name")!r}: no prepared store at {path}; run '
                             '`python -m hybrid_ir.prepare --config <config>` first (input.prepare'
                             " is 'never')")
+  inputs = [dict(i, sha256=store_lib.file_digest(i['path'])) for i in wanted['inputs']]
   builder = store_lib.Builder(path, kind=wanted['kind'], name=cfg.get('name'),
-                              settings=wanted['settings'], inputs=wanted['inputs'],
+                              settings=wanted['settings'], inputs=inputs,
                               overwrite=overwrite)
   try:
     return source_module(wanted['kind']).prepare(cfg, builder, workers or os.cpu_count() or 1)

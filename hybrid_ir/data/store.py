@@ -83,6 +83,15 @@ def file_fingerprints(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]
   return out
 
 
+def file_digest(path: str | os.PathLike) -> str:
+  """sha256 of a file's bytes, read in 8 MiB chunks (local or gs://)."""
+  h = hashlib.sha256()
+  with epath.Path(path).open('rb') as f:
+    while chunk := f.read(8 << 20):
+      h.update(chunk)
+  return h.hexdigest()
+
+
 def normalize_text(text: str) -> str:
   """The form in which two texts count as the same passage: NFKC, case-folded, spaces collapsed."""
   return ' '.join(unicodedata.normalize('NFKC', text).casefold().split())
@@ -225,7 +234,10 @@ class Builder:
     """Writes the group ids, group identities and meta.json, and publishes the store."""
     write_texts(self.tmp / 'groups.array_record', group_ids)
     save_array(self.tmp / 'index' / 'group_identity.npy', np.asarray(group_identity, np.int32))
-    content = {'kind': self.kind, 'settings': self.settings, 'inputs': self.inputs,
+    # The data's identity (which a resumed run's input state is checked against): contents,
+    # not where the files lie or when they were copied.
+    contents = [(i.get('size'), i.get('sha256')) for i in self.inputs]
+    content = {'kind': self.kind, 'settings': self.settings, 'inputs': contents,
                'version': VERSION}
     meta = {'format': 'hybrid_ir.store', 'version': VERSION, 'name': self.name,
             'kind': self.kind, 'settings': self.settings, 'inputs': self.inputs,
