@@ -6,6 +6,11 @@ half the time of a real training step; real batches pad to larger buckets.
 
   PYTHONPATH=. python benchmarks/bench_padding.py                      # ~1 min
   PYTHONPATH=. python benchmarks/bench_padding.py --arg model=e5-small,train=mlqa-r,negatives=3
+  PYTHONPATH=. python benchmarks/bench_padding.py --buckets 16,32,64,128 --buckets fine
+
+Each `--buckets` set (training bucket lengths, or `fine`: tokenizers.fine_buckets of the model's)
+is counted on the same batches: its real-token share, and how many distinct batch shapes it makes,
+each of which costs the train step one compile.
 """
 import argparse
 import collections
@@ -21,28 +26,62 @@ def main(argv=None) -> int:
   ap.add_argument("--arg", default="model=e5-small,train=xquad-r,mono=0.5,cross=0.5",
                   help="configs/experiments/base.py arg (hybrid_ir.grids)")
   ap.add_argument("--steps", type=int, default=150, help="batches counted")
+  ap.add_argument("--buckets", action="append", default=[],
+                  help="training bucket lengths, comma-separated, or 'fine'; repeatable "
+                       "(default: the model's own)")
   args = ap.parse_args(argv)
 
   from hybrid_ir import experiments, input_pipeline, models
+  from hybrid_ir.models import tokenizers
   config = experiments.load_config(experiments.find_config(), args.arg)
   encoder = models.load_encoder(config.model)
+  own = tuple(encoder.tokenizer.buckets)
+  sets = [own if b == "own" else tokenizers.fine_buckets(own) if b == "fine"
+          else tuple(sorted(int(x) for x in b.split(","))) for b in args.buckets or ["own"]]
+  for s in sets:
+    if s[-1] != own[-1]:
+      raise SystemExit(f"--buckets {s}: must end at the model's largest bucket {own[-1]}")
+  # The batches' real lengths, from the pipeline as training sees it (its own buckets); any
+  # other bucket set pads the same texts to its own lengths.
   pipeline = input_pipeline.make_pipeline(config.input, encoder.tokenize)
   keys = ("query", "passage", "negative")
-  shapes, real, padded = collections.Counter(), 0, 0
+  longest, lengths, real = [], [], 0
   batches = iter(pipeline)
   for _ in range(args.steps):
     b = next(batches)
-    masks = [b[k]["attention_mask"] for k in keys if k in b]
-    shapes[tuple(m.shape[1] for m in masks)] += 1
-    real += sum(int(m.sum()) for m in masks)
-    padded += sum(m.size for m in masks)
+    masks = {k: b[k]["attention_mask"] for k in keys if k in b}
+    longest.append({k: (int(m.sum(1).max()), m.shape[0]) for k, m in masks.items()})
+    lengths.append({k: m.sum(1) for k, m in masks.items()})
+    real += sum(int(m.sum()) for m in masks.values())
   pipeline.close()
-  names = " x ".join(k for k in keys if k in b)
-  print(f"{args.arg}, buckets {tuple(encoder.tokenizer.buckets)}, first {args.steps} batches")
-  print(f"  padded lengths ({names}): " +
-        ", ".join(f"{s}: {n}" for s, n in sorted(shapes.items())))
-  print(f"  tokens per step: {padded / args.steps:.0f} padded, {real / args.steps:.0f} real "
-        f"({real / padded:.0%})")
+  names = " x ".join(longest[0])
+  print(f"{args.arg}, first {args.steps} batches; {real / args.steps:.0f} real tokens per step")
+  for s in sets:
+    shapes, padded = collections.Counter(), 0
+    for step in longest:
+      padded_to = {k: encoder.tokenizer.bucket_for(n, s) for k, (n, _) in step.items()}
+      shapes[tuple(padded_to.values())] += 1
+      padded += sum(padded_to[k] * rows for k, (_, rows) in step.items())
+    print(f"  buckets {s}: {len(shapes)} shapes (compiles); padded lengths ({names}): " +
+          ", ".join(f"{k}: {n}" for k, n in sorted(shapes.items())))
+    print(f"    tokens per step: {padded / args.steps:.0f} padded, {real / args.steps:.0f} real "
+          f"({real / padded:.0%})")
+  # Packing (not implemented): each kind's texts first-fit-decreasing into rows of the largest
+  # bucket; the batch then costs its rows x that length, whatever its longest text.
+  width, rows = own[-1], 0
+  for step in lengths:
+    for n in step.values():
+      free = []
+      for x in sorted(n.tolist(), reverse=True):
+        i = next((i for i, f in enumerate(free) if f >= x), None)
+        if i is None:
+          free.append(width - x)
+        else:
+          free[i] -= x
+      rows += len(free)
+  print(f"  packed into rows of {width} (first-fit decreasing, per kind): {rows / args.steps:.1f} "
+        f"rows, {rows * width / args.steps:.0f} tokens per step "
+        f"({real / (rows * width):.0%} real)")
   return 0
 
 
