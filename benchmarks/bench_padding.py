@@ -9,8 +9,8 @@ half the time of a real training step; real batches pad to larger buckets.
   PYTHONPATH=. python benchmarks/bench_padding.py --buckets 16,32,64,128 --buckets fine
 
 Each `--buckets` set (training bucket lengths, or `fine`: tokenizers.fine_buckets of the model's)
-is counted on the same batches: its real-token share, and how many distinct batch shapes it makes,
-each of which costs the train step one compile.
+is counted on the same batches, and so is packing (input.packing): the real-token share, and how
+many distinct batch shapes each makes, each of which costs the train step one compile.
 """
 import argparse
 import collections
@@ -66,22 +66,19 @@ def main(argv=None) -> int:
           ", ".join(f"{k}: {n}" for k, n in sorted(shapes.items())))
     print(f"    tokens per step: {padded / args.steps:.0f} padded, {real / args.steps:.0f} real "
           f"({real / padded:.0%})")
-  # Packing (not implemented): each kind's texts first-fit-decreasing into rows of the largest
-  # bucket; the batch then costs its rows x that length, whatever its longest text.
-  width, rows = own[-1], 0
+  # Packing (input.packing): each kind's texts packed into rows of the largest bucket as
+  # training packs them (tokenizers.pack_ids, one process on one device); a batch then costs
+  # its rows x that length, whatever its longest text.
+  width, slots, shapes = own[-1], 0, collections.Counter()
   for step in lengths:
-    for n in step.values():
-      free = []
-      for x in sorted(n.tolist(), reverse=True):
-        i = next((i for i, f in enumerate(free) if f >= x), None)
-        if i is None:
-          free.append(width - x)
-        else:
-          free[i] -= x
-      rows += len(free)
-  print(f"  packed into rows of {width} (first-fit decreasing, per kind): {rows / args.steps:.1f} "
-        f"rows, {rows * width / args.steps:.0f} tokens per step "
-        f"({real / (rows * width):.0%} real)")
+    rows = {k: tokenizers.pack_ids([[1] * int(x) for x in n], width, 0)["input_ids"].shape[0]
+            for k, n in step.items()}
+    shapes[tuple(rows.values())] += 1
+    slots += sum(rows.values()) * width
+  print(f"  packed into rows of {width} (input.packing): {len(shapes)} shapes (compiles); rows "
+        f"({names}): " + ", ".join(f"{k}: {n}" for k, n in sorted(shapes.items())))
+  print(f"    tokens per step: {slots / args.steps:.0f} padded, {real / args.steps:.0f} real "
+        f"({real / slots:.0%})")
   return 0
 
 

@@ -80,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      decay="linear", grad_clip=1.0, embedding_update="dense")
   c.loss = common.loss()
   c.checkpoint = dict(every=max(1, a["steps"] // 2), keep=2, async_save=True)
-  c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, too_few="drop",
+  c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, too_few="drop", packing=False,
                  store_dir=common.STORE_DIR,
                  type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=0.0),
                  sources=[source(a)])

@@ -23,6 +23,8 @@ The recipe's switches (issue "results that hold up"; each off by default):
   chunks      GradCache chunks (0: off), for batches larger than memory allows
   table       dense | lazy | frozen: how the token-embedding table is trained
               (optimizer.embedding_update, hybrid_ir.table_update)
+  pack        1: training batches packed several texts to a row (input.packing; same
+              embeddings from fewer tokens; BERT family, one process, no GradCache)
   curve       points of the parallel-query distance curve measured during training (0: off; the
               ratio experiment measures 10), on held-out questions of the evaluation set
 
@@ -34,7 +36,8 @@ from hybrid_ir.data import lareqa
 
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
-                symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense")
+                symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense",
+                pack=0)
 # Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
 MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
 SIZES = ("full", "mini")

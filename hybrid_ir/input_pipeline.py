@@ -228,7 +228,9 @@ class Pipeline:
           [d for *_, d in layout] + [d for _, d, _ in extra], stateful=False)
       rows = {name: n for name, _, _, n in kinds}
       for (name, key, _), t in zip(layout, outs):
-        t.set_shape([rows[name]] + [None] * (probes[name][key].ndim - 1))
+        # A packed batch's token arrays have as many rows as its texts need, not one per text.
+        per_text = 'example' not in probes[name] or key in ('example_start', 'example_length')
+        t.set_shape([rows[name] if per_text else None] + [None] * (probes[name][key].ndim - 1))
         element.setdefault(name, {})[key] = t
       for (name, _, n), t in zip(extra, outs[len(layout):]):
         t.set_shape([n])

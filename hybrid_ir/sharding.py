@@ -108,6 +108,12 @@ def param_shardings(params: Any, mesh: Mesh, specs: Any = None,
   return jax.tree.map(one, params, specs, is_leaf=lambda s: s is None or isinstance(s, P))
 
 
+def local_batch_shards(mesh: Mesh) -> int:
+  """How many shards of the batch this process holds: its devices over the model axis."""
+  n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  return n_local // mesh.shape.get("model", 1)
+
+
 def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   """This process's slice of the batch (numpy, leading dim = local batch) -> global jax.Arrays.
 
@@ -117,8 +123,7 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   turned into ids before this point (jax has no string arrays).
   """
   sharding = batch_sharding(mesh)
-  n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
-  n_local_batch = n_local // mesh.shape.get("model", 1)
+  n_local_batch = local_batch_shards(mesh)
 
   def one(path, x):
     x = np.asarray(x)

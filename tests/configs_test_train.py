@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 symmetric=False, mask_false_negatives=True)
   c.checkpoint = dict(every=5, keep=3, async_save=True)
   c.input = dict(batch_size=16, seed=0, prefetch=2, store_dir=os.environ.get("HYBRID_IR_STORES"),
+                 packing=False,
                  type_probs=dict(mono=0.5, cross=0.5, mixed=0.0),
                  sources=[dict(name="xquad", kind="squad", path=f"{DATA}/xquad-r",
                                langs=("en", "de"))])

@@ -83,6 +83,34 @@ def test_apply_is_pure_normalised_and_padding_invariant(pooling):
   assert not np.allclose(enc.apply(p2, batch), out, atol=1e-3)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+def test_packed_batches_embed_each_text_as_the_padded_batch_does(pooling):
+  enc = tiny_encoder(pooling, buckets=(8, 16))
+  texts = ["a b c", "d e f g h a b c d e f", "h", "g g g g g", "a", "b c d e f g h a b c"]
+  padded = np.asarray(enc.apply(enc.params, enc.tokenize(texts, "passage")))
+  packed = enc.tokenize_packed(texts, "passage", row_multiple=4)
+  # 6 texts of 16 tokens' room pack into 3 rows (rounded up to 4), each text whole in one row.
+  assert packed["input_ids"].shape == (4, 16) and packed["attention_mask"][3].sum() == 0
+  assert packed["attention_mask"].sum() == packed["example_length"].sum() == sum(
+      len(x) for x in enc.tokenizer.encode_ids(texts, "passage"))
+  np.testing.assert_allclose(jax.jit(enc.apply)(enc.params, packed), padded, atol=2e-5)
+  # Each text alone in a row of the same width gives the same vectors: no text sees another.
+  alone = enc.tokenizer.pad(enc.tokenizer.encode_ids(texts, "passage"), 16)
+  np.testing.assert_allclose(enc.apply(enc.params, alone), padded, atol=2e-5)
+  # And so does the gradient (what training takes from it), up to float reassociation.
+  loss = lambda p, b: (enc.apply(p, b) ** 3).sum()
+  g_pad, g_pack = (jax.grad(loss)(enc.params, b) for b in (alone, packed))
+  for a, b in zip(jax.tree.leaves(g_pad), jax.tree.leaves(g_pack)):
+    np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_packing_refuses_what_it_cannot_hold():
+  with pytest.raises(ValueError, match=r"lengths must be in \[1, 4\], got 2..5"):
+    tokenizers_lib.pack_ids([[1, 2], [1, 2, 3, 4, 5]], 4, 0)
+  with pytest.raises(ValueError, match="empty batch"):
+    tokenizers_lib.pack_ids([], 4, 0)
+
+
 def test_encode_restores_input_order_and_batches_fixed_shapes():
   enc = tiny_encoder()
   texts = ["a", "a b c d e f g h a b c d", "b c", "h", "g g g g g"]

@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grad_cache_chunks = int(a.get("chunks", 0))
   c.checkpoint = dict(every=a["steps"], keep=1, async_save=True)
   c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, store_dir=common.STORE_DIR,
+                 packing=bool(a.get("pack", 0)),
                  too_few="error", type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=a["mixed"]),
                  sources=[dict(name=a["train"], kind="squad", path=f"{common.DATA_DIR}/{a['train']}",
                                langs=train_langs(a), num_negatives=int(a.get("negatives", 0)))])

@@ -64,7 +64,7 @@ def get_config(arg: str | None = None, model: str = "hf:FacebookAI/xlm-roberta-b
   c.checkpoint = dict(every=1000, keep=5, async_save=True)
   mm = f"{data_dir}/mmarco"
   c.input = dict(
-      batch_size=100, seed=0, prefetch=4, too_few="drop",
+      batch_size=100, seed=0, prefetch=4, too_few="drop", packing=False,
       type_probs=dict(mono=mono, cross=cross, mixed=0.0),
       source_temperature=1.0,  # sources drawn in proportion to their groups ("based on dataset size")
       store_dir=common.STORE_DIR, prepare="never",  # 40M triples: prepare once, before training

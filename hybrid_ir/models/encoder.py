@@ -126,17 +126,25 @@ class BertModel(nnx.Module):
     if cfg.has_pooler:
       self.pooler = _dense(h, h, ("fsdp", "model"), ("model",), dt, rngs)
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array):
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               example: jax.Array | None = None, position: jax.Array | None = None):
+    """example, position [B, T]: a packed batch (tokenizers.pack_ids): attention stays within
+    each token's text, and positions count from each text's start."""
     cfg = self.cfg
     t = input_ids.shape[1]
     if t + cfg.position_offset > cfg.max_position_embeddings:
       raise ValueError(f"sequence length {t} (+ position offset {cfg.position_offset}) exceeds "
                        f"max_position_embeddings {cfg.max_position_embeddings}")
-    positions = jnp.arange(t)[None, :] + cfg.position_offset
+    positions = (jnp.arange(t)[None, :] if position is None else position) + cfg.position_offset
     x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
          + self.token_type_embeddings(jnp.zeros_like(input_ids)))
     x = self.embeddings_ln(x)
-    mask = attention_mask.astype(bool)[:, None, None, :]
+    if example is None:
+      mask = attention_mask.astype(bool)[:, None, None, :]
+    else:
+      # Padding tokens share the example id len(texts): they attend only to each other, so no
+      # softmax row is empty, and no real token sees them.
+      mask = (example[:, :, None] == example[:, None, :])[:, None]
     for i in range(self.num_layers):
       x = getattr(self, f"layer_{i}")(x, mask)
     x = x.astype(jnp.float32)
@@ -176,6 +184,7 @@ class Encoder:
       input_ids only), or None; what optimizer.embedding_update='lazy'/'frozen' acts on.
   Methods:
     tokenize(texts, kind) -> {'input_ids', 'attention_mask'} int32 numpy, padded to a bucket.
+    tokenize_packed(texts, kind, row_multiple) -> a packed batch (where `packs`).
     apply(params, batch) -> [B, D] L2-normalised float32 (pure, jit-able).
     encode(params, texts, kind, batch_size=64, progress=True) -> np.ndarray [N, D] float32.
     hidden(params, batch) -> model-specific raw outputs (for tests / parity checks).
@@ -184,8 +193,9 @@ class Encoder:
   def __init__(self, *, name: str, module: nnx.Module, params: dict | None,
                tokenizer: tokenizers_lib.BucketTokenizer,
                embed_fn: Callable[[nnx.Module, dict], jax.Array],
-               token_table: tuple[str, ...] | None = None):
-    """`module` may be abstract (from nnx.eval_shape); `params` then supplies the values."""
+               token_table: tuple[str, ...] | None = None, packs: bool = False):
+    """`module` may be abstract (from nnx.eval_shape); `params` then supplies the values.
+    packs: `embed_fn` also takes packed batches (tokenizers.pack_ids)."""
     self.name = name
     self.tokenizer = tokenizer
     self._graphdef, state = nnx.split(module)
@@ -197,6 +207,7 @@ class Encoder:
     self.params = jax.tree.map(jnp.asarray, params)
     self._embed_fn = embed_fn
     self.token_table = token_table
+    self.packs = packs
     self._jit_apply = jax.jit(self.apply)
     probe = tokenizer.pad([[tokenizer.pad_id]], tokenizer.buckets[0])
     self.dim = int(jax.eval_shape(self.apply, self.params, probe).shape[-1])
@@ -209,6 +220,15 @@ class Encoder:
 
   def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, np.ndarray]:
     return self.tokenizer(texts, kind)
+
+  def tokenize_packed(self, texts: Sequence[str], kind: str,
+                      row_multiple: int = 1) -> dict[str, np.ndarray]:
+    """Texts -> a packed batch (tokenizers.pack_ids), which `apply` embeds as it would
+    `tokenize`'s, in the texts' order."""
+    if not self.packs:
+      raise ValueError(f"{self.name}: this model family takes no packed batches "
+                       "(input.packing); only the BERT / XLM-R family does")
+    return self.tokenizer.pack(texts, kind, row_multiple)
 
   def apply(self, params: dict, batch: dict) -> jax.Array:
     """Pure: (params pytree, {'input_ids','attention_mask'}) -> [B, D] L2-normalised f32."""
@@ -245,8 +265,28 @@ class Encoder:
 
 
 def bert_embed(module: BertModel, batch: dict) -> jax.Array:
+  if "example" in batch:
+    return packed_embed(module, batch)
   hidden, pooled = module(batch["input_ids"], batch["attention_mask"])
   return pool(module.cfg, hidden, pooled, batch["attention_mask"])
+
+
+def packed_embed(module: BertModel, batch: dict) -> jax.Array:
+  """Sentence vectors [N, H] of a packed batch (tokenizers.pack_ids), in the texts' order: the
+  same function of each text as `pool` over a padded batch."""
+  cfg = module.cfg
+  hidden, _ = module(batch["input_ids"], batch["attention_mask"], batch["example"],
+                     batch["position"])
+  flat = hidden.reshape(-1, hidden.shape[-1])
+  n = batch["example_length"].shape[0]
+  if cfg.pooling == "mean":
+    # Padding tokens carry example id n: segment n, cut off.
+    sums = jax.ops.segment_sum(flat, batch["example"].reshape(-1), num_segments=n + 1)[:n]
+    return sums / jnp.maximum(batch["example_length"], 1).astype(jnp.float32)[:, None]
+  first = flat[batch["example_start"]]
+  if cfg.pooling == "cls":
+    return first
+  return jnp.tanh(module.pooler(first)).astype(jnp.float32)
 
 
 def abstract_bert(cfg: BertConfig) -> BertModel:
@@ -258,7 +298,7 @@ def bert_encoder(name: str, cfg: BertConfig, params: dict | None,
                  tokenizer: tokenizers_lib.BucketTokenizer, seed: int = 0) -> Encoder:
   """An `Encoder` for a BERT / XLM-R config; params=None -> random init (tests, from-scratch)."""
   module = BertModel(cfg, nnx.Rngs(seed)) if params is None else abstract_bert(cfg)
-  return Encoder(name=name, module=module, params=params, tokenizer=tokenizer, embed_fn=bert_embed,
+  return Encoder(name=name, module=module, params=params, tokenizer=tokenizer, embed_fn=bert_embed, packs=True,
                  token_table=("word_embeddings", "embedding"))
 
 
