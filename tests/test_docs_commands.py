@@ -149,6 +149,9 @@ FRAGMENTS = {
     ("README.md", "--config.optimizer.embedding_update=lazy"):
         "python -m hybrid_ir.train --config configs/demo.py --workdir W "
         "--config.optimizer.embedding_update=lazy",
+    ("README.md", "--config.input.packing=True"):
+        "python -m hybrid_ir.train --config configs/paper/xlmr_hybrid.py --workdir W "
+        "--config.input.packing=True",
     ("README.md", "--config.loss.temperature_lr=1e-2"):
         "python -m hybrid_ir.train --config configs/demo.py --workdir W "
         "--config.loss.learn_temperature=true --config.loss.temperature_lr=1e-2",
