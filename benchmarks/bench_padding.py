@@ -45,23 +45,22 @@ def main(argv=None) -> int:
   # other bucket set pads the same texts to its own lengths.
   pipeline = input_pipeline.make_pipeline(config.input, encoder.tokenize)
   keys = ("query", "passage", "negative")
-  longest, lengths, real = [], [], 0
+  lengths, real = [], 0
   batches = iter(pipeline)
   for _ in range(args.steps):
     b = next(batches)
     masks = {k: b[k]["attention_mask"] for k in keys if k in b}
-    longest.append({k: (int(m.sum(1).max()), m.shape[0]) for k, m in masks.items()})
     lengths.append({k: m.sum(1) for k, m in masks.items()})
     real += sum(int(m.sum()) for m in masks.values())
   pipeline.close()
-  names = " x ".join(longest[0])
+  names = " x ".join(lengths[0])
   print(f"{args.arg}, first {args.steps} batches; {real / args.steps:.0f} real tokens per step")
   for s in sets:
     shapes, padded = collections.Counter(), 0
-    for step in longest:
-      padded_to = {k: encoder.tokenizer.bucket_for(n, s) for k, (n, _) in step.items()}
+    for step in lengths:
+      padded_to = {k: encoder.tokenizer.bucket_for(int(n.max()), s) for k, n in step.items()}
       shapes[tuple(padded_to.values())] += 1
-      padded += sum(padded_to[k] * rows for k, (_, rows) in step.items())
+      padded += sum(padded_to[k] * len(n) for k, n in step.items())
     print(f"  buckets {s}: {len(shapes)} shapes (compiles); padded lengths ({names}): " +
           ", ".join(f"{k}: {n}" for k, n in sorted(shapes.items())))
     print(f"    tokens per step: {padded / args.steps:.0f} padded, {real / args.steps:.0f} real "

@@ -121,7 +121,8 @@ def run(main, flag: str = "config") -> None:
 
 # Keys that may differ on resume without --allow_config_change: they change how a run is watched,
 # stored or laid out on devices, not what it computes (resume is exact on any mesh; GradCache
-# gives the plain gradients, packing the padded batch's embeddings; a store is checked against its sources by hybrid_ir.data itself).
+# gives the plain gradients, packing the padded batch's embeddings; a store is checked against
+# its sources by hybrid_ir.data itself).
 RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_batch_size", "cache_dir",
                     "peak_flops", "mesh", "grad_cache_chunks", "checkpoint.every",
                     "checkpoint.keep", "checkpoint.async_save", "input.prefetch",

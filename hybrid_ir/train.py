@@ -203,7 +203,7 @@ def make_loss_and_grads(encoder, config):
 def training_tokenizer(encoder, config, mesh) -> Callable[[Any, str], dict]:
   """How training batches are tokenized: padded to a length bucket, or with config.input.packing
   packed several texts to a row (tokenizers.pack_ids), the rows a multiple of the local batch
-  shards. Packing computes the same embeddings from 2.2-2.8x fewer tokens on our training sets
+  shards. Packing computes the same embeddings from 1.9x fewer token slots on XQuAD-R batches
   (benchmarks/bench_padding.py)."""
   if not config.input.get("packing", False):
     return encoder.tokenize

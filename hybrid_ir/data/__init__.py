@@ -78,7 +78,7 @@ def _reconcile_inputs(saved: list, wanted: list, name: str) -> list:
   """
   out = []
   for i, w in enumerate(wanted):
-    s = saved[i] if isinstance(saved, list) and i < len(saved) else {}
+    s = saved[i] if i < len(saved) else {}
     same_file = s.get('path') == w['path'] and s.get('size') == w['size']
     if same_file and s.get('mtime') == w['mtime']:
       w = dict(s)

@@ -298,8 +298,8 @@ def bert_encoder(name: str, cfg: BertConfig, params: dict | None,
                  tokenizer: tokenizers_lib.BucketTokenizer, seed: int = 0) -> Encoder:
   """An `Encoder` for a BERT / XLM-R config; params=None -> random init (tests, from-scratch)."""
   module = BertModel(cfg, nnx.Rngs(seed)) if params is None else abstract_bert(cfg)
-  return Encoder(name=name, module=module, params=params, tokenizer=tokenizer, embed_fn=bert_embed, packs=True,
-                 token_table=("word_embeddings", "embedding"))
+  return Encoder(name=name, module=module, params=params, tokenizer=tokenizer, embed_fn=bert_embed,
+                 token_table=("word_embeddings", "embedding"), packs=True)
 
 
 def _check_params(name: str, params: dict, template: dict) -> None:

@@ -140,15 +140,12 @@ class BucketTokenizer:
     return pack_ids(self.encode_ids(texts, kind), self.max_len, self.pad_id, row_multiple)
 
 
-PACKED_KEYS = ("example", "position", "example_start", "example_length")
-
-
 def pack_ids(ids: Sequence[Sequence[int]], width: int, pad_id: int,
              row_multiple: int = 1) -> dict[str, np.ndarray]:
   """Id lists -> rows of `width` tokens, each text whole in one row, first-fit decreasing.
 
   Why: a padded batch costs its rows x its longest text; real training batches are 41% real
-  tokens (34% with hard negatives), packed ones 92-95% (benchmarks/bench_padding.py).
+  tokens, packed ones 78% (benchmarks/bench_padding.py).
   The row count is rounded up to a multiple of both `row_multiple` (the local batch shards, so
   rows shard evenly) and len(ids) / 8, so that a batch size makes at most 8 row counts per
   kind: each new shape costs the train step a compile. Extra rows are all padding. Returns
