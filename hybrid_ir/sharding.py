@@ -114,6 +114,20 @@ def local_batch_shards(mesh: Mesh) -> int:
   return n_local // mesh.shape.get("model", 1)
 
 
+def process_batch_start(mesh: Mesh, n_local: int) -> int:
+  """Where this process's `n_local` rows start in a global batch field that `host_local_to_global`
+  makes (every process passes n_local rows)."""
+  total = n_local * jax.process_count()
+  held = batch_sharding(mesh).addressable_devices_indices_map((total,)).values()
+  start = min(s[0].start or 0 for s in held)
+  stop = max(total if s[0].stop is None else s[0].stop for s in held)
+  if stop - start != n_local:
+    raise ValueError(f"process {jax.process_index()} holds rows {start}..{stop} of a {total}-row "
+                     f"batch, not one block of its {n_local}: its devices are not contiguous on "
+                     "the mesh's batch axes")
+  return start
+
+
 def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   """This process's slice of the batch (numpy, leading dim = local batch) -> global jax.Arrays.
 

@@ -65,6 +65,7 @@ from hybrid_ir import config_flags
 from hybrid_ir import losses
 from hybrid_ir import sharding
 from hybrid_ir import table_update
+from hybrid_ir.models import tokenizers
 
 # What the binary adds to `train` beyond (config, workdir), set by `main` only: a call from code
 # (experiments, tests, notebooks) keeps the defaults. `main` calls `train(config, workdir)` like
@@ -203,17 +204,14 @@ def make_loss_and_grads(encoder, config):
 def training_tokenizer(encoder, config, mesh) -> Callable[[Any, str], dict]:
   """How training batches are tokenized: padded to a length bucket, or with config.input.packing
   packed several texts to a row (tokenizers.pack_ids), the rows a multiple of the local batch
-  shards. Packing computes the same embeddings from 1.9x fewer token slots on XQuAD-R batches
+  shards (several hosts then agree on a row count each step: `place_packed_batch`). Packing
+  computes the same embeddings from 1.9x fewer token slots on XQuAD-R batches
   (benchmarks/bench_padding.py)."""
   if not config.input.get("packing", False):
     return encoder.tokenize
   if not encoder.packs:
     raise ValueError(f"config.input.packing=True, but model {encoder.name} takes no packed "
                      "batches; only the BERT / XLM-R family does")
-  if jax.process_count() > 1:
-    # Each host packs its own slice, so hosts' row counts would differ within one global array.
-    raise ValueError("config.input.packing=True runs on one process only for now; this run has "
-                     f"{jax.process_count()}")
   if int(config.get("grad_cache_chunks", 0)) > 1:
     raise ValueError("config.input.packing=True with grad_cache_chunks > 1: GradCache chunks a "
                      "batch by its rows, and a packed row holds several texts; use one of them")
@@ -325,6 +323,25 @@ def step_flops(compiled) -> float:
   """FLOPs per step (one device's share, see `mfu`) from a compiled jax function."""
   cost = compiled.cost_analysis()
   return float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
+
+
+def place_packed_batch(batch: dict, mesh, encoder) -> dict:
+  """Several processes with input.packing: each host's packed token fields -> its slice of one
+  global packed batch (tokenizers.place_packed). Each host packed its own texts to its own row
+  count, so the hosts agree on the largest, one small all-gather per step. One process: as is."""
+  kinds = [k for k in ("query", "passage", "negative") if "example" in batch.get(k, {})]
+  if jax.process_count() == 1 or not kinds:
+    return batch
+  from jax.experimental import multihost_utils
+  local_rows = np.array([batch[k]["input_ids"].shape[0] for k in kinds])
+  rows = np.asarray(multihost_utils.process_allgather(local_rows)).max(axis=0)
+  out = dict(batch)
+  for kind, r in zip(kinds, rows.tolist()):
+    n = len(batch[kind]["example_length"])
+    out[kind] = tokenizers.place_packed(
+        batch[kind], r, encoder.tokenizer.pad_id, first_text=sharding.process_batch_start(mesh, n),
+        first_row=sharding.process_batch_start(mesh, r), total_texts=n * jax.process_count())
+  return out
 
 
 def to_device_batch(batch: dict, mesh) -> dict:
@@ -670,6 +687,7 @@ def train(config, workdir: str | os.PathLike, *,
         if batch["step"] != step - 1:
           raise RuntimeError(f"pipeline is at batch {batch['step']} but the model at step "
                              f"{step - 1}")
+        batch = place_packed_batch(batch, mesh, encoder)
         gbatch = to_device_batch(batch, mesh)
         if peak and (shape := jax.tree.map(np.shape, gbatch).__repr__()) not in flops_by_shape:
           flops_by_shape[shape] = step_flops(update.lower(state, gbatch).compile())

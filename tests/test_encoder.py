@@ -104,6 +104,26 @@ def test_packed_batches_embed_each_text_as_the_padded_batch_does(pooling):
     np.testing.assert_allclose(a, b, atol=2e-4)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])  # cls reads each text's start
+def test_hosts_packed_slices_placed_together_embed_as_one_batch(pooling):
+  # Two hosts each pack their own half (to different row counts); placed as slices of one
+  # global batch, every text still gets the padded batch's vector, in the global order.
+  enc = tiny_encoder(pooling, buckets=(8, 16))
+  texts = ["a b c", "d e f g h a b c d e f", "h", "g g g g g", "a b c d e f g h a b c d e f",
+           "b c d e f g h a b c d e f g", "d e f g h a b c d e f g", "e f g h a b c d e f g h"]
+  padded = np.asarray(enc.apply(enc.params, enc.tokenize(texts, "passage")))
+  halves = [enc.tokenize_packed(texts[:4], "passage", 2),
+            enc.tokenize_packed(texts[4:], "passage", 2)]
+  assert [h["input_ids"].shape[0] for h in halves] == [2, 4]
+  placed = [tokenizers_lib.place_packed(h, 4, enc.tokenizer.pad_id, first_text=4 * i,
+                                        first_row=4 * i, total_texts=8)
+            for i, h in enumerate(halves)]
+  glob = {k: np.concatenate([p[k] for p in placed]) for k in placed[0]}
+  np.testing.assert_allclose(jax.jit(enc.apply)(enc.params, glob), padded, atol=2e-5)
+  with pytest.raises(ValueError, match="packed 4 rows, more than the 2 asked"):
+    tokenizers_lib.place_packed(halves[1], 2, 0, first_text=0, first_row=0, total_texts=8)
+
+
 def test_packing_refuses_what_it_cannot_hold():
   with pytest.raises(ValueError, match=r"lengths must be in \[1, 4\], got 2..5"):
     tokenizers_lib.pack_ids([[1, 2], [1, 2, 3, 4, 5]], 4, 0)

@@ -39,17 +39,21 @@ def metrics(workdir):
   return {r["step"]: r for r in rows}
 
 
-def test_two_processes_killed_then_resumed_as_one(tmp_path):
-  port = free_port()
+def two_processes(workdir, overrides):
+  """Two `hybrid_ir.train` processes of one run, 4 fake CPU devices each."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  flags = [f"--config={CONFIG}", f"--workdir={tmp_path / 'multi'}",
-           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
-  procs = [subprocess.Popen([sys.executable, "-m", "hybrid_ir.train", *flags, f"--process_id={i}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(2)]
+  flags = [f"--config={CONFIG}", f"--workdir={workdir}",
+           f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2",
+           *[f"--config.{k}={v}" for k, v in overrides.items()]]
+  return [subprocess.Popen([sys.executable, "-m", "hybrid_ir.train", *flags, f"--process_id={i}"],
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True) for i in range(2)]
+
+
+def test_two_processes_killed_then_resumed_as_one(tmp_path):
   multi = tmp_path / "multi"
+  procs = two_processes(multi, OVERRIDES)
   try:
     deadline = time.time() + 300
     while (checkpoint.latest_finished_step(multi) or 0) < 6:
@@ -82,3 +86,23 @@ def test_two_processes_killed_then_resumed_as_one(tmp_path):
   s = sampler.Sampler(sources, get_config().input)
   for step in range(1, STEPS + 1):
     assert sampler.batch_fingerprint(s.next_batch()) == single[step]["train/batch_fingerprint"]
+
+
+def test_two_processes_packing_their_own_texts_train_as_one_padded_process(tmp_path):
+  # Each host packs its half of the batch to its own row count; they agree on the largest, and
+  # every text keeps its global place (in-batch negatives, false-negative masks): the losses
+  # are those of one process training the same batches padded.
+  steps = 4
+  procs = two_processes(tmp_path / "packed", {**OVERRIDES, "total_steps": steps,
+                                              "input.packing": True})
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+  train.train(config_flags.load_config_file(str(CONFIG), {**OVERRIDES, "total_steps": steps}),
+              tmp_path / "padded")
+  packed, padded = metrics(tmp_path / "packed"), metrics(tmp_path / "padded")
+  assert sorted(packed) == sorted(padded) == list(range(1, steps + 1))
+  for step in packed:
+    np.testing.assert_allclose(packed[step]["train/loss"], padded[step]["train/loss"],
+                               rtol=1e-4, atol=1e-4, err_msg=f"step {step}")
+    assert packed[step]["train/batch_fingerprint"] == padded[step]["train/batch_fingerprint"]
+    assert packed[step]["train/real_token_share"] > padded[step]["train/real_token_share"]

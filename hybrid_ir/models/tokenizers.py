@@ -189,6 +189,30 @@ def pack_ids(ids: Sequence[Sequence[int]], width: int, pad_id: int,
   return out
 
 
+def place_packed(packed: dict[str, np.ndarray], rows: int, pad_id: int, first_text: int,
+                 first_row: int, total_texts: int) -> dict[str, np.ndarray]:
+  """One host's `pack_ids` batch -> its slice of a global packed batch of `total_texts` texts.
+
+  Why: on several hosts each packs its own texts, to its own row count; a global array needs
+  every host's slice the same shape, and the texts' ids and starts must name global positions.
+  So the slice gets padding rows up to `rows` (the hosts' largest count), its texts become
+  first_text.., its padding id becomes total_texts, and its starts move by first_row rows.
+  Concatenating the hosts' slices in host order gives a batch `pack_ids` could have made.
+  """
+  have, width = packed["input_ids"].shape
+  if rows < have:
+    raise ValueError(f"place_packed: this host packed {have} rows, more than the {rows} asked")
+  n = len(packed["example_length"])
+  extra = ((0, rows - have), (0, 0))
+  example = np.where(packed["example"] == n, total_texts, packed["example"] + first_text)
+  return {"input_ids": np.pad(packed["input_ids"], extra, constant_values=pad_id),
+          "attention_mask": np.pad(packed["attention_mask"], extra),
+          "example": np.pad(example, extra, constant_values=total_texts).astype(np.int32),
+          "position": np.pad(packed["position"], extra),
+          "example_start": (packed["example_start"] + first_row * width).astype(np.int32),
+          "example_length": packed["example_length"]}
+
+
 class HFTokenizer(BucketTokenizer):
   """A HF fast tokenizer (tokenizer.json) with prefixes, buckets and truncation counting.
 
