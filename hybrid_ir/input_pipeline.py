@@ -191,11 +191,12 @@ class Pipeline:
                  'epoch': tf.TensorSpec([local], tf.int64), **strings}
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
 
-    # The token fields' names and dtypes come from the tokenizer itself.
+    # The token fields' names and dtypes come from the tokenizer itself, probed with as many
+    # texts as it will get (a GradCache-packing tokenizer takes no fewer than its chunks).
     kinds = [('query', 'query_text', 'query', local), ('passage', 'passage_text', 'passage', local)]
     if k:
       kinds.append(('negative', 'negative_text', 'passage', local * k))
-    probes = {name: self._tokenize_fn(['probe'], kind) for name, _, kind, _ in kinds}
+    probes = {name: self._tokenize_fn(['probe'] * n, kind) for name, _, kind, n in kinds}
     layout = [(name, key, tf.as_dtype(v.dtype)) for name, *_ in kinds
               for key, v in sorted(probes[name].items())]
     extra = [('group', tf.int32, local), ('identity', tf.int32, local)]

@@ -151,7 +151,7 @@ def make_loss_and_grads(encoder, config):
   With config.grad_cache_chunks > 1 the gradient is computed GradCache-style (Gao et al. 2021).
   """
   lc = config.loss
-  chunks = int(config.get("grad_cache_chunks", 0))
+  chunks = grad_cache_chunks(config)
 
   def loss_from_embeddings(loss_params, q, p, n, batch):
     temp = (losses.temperature_from_log(loss_params["log_temperature"])
@@ -201,6 +201,11 @@ def make_loss_and_grads(encoder, config):
   return cached if chunks > 1 else plain
 
 
+def grad_cache_chunks(config) -> int:
+  """GradCache's chunk count; 1 when off (config 0 or 1)."""
+  return max(1, int(config.get("grad_cache_chunks", 0)))
+
+
 def training_tokenizer(encoder, config, mesh) -> Callable[[Any, str], dict]:
   """How training batches are tokenized: padded to a length bucket, or with config.input.packing
   packed several texts to a row (tokenizers.pack_ids), the rows a multiple of the local batch
@@ -212,10 +217,8 @@ def training_tokenizer(encoder, config, mesh) -> Callable[[Any, str], dict]:
   if not encoder.packs:
     raise ValueError(f"config.input.packing=True, but model {encoder.name} takes no packed "
                      "batches; only the BERT / XLM-R family does")
-  if int(config.get("grad_cache_chunks", 0)) > 1:
-    raise ValueError("config.input.packing=True with grad_cache_chunks > 1: GradCache chunks a "
-                     "batch by its rows, and a packed row holds several texts; use one of them")
-  return functools.partial(encoder.tokenize_packed, row_multiple=sharding.local_batch_shards(mesh))
+  return functools.partial(encoder.tokenize_packed, row_multiple=sharding.local_batch_shards(mesh),
+                           chunks=grad_cache_chunks(config))
 
 
 class TrainStep(NamedTuple):
@@ -325,10 +328,11 @@ def step_flops(compiled) -> float:
   return float((cost[0] if isinstance(cost, list) else cost).get("flops", float("nan")))
 
 
-def place_packed_batch(batch: dict, mesh, encoder) -> dict:
+def place_packed_batch(batch: dict, mesh, encoder, chunks: int = 1) -> dict:
   """Several processes with input.packing: each host's packed token fields -> its slice of one
-  global packed batch (tokenizers.place_packed). Each host packed its own texts to its own row
-  count, so the hosts agree on the largest, one small all-gather per step. One process: as is."""
+  global packed batch (tokenizers.place_packed; with GradCache, of each chunk's). Each host
+  packed its own texts to its own row count, so the hosts agree on the largest, one small
+  all-gather per step. One process: as is."""
   kinds = [k for k in ("query", "passage", "negative") if "example" in batch.get(k, {})]
   if jax.process_count() == 1 or not kinds:
     return batch
@@ -338,9 +342,13 @@ def place_packed_batch(batch: dict, mesh, encoder) -> dict:
   out = dict(batch)
   for kind, r in zip(kinds, rows.tolist()):
     n = len(batch[kind]["example_length"])
-    out[kind] = tokenizers.place_packed(
-        batch[kind], r, encoder.tokenizer.pad_id, first_text=sharding.process_batch_start(mesh, n),
-        first_row=sharding.process_batch_start(mesh, r), total_texts=n * jax.process_count())
+    first_text = sharding.process_batch_start(mesh, n)
+    first_row = sharding.process_batch_start(mesh, r)
+    out[kind] = tokenizers.join_chunks([
+        tokenizers.place_packed(part, r // chunks, encoder.tokenizer.pad_id,
+                                first_text=first_text // chunks, first_row=first_row // chunks,
+                                total_texts=n * jax.process_count() // chunks)
+        for part in tokenizers.split_chunks(batch[kind], chunks)])
   return out
 
 
@@ -687,7 +695,7 @@ def train(config, workdir: str | os.PathLike, *,
         if batch["step"] != step - 1:
           raise RuntimeError(f"pipeline is at batch {batch['step']} but the model at step "
                              f"{step - 1}")
-        batch = place_packed_batch(batch, mesh, encoder)
+        batch = place_packed_batch(batch, mesh, encoder, grad_cache_chunks(config))
         gbatch = to_device_batch(batch, mesh)
         if peak and (shape := jax.tree.map(np.shape, gbatch).__repr__()) not in flops_by_shape:
           flops_by_shape[shape] = step_flops(update.lower(state, gbatch).compile())

@@ -124,6 +124,19 @@ def test_hosts_packed_slices_placed_together_embed_as_one_batch(pooling):
     tokenizers_lib.place_packed(halves[1], 2, 0, first_text=0, first_row=0, total_texts=8)
 
 
+def test_gradcache_chunks_of_a_packed_batch_are_packed_batches_of_their_texts():
+  enc = tiny_encoder("cls", buckets=(8, 16))
+  texts = ["a b c", "d e f g h a b c d e f", "h", "g g g g g", "a b c d e f g h a b c d e f",
+           "b c d e f g h a b c d e f g", "d e f g h a b c d e f g", "e f g h a b c d e f g h"]
+  padded = np.asarray(enc.apply(enc.params, enc.tokenize(texts, "passage")))
+  packed = enc.tokenize_packed(texts, "passage", row_multiple=2, chunks=2)
+  # train.make_loss_and_grads's chunk c: rows and texts c, c+2, ...
+  for c, part in enumerate(tokenizers_lib.split_chunks(packed, 2)):
+    np.testing.assert_allclose(enc.apply(enc.params, part), padded[c::2], atol=2e-5)
+  with pytest.raises(ValueError, match="8 texts do not split into 3 GradCache chunks"):
+    enc.tokenize_packed(texts, "passage", chunks=3)
+
+
 def test_packing_refuses_what_it_cannot_hold():
   with pytest.raises(ValueError, match=r"lengths must be in \[1, 4\], got 2..5"):
     tokenizers_lib.pack_ids([[1, 2], [1, 2, 3, 4, 5]], 4, 0)

@@ -88,13 +88,14 @@ def test_two_processes_killed_then_resumed_as_one(tmp_path):
     assert sampler.batch_fingerprint(s.next_batch()) == single[step]["train/batch_fingerprint"]
 
 
-def test_two_processes_packing_their_own_texts_train_as_one_padded_process(tmp_path):
+@pytest.mark.parametrize("chunks", [0, 2])  # 2: GradCache, each chunk packed on its own
+def test_two_processes_packing_their_own_texts_train_as_one_padded_process(tmp_path, chunks):
   # Each host packs its half of the batch to its own row count; they agree on the largest, and
   # every text keeps its global place (in-batch negatives, false-negative masks): the losses
   # are those of one process training the same batches padded.
   steps = 4
   procs = two_processes(tmp_path / "packed", {**OVERRIDES, "total_steps": steps,
-                                              "input.packing": True})
+                                              "input.packing": True, "grad_cache_chunks": chunks})
   outs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
   train.train(config_flags.load_config_file(str(CONFIG), {**OVERRIDES, "total_steps": steps}),

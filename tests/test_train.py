@@ -131,12 +131,19 @@ def test_grad_cache_matches_plain_gradients():
 
 def test_packed_batches_train_as_the_padded_ones(tmp_path):
   # The same batches with several texts packed to a row: the same losses and parameters.
+  # With GradCache too: each chunk packs its own texts (tokenizers.pack_chunks).
   n = 10
-  for name, packing in (("padded", False), ("packed", True)):
-    train.train(get_config(total_steps=n, **{"input.packing": packing}), tmp_path / name)
+  runs = {"padded": {"input.packing": False}, "packed": {"input.packing": True},
+          "packed_gradcache": {"input.packing": True, "grad_cache_chunks": 2}}
+  for name, overrides in runs.items():
+    train.train(get_config(total_steps=n, **overrides), tmp_path / name)
   rows = {name: [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-          for name in ("padded", "packed")}
-  assert len(rows["packed"]) == len(rows["padded"]) == 2
+          for name in runs}
+  assert len(rows["packed"]) == len(rows["padded"]) == len(rows["packed_gradcache"]) == 2
+  for a, c in zip(rows["padded"], rows["packed_gradcache"]):
+    assert a["train/batch_fingerprint"] == c["train/batch_fingerprint"]
+    np.testing.assert_allclose(c["train/loss"], a["train/loss"], rtol=1e-4)
+    np.testing.assert_allclose(c["train/grad_norm"], a["train/grad_norm"], rtol=1e-3)
   for a, b in zip(rows["padded"], rows["packed"]):
     assert a["train/batch_fingerprint"] == b["train/batch_fingerprint"]
     np.testing.assert_allclose(b["train/loss"], a["train/loss"], rtol=1e-4)
@@ -144,18 +151,16 @@ def test_packed_batches_train_as_the_padded_ones(tmp_path):
     # 16 texts of <= 64 tokens: padded 47% real; packed 63%, its rows rounded up to the 8 devices.
     assert b["train/real_token_share"] > 1.25 * a["train/real_token_share"], (a, b)
   a, b = final_params(tmp_path / "padded", n), final_params(tmp_path / "packed", n)
-  # Adam divides by sqrt(v): where a row's gradient is near zero, float-level differences in it
-  # move that row by up to a step's size (lr 3e-3). 2 of 8M entries did so in one run; the rest
-  # agree to 1e-5.
+  # Adam divides by sqrt(v): where an entry's gradient is near zero, float-level differences in
+  # it flip the step's sign, and each flip moves it by up to a step's size (lr 3e-3). 1-2 of 8M
+  # entries did so in a run, once on two steps (3.9e-3); the rest agree to 1e-5.
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-    np.testing.assert_allclose(y, x, atol=3e-3, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(y, x, atol=2 * 3e-3, err_msg=jax.tree_util.keystr(path))
     assert np.mean(np.abs(y - x) > 1e-5) < 1e-5, jax.tree_util.keystr(path)
-  # What packing cannot do yet is refused before anything compiles.
+  # What packing cannot do is refused before anything compiles.
   from hybrid_ir import models, sharding
-  config = get_config(**{"input.packing": True, "grad_cache_chunks": 4})
+  config = get_config(**{"input.packing": True})
   encoder, mesh = models.load_encoder(config.model), sharding.make_mesh(config.mesh)
-  with pytest.raises(ValueError, match="GradCache chunks a batch by its rows"):
-    train.training_tokenizer(encoder, config, mesh)
   encoder.packs = False
   with pytest.raises(ValueError, match="takes no packed batches"):
     train.training_tokenizer(encoder, get_config(**{"input.packing": True}), mesh)

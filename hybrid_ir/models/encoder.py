@@ -221,14 +221,15 @@ class Encoder:
   def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, np.ndarray]:
     return self.tokenizer(texts, kind)
 
-  def tokenize_packed(self, texts: Sequence[str], kind: str,
-                      row_multiple: int = 1) -> dict[str, np.ndarray]:
+  def tokenize_packed(self, texts: Sequence[str], kind: str, row_multiple: int = 1,
+                      chunks: int = 1) -> dict[str, np.ndarray]:
     """Texts -> a packed batch (tokenizers.pack_ids), which `apply` embeds as it would
-    `tokenize`'s, in the texts' order."""
+    `tokenize`'s, in the texts' order; chunks > 1: one that GradCache's chunks embed so
+    (tokenizers.pack_chunks)."""
     if not self.packs:
       raise ValueError(f"{self.name}: this model family takes no packed batches "
                        "(input.packing); only the BERT / XLM-R family does")
-    return self.tokenizer.pack(texts, kind, row_multiple)
+    return self.tokenizer.pack(texts, kind, row_multiple, chunks)
 
   def apply(self, params: dict, batch: dict) -> jax.Array:
     """Pure: (params pytree, {'input_ids','attention_mask'}) -> [B, D] L2-normalised f32."""
