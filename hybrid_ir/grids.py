@@ -24,7 +24,7 @@ The recipe's switches (issue "results that hold up"; each off by default):
   table       dense | lazy | frozen: how the token-embedding table is trained
               (optimizer.embedding_update, hybrid_ir.table_update)
   pack        1: training batches packed several texts to a row (input.packing; same
-              embeddings from fewer tokens; BERT family, one process, no GradCache)
+              embeddings from fewer tokens; BERT family)
   curve       points of the parallel-query distance curve measured during training (0: off; the
               ratio experiment measures 10), on held-out questions of the evaluation set
 
