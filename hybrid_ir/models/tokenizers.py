@@ -216,6 +216,38 @@ def place_packed(packed: dict[str, np.ndarray], rows: int, pad_id: int, first_te
           "example_length": packed["example_length"]}
 
 
+def split_chunks(packed: dict[str, np.ndarray], chunks: int) -> list[dict[str, np.ndarray]]:
+  """A `join_chunks` batch -> its chunks' own packed batches: rows and texts c, c+chunks, ..."""
+  return [{k: v[c::chunks] for k, v in packed.items()} for c in range(chunks)]
+
+
+def join_chunks(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Packed batches of equal shapes -> one batch whose row k*len(parts)+c and text k*len(parts)+c
+  are part c's row and text k. That is how GradCache chunks a batch (train.make_loss_and_grads:
+  chunk c = rows c, c+chunks, ..., so every chunk keeps rows of every device), so each of its
+  chunks is one part, whole."""
+  return {k: np.stack([p[k] for p in parts], axis=1).reshape(-1, *parts[0][k].shape[1:])
+          for k in parts[0]}
+
+
+def pack_chunks(ids: Sequence[Sequence[int]], width: int, pad_id: int, row_multiple: int = 1,
+                chunks: int = 1) -> dict[str, np.ndarray]:
+  """`pack_ids` for GradCache: texts c, c+chunks, ... (its chunk c) packed on their own, to the
+  chunks' largest row count, and joined (`join_chunks`). chunks=1: `pack_ids` itself.
+
+  Why: GradCache embeds one chunk at a time, so a chunk's texts must sit in its own rows, with
+  ids and starts of its own. Its texts keep their places: the embeddings that GradCache puts back
+  in batch order are those of the padded batch."""
+  if chunks == 1:
+    return pack_ids(ids, width, pad_id, row_multiple)
+  if len(ids) % chunks:
+    raise ValueError(f"pack_chunks: {len(ids)} texts do not split into {chunks} GradCache chunks")
+  parts = [pack_ids(ids[c::chunks], width, pad_id, row_multiple) for c in range(chunks)]
+  rows = max(p["input_ids"].shape[0] for p in parts)
+  return join_chunks([place_packed(p, rows, pad_id, first_text=0, first_row=0,
+                                   total_texts=len(ids) // chunks) for p in parts])
+
+
 class HFTokenizer(BucketTokenizer):
   """A HF fast tokenizer (tokenizer.json) with prefixes, buckets and truncation counting.
 
@@ -294,34 +326,3 @@ def _find_pad_id(tokenizer) -> int:
       return i
   return 0
 
-
-def split_chunks(packed: dict[str, np.ndarray], chunks: int) -> list[dict[str, np.ndarray]]:
-  """A `join_chunks` batch -> its chunks' own packed batches: rows and texts c, c+chunks, ..."""
-  return [{k: v[c::chunks] for k, v in packed.items()} for c in range(chunks)]
-
-
-def join_chunks(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Packed batches of equal shapes -> one batch whose row k*len(parts)+c and text k*len(parts)+c
-  are part c's row and text k. That is how GradCache chunks a batch (train.make_loss_and_grads:
-  chunk c = rows c, c+chunks, ..., so every chunk keeps rows of every device), so each of its
-  chunks is one part, whole."""
-  return {k: np.stack([p[k] for p in parts], axis=1).reshape(-1, *parts[0][k].shape[1:])
-          for k in parts[0]}
-
-
-def pack_chunks(ids: Sequence[Sequence[int]], width: int, pad_id: int, row_multiple: int = 1,
-                chunks: int = 1) -> dict[str, np.ndarray]:
-  """`pack_ids` for GradCache: texts c, c+chunks, ... (its chunk c) packed on their own, to the
-  chunks' largest row count, and joined (`join_chunks`). chunks=1: `pack_ids` itself.
-
-  Why: GradCache embeds one chunk at a time, so a chunk's texts must sit in its own rows, with
-  ids and starts of its own. Its texts keep their places: the embeddings that GradCache puts back
-  in batch order are those of the padded batch."""
-  if chunks == 1:
-    return pack_ids(ids, width, pad_id, row_multiple)
-  if len(ids) % chunks:
-    raise ValueError(f"pack_chunks: {len(ids)} texts do not split into {chunks} GradCache chunks")
-  parts = [pack_ids(ids[c::chunks], width, pad_id, row_multiple) for c in range(chunks)]
-  rows = max(p["input_ids"].shape[0] for p in parts)
-  return join_chunks([place_packed(p, rows, pad_id, first_text=0, first_row=0,
-                                   total_texts=len(ids) // chunks) for p in parts])
