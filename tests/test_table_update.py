@@ -65,11 +65,12 @@ def run(encoder, mode: str, batches, chunks: int = 0, loss: dict | None = None, 
 def assert_same_params(a, b, steps: int, lr: float = 3e-3):
   """Equal up to float order, leaf by leaf. Adam divides by sqrt(v): where a gradient is ~0 its
   sign, and so that element's step (up to lr), can flip with the order of a sum (seen: 1 of
-  2,048 elements). So: all but 0.1% of the elements within 1e-6, none beyond 2 lr per step."""
+  2,048 elements on a Xeon, 4 of them, off by up to 7e-6, on an AMD EPYC against GradCache's
+  order). So: all but 0.5% of the elements within 1e-6, none beyond 2 lr per step."""
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
     diff = np.abs(np.asarray(y, np.float64) - np.asarray(x, np.float64))
     where = jax.tree_util.keystr(path)
-    assert np.mean(diff > 1e-6 + 1e-5 * np.abs(x)) <= 1e-3, (where, np.sort(diff.ravel())[-5:])
+    assert np.mean(diff > 1e-6 + 1e-5 * np.abs(x)) <= 5e-3, (where, np.sort(diff.ravel())[-5:])
     assert diff.max() <= 2 * lr * steps, (where, diff.max())
 
 
