@@ -9,6 +9,7 @@ r"""The paper's experiments as grids of runs: `python -m hybrid_ir.experiments <
               on XQuAD-R, evaluated on MLQA-R; loss curves per batch type and final accuracy.
   languages   1, 2, 4 and all training languages; seen and unseen evaluation languages apart.
   recipe      hybrid batches with the recipe's ingredients added one at a time (an ablation).
+  ingredients each ingredient alone on top of the base hybrid run, paired against it.
   table       the token-embedding table trained densely, lazily or not at all (its mAP cost).
 --set key=value,... gives every run of a grid more grid args (e.g. negatives=3,table=lazy).
 The grids themselves are `hybrid_ir.grids.runs`. Each run is the config file

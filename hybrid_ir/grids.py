@@ -41,11 +41,17 @@ DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0,
 # Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
 MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
 SIZES = ("full", "mini")
-EXPERIMENTS = ("strategies", "ratio", "languages", "recipe", "table")
+EXPERIMENTS = ("strategies", "ratio", "languages", "recipe", "ingredients", "table")
 # The recipe's ablation, cumulative: each row adds one ingredient to the row before it.
 RECIPE = (("base", {}), ("negatives", dict(negatives=3)), ("bitext", dict(bitext="lohelp+bible")),
           ("symmetric", dict(symmetric=1)), ("learn_temp", dict(learn_temp=1)),
           ("longer", dict(steps=600)))
+# One ingredient at a time on top of the base run (hybrid batches, 150 steps, lr 3e-5, temperature
+# .05), each paired against the base: what each is worth alone, where RECIPE's cumulative rows
+# carry every earlier ingredient (and its cost) along.
+INGREDIENTS = (("lr1e-4", dict(lr=1e-4)), ("temp0.02", dict(temp=0.02)),
+               ("bitext", dict(bitext="lohelp+bible")), ("symmetric", dict(symmetric=1)),
+               ("negatives", dict(negatives=3)), ("steps300", dict(steps=300)))
 STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
 
 
@@ -131,6 +137,8 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
   languages   1, 2, 4 and all training languages (nested, English first), hybrid batches.
   recipe      hybrid batches with the recipe's ingredients added one by one (RECIPE), trained
               on XQuAD-R, evaluated on MLQA-R; the report pairs each row with the one before.
+  ingredients hybrid batches with one ingredient at a time (INGREDIENTS) on top of the base run,
+              trained on XQuAD-R, evaluated on MLQA-R; the report pairs each with the base.
   table       hybrid batches with the token-embedding table updated densely (exact AdamW),
               lazily or not at all (hybrid_ir.table_update), trained on XQuAD-R, evaluated on
               MLQA-R: what the faster updates cost in mAP.
@@ -164,6 +172,10 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
       args = dict(args, **change)
       out.append(Run(f"recipe{i}-{ingredient}", dict(args)))
     return out
+  if name == "ingredients":
+    base = dict(train="xquad-r", **_mix(0.5, 0.5))
+    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True), Run("base", base)]
+    return out + [Run(ingredient, dict(base, **change)) for ingredient, change in INGREDIENTS]
   if name == "table":
     out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
     return out + [Run(f"table-{mode}", dict(train="xquad-r", table=mode, **_mix(0.5, 0.5)))

@@ -39,7 +39,7 @@ HEADERS = {"mo_map": "Mo mAP", "cr_map": "Cr mAP", "mul_map": "Mul mAP", "mo_r1"
            "cr_r1": "Cr R@1", "mul_r10": "Mul R@10", "rank_distance": "rank dist."}
 # strategies: '<train set>-mono'; recipe: its first row (and each row vs the one before it)
 BASELINES = {"ratio": "alpha1", "languages": "pretrained", "recipe": "recipe1-base",
-             "table": "table-dense"}
+             "ingredients": "base", "table": "table-dense"}
 N_RESAMPLES = 2000
 
 
@@ -126,18 +126,20 @@ def _fmt(x: float, key: str) -> str:
 
 
 def _paired(vec: dict, base: dict, k: str, where: np.ndarray | None = None,
-            p_value: bool = True) -> str:
+            p_value: bool = True, seed_sd: float | None = None) -> str:
   """'Δ [95% CI] p=…' of metric `k`, run minus baseline, paired by query over the queries both
-  have (and `where`); '—' when there are none."""
+  have (and `where`); '—' when there are none. seed_sd: widen the CI and p by that training-seed
+  sd (`stats.widen_by_seed_sd`)."""
   ok = ~(np.isnan(vec[k]) | np.isnan(base[k]))
   if where is not None:
     ok &= where
   if not ok.any():
     return "—"
   c = stats.compare(vec[k][ok], base[k][ok], strata=vec["lang"][ok], n_resamples=N_RESAMPLES)
+  low, high, p = ((c.ci_low, c.ci_high, c.p_value) if seed_sd is None
+                  else stats.widen_by_seed_sd(c, seed_sd))
   d = 1 if k == "rank_distance" else 3
-  return (f"{c.mean_diff:+.{d}f} [{c.ci_low:+.{d}f}, {c.ci_high:+.{d}f}]"
-          + (f" p={c.p_value:.3g}" if p_value else ""))
+  return f"{c.mean_diff:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]" + (f" p={p:.3g}" if p_value else "")
 
 
 def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str:
@@ -249,6 +251,52 @@ def ablation_table(runs: dict[str, dict], dataset: str) -> str:
     lines.append(f"| {name} (vs {prev}) | " + " | ".join(_paired(vec, base, k) for k in TESTED)
                  + f" | {minutes:.0f} min |")
   return "\n".join(lines)
+
+
+def seed_sd_of(source: str, dataset: str) -> tuple[dict[str, float], int]:
+  """The sd over training seeds of each tested metric's macro value on `dataset`, of the runs
+  `<dir>/<name>.json`, `<dir>/<name>-seed<k>.json` named by `source` = '<dir>/<name>' (e.g.
+  results/e5_small/strategies/xquad-r-hybrid), and their number of seeds."""
+  directory, name = pathlib.Path(source).parent, pathlib.Path(source).name
+  runs = load_runs(directory)
+  names = [n for n in runs if grids.seed_of(n)[0] == name]
+  if len(names) < 2:
+    raise ValueError(f"--seed_sd_from {source}: {len(names)} seed(s) of run {name!r} in "
+                     f"{directory}; need 2 or more (experiments --seeds 0,1,2)")
+  missing = [n for n in names if dataset not in runs[n]["datasets"]]
+  if missing:
+    raise ValueError(f"--seed_sd_from {source}: {missing} were not evaluated on {dataset}")
+  return ({k: float(np.std([runs[n]["datasets"][dataset]["metrics"][k] for n in names], ddof=1))
+           for k in TESTED}, len(names))
+
+
+def seed_widened_table(runs: dict[str, dict], dataset: str, pairs: Sequence[tuple[str, str]],
+                       source: str) -> str:
+  """One-seed comparisons (run, baseline) with CIs and p widened by the seed sd of `source`
+  (`seed_sd_of`, `stats.widen_by_seed_sd`): what an ablation or sweep row shows once training
+  seeds are allowed to differ as much as the source's seeds did."""
+  sd, n_seeds = seed_sd_of(source, dataset)
+  lines = [f"One seed per run; 95% CIs and p widened by the training-seed sd of `{source}` "
+           f"({n_seeds} seeds: " + ", ".join(f"{HEADERS[k]} {_fmt(sd[k], k)}" for k in TESTED)
+           + "; Var = Var over queries + 2 sd², normal approximation):", "",
+           "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
+           "|---|" + "---|" * len(TESTED)]
+  for name, base in pairs:
+    vec, ref = _vectors(runs[name]["datasets"][dataset]), _vectors(runs[base]["datasets"][dataset])
+    cells = [_paired(vec, ref, k, seed_sd=sd[k]) for k in TESTED]
+    lines.append(f"| {name} (vs {base}) | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _one_seed_pairs(group: dict[str, dict], experiment: str, baseline: str | None
+                    ) -> list[tuple[str, str]]:
+  """The comparisons a one-seed table makes: the recipe's rows each against the row before,
+  every other trained seed-0 run against the experiment's baseline."""
+  trained = [n for n, r in group.items() if r.get("loss_curve") and not grids.seed_of(n)[1]]
+  if experiment == "recipe":
+    trained = sorted(trained)
+    return list(zip(trained[1:], trained))
+  return [(n, baseline) for n in trained if baseline in group and n != baseline]
 
 
 def versus_table(before: dict[str, dict], after: dict[str, dict], dataset: str) -> str:
@@ -448,8 +496,12 @@ def _in_grid_order(runs: dict[str, dict], experiment: str) -> dict[str, dict]:
   return dict(sorted(runs.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
 
 
-def write_report(experiment: str, directory: pathlib.Path) -> str:
-  """Writes `<directory>/report.md` and PNGs from the run summaries there; returns the markdown."""
+def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | None = None
+                 ) -> str:
+  """Writes `<directory>/report.md` and PNGs from the run summaries there; returns the markdown.
+
+  seed_sd_from: '<dir>/<run name>' of runs with several training seeds; one-seed comparisons
+  then also get CIs widened by their seed sd (`seed_widened_table`)."""
   runs = _in_grid_order(load_runs(directory), experiment)
   parts = [f"# Experiment: {experiment}", ""]
   datasets = sorted({d for r in runs.values() for d in r["datasets"]})
@@ -464,6 +516,9 @@ def write_report(experiment: str, directory: pathlib.Path) -> str:
       parts += [seed_table(group, dataset, [b for b in (baseline, *cross) if b]), ""]
     if experiment == "recipe":
       parts += [ablation_table(group, dataset), ""]
+    if seed_sd_from:
+      pairs = _one_seed_pairs(group, experiment, baseline)
+      parts += [seed_widened_table(group, dataset, pairs, seed_sd_from), ""]
     trained = {n: r for n, r in group.items() if r.get("loss_curve")}
     if trained:
       png = directory / f"loss_{dataset}.png"
@@ -579,6 +634,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, metavar="DIR",
                    help=f"the folder holding {name}/ (e.g. results/use_m3); default: every "
                    f"results/{name}/ and results/*/{name}/ under the current directory")
+    p.add_argument("--seed_sd_from", default=None, metavar="DIR/RUN",
+                   help="runs trained on several seeds (DIR/RUN.json, DIR/RUN-seed<k>.json, e.g. "
+                   "results/e5_small/strategies/xquad-r-hybrid): one-seed comparisons also get "
+                   "CIs widened by their seed sd")
   return parser
 
 
@@ -597,7 +656,7 @@ def main(argv: list[str]) -> None:
       for d in dirs:
         if len(dirs) > 1:
           print(f"<!-- {d / 'report.md'} -->")
-        print(write_report(args.command, d))
+        print(write_report(args.command, d, args.seed_sd_from))
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
 

@@ -304,6 +304,24 @@ def test_recipe_grid_adds_one_ingredient_per_row_and_every_config_builds():
     base.get_config("bitext=wiki")
 
 
+def test_ingredients_grid_changes_one_thing_against_the_base_and_every_config_builds():
+  from configs.experiments import base
+  grid = {r.name: r for r in experiments.runs("ingredients")}
+  assert list(grid)[:2] == ["pretrained", "base"] and grid["pretrained"].pretrained
+  assert list(grid)[2:] == [n for n, _ in grids.INGREDIENTS]
+  # A run's own args win over the shared ones, as in experiments.execute (steps300's steps).
+  arg = lambda run: ",".join(f"{k}={v}" for k, v in dict(MINI, **run.args).items())  # noqa: E731
+  base_config = base.get_config(arg(grid["base"])).to_dict()
+  for name, change in grids.INGREDIENTS:
+    run = grid[name]
+    assert {k for k in run.args if run.args[k] != grid["base"].args.get(k)} == set(change)
+    config = base.get_config(arg(run)).to_dict()
+    assert config != base_config, name  # the ingredient reaches the config
+  assert base.get_config(arg(grid["lr1e-4"])).optimizer.lr == 1e-4
+  assert base.get_config(arg(grid["temp0.02"])).loss.temperature == 0.02
+  assert report.BASELINES["ingredients"] == "base"
+
+
 def test_ablation_table_pairs_each_row_with_the_one_before():
   runs = {name: dict(_trained(_fake_summary({"en": np.full(40, ap)}, name)), wall_seconds=120)
           for name, ap in (("recipe1-base", 0.5), ("recipe2-negatives", 0.54),
@@ -343,3 +361,31 @@ def test_set_gives_every_run_checked_typed_args():
     experiments.shared_args("e5-small", 300, 32, "full", ["negativs=3"])
   with pytest.raises(ValueError, match=r"--set \['steps'\]: set by their own flags"):
     experiments.shared_args("e5-small", 300, 32, "full", ["steps=10"])
+
+
+def test_seed_widened_table_borrows_the_seed_sd_of_other_runs(tmp_path):
+  # Seed runs of the base: AP .5 + (0, +.02, -.02) on every query, sd .020. The one-seed
+  # ingredient is +.030 on every query: its query-only CI is [+.030, +.030]; widened by
+  # sqrt(2) x .020 x 1.96 = .055 it is [-.025, +.085] and no longer excludes 0.
+  seeds = tmp_path / "strategies"
+  seeds.mkdir()
+  for s, off in enumerate((0.0, 0.02, -0.02)):
+    name = "hybrid" if s == 0 else f"hybrid-seed{s}"
+    (seeds / f"{name}.json").write_text(json.dumps(_trained(_fake_summary(
+        {"en": np.full(60, 0.5 + off), "de": np.full(40, 0.5 + off)}, name))))
+  runs = {n: _trained(_fake_summary({"en": np.full(60, ap), "de": np.full(40, ap)}, n))
+          for n, ap in (("base", 0.5), ("lr1e-4", 0.53))}
+  sd, n_seeds = report.seed_sd_of(str(seeds / "hybrid"), "toy")
+  assert n_seeds == 3 and sd["mo_map"] == pytest.approx(0.02)
+  pairs = report._one_seed_pairs(runs, "ingredients", "base")
+  assert pairs == [("lr1e-4", "base")]
+  text = report.seed_widened_table(runs, "toy", pairs, str(seeds / "hybrid"))
+  row = next(l for l in text.splitlines() if l.startswith("| lr1e-4 (vs base) |"))
+  assert row.split("|")[2].strip().startswith("+0.030 [-0.025, +0.085] p=0.28")
+  # The recipe's rows are each paired with the row before.
+  assert report._one_seed_pairs({"recipe2-b": runs["base"], "recipe1-a": runs["base"],
+                                 "recipe3-c": runs["base"]}, "recipe", None) == [
+      ("recipe2-b", "recipe1-a"), ("recipe3-c", "recipe2-b")]
+  (seeds / "hybrid-seed1.json").unlink(), (seeds / "hybrid-seed2.json").unlink()
+  with pytest.raises(ValueError, match="1 seed"):
+    report.seed_sd_of(str(seeds / "hybrid"), "toy")

@@ -1,4 +1,6 @@
 """Paired bootstrap and randomisation test on synthetic runs whose answer is known."""
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -138,3 +140,38 @@ def test_seed_bootstrap_difference_exact_shift_and_no_difference():
   assert r.ci_low < 0 < r.ci_high and r.p_value > 0.05
   with pytest.raises(ValueError, match='different queries'):
     stats.seed_bootstrap(a, b[:, :10])
+
+
+# --- one-seed comparisons widened by a seed sd measured elsewhere ---
+
+def test_widen_by_seed_sd_zero_sd_keeps_the_query_ci_and_known_seed_part():
+  c = stats.PairedComparison(mean_diff=0.01, ci_low=0.004, ci_high=0.016, p_value=0.001, n=100)
+  low, high, p = stats.widen_by_seed_sd(c, 0.0)
+  assert (low, high) == pytest.approx((0.004, 0.016))
+  # No query noise at all: the half-width is z * sqrt(2) * sd, so a difference of exactly that
+  # size sits on the CI's edge, p = .05.
+  flat = stats.PairedComparison(mean_diff=1.959964 * np.sqrt(2) * 0.01, ci_low=0, ci_high=0,
+                                p_value=0.0, n=100)
+  flat = dataclasses.replace(flat, ci_low=flat.mean_diff, ci_high=flat.mean_diff)
+  low, high, p = stats.widen_by_seed_sd(flat, 0.01)
+  assert low == pytest.approx(0, abs=1e-6) and p == pytest.approx(0.05, abs=1e-4)
+
+
+def test_widened_ci_covers_seed_noise_where_the_query_ci_does_not():
+  # Two configs of equal true quality; each run adds its own training-seed offset N(0, .01) to
+  # every query. The query-only CI of their difference misses 0 far more than 5% of the time;
+  # the CI widened by the (known) seed sd covers it about 95% of the time.
+  rng = np.random.default_rng(0)
+  n, sims, sd = 200, 200, 0.01
+  langs = _langs(n)
+  truth = rng.random(n)
+  query_only = widened = 0
+  for s in range(sims):
+    a = truth + rng.normal(0, 0.02, n) + rng.normal(0, sd)
+    b = truth + rng.normal(0, 0.02, n) + rng.normal(0, sd)
+    c = stats.compare(a, b, n_resamples=400, seed=s, strata=langs)
+    query_only += c.ci_low <= 0 <= c.ci_high
+    low, high, _ = stats.widen_by_seed_sd(c, sd)
+    widened += low <= 0 <= high
+  assert query_only / sims < 0.6
+  assert 0.9 <= widened / sims <= 0.99

@@ -13,6 +13,8 @@ Both are seeded, vectorised numpy, and drop no value silently (NaNs raise).
 Related: scipy.stats.bootstrap / permutation_test(permutation_type='samples') agree (tested).
 """
 import dataclasses
+import math
+import statistics
 
 import numpy as np
 
@@ -196,3 +198,23 @@ def seed_bootstrap(a, b=None, *, strata=None, n_resamples: int = 10_000,
   return SeedComparison(mean=point, ci_low=float(low), ci_high=float(high), p_value=p,
                         seed_means=per_seed,
                         seed_sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0)
+
+
+def widen_by_seed_sd(c: PairedComparison, seed_sd: float, *, confidence: float = 0.95
+                     ) -> tuple[float, float, float]:
+  """(CI low, CI high, two-sided p) of a one-seed paired difference, widened by training-seed
+  variance measured elsewhere: Var(Δ) = Var_queries(Δ) + 2 seed_sd² (each side is one run).
+
+  Inputs: `c` from `compare` (its percentile CI gives the query part, read as a normal
+  half-width); `seed_sd`: the sd over training seeds of the macro metric of a comparable run
+  (e.g. the base config's 3 seeds, `SeedComparison.seed_sd`). Normal approximation.
+  Recommended for: ablation and sweep tables that have one seed per row, when training every
+  row on several seeds costs too much; it assumes each row's seed spread is the base's. Where
+  rows do have several seeds, `seed_bootstrap` measures it instead of assuming it.
+  """
+  z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+  se = math.hypot((c.ci_high - c.ci_low) / (2 * z), math.sqrt(2) * seed_sd)
+  if se == 0:
+    return c.mean_diff, c.mean_diff, 1.0 if c.mean_diff == 0 else 0.0
+  p = 2 * (1 - statistics.NormalDist().cdf(abs(c.mean_diff) / se))
+  return c.mean_diff - z * se, c.mean_diff + z * se, p
