@@ -955,7 +955,14 @@ def _worker(spec_path: str, out_path: str) -> None:
     from hybrid_ir import report
     report.compare_files = lambda before, after: calls.append("compare") or ""
     report.before_after = lambda workdir: calls.append("before_after") or ""
-    report.write_report = lambda experiment, d: calls.append(f"write_report {d}") or ""
+
+    def write_report(experiment, d, seed_sd_from=None):
+      # --seed_sd_from DIR/RUN names the first seed's summary, DIR/RUN.json.
+      if seed_sd_from and not pathlib.Path(f"{seed_sd_from}.json").is_file():
+        raise FileNotFoundError(f"--seed_sd_from {seed_sd_from}: no {seed_sd_from}.json")
+      calls.append(f"write_report {d}")
+      return ""
+    report.write_report = write_report
     report.write_versus = lambda before, after: calls.append(f"write_versus {after}") or ""
     for cid, argv in commands:
       results[cid] = _run_one(report.main, argv, calls)
