@@ -14,7 +14,8 @@ CASES = [
     ("configs/use_m3.py", None), ("configs/demo.py", None), ("configs/demo.py", "runlocal"),
     ("configs/paper/xlmr_hybrid.py", None), ("configs/paper/xlmr_hybrid.py", "mono"),
     ("configs/paper/xlmr_hybrid.py", "cross"), ("configs/paper/labse_hybrid.py", None),
-    ("configs/experiments/base.py", None),
+    ("configs/experiments/base.py", None), ("configs/recipe.py", None),
+    ("configs/recipe.py", "seed=1,mono=1.0,cross=0.0,size=mini"),
     ("configs/experiments/base.py", "train=mlqa-r,mono=1.0,cross=0.0,langs=en+de,size=mini"),
 ]
 
@@ -79,3 +80,15 @@ def test_a_checkpoint_saved_before_a_key_was_added_resumes_under_its_old_meaning
   refused, _ = config_flags.config_changes(
       {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}}, {"optimizer": {"lr": 0.1}})
   assert refused == [("optimizer.embedding_update", "lazy", "<absent>")]
+
+
+def test_recipe_config_is_the_experiment_config_with_its_args_and_takes_overrides(monkeypatch):
+  monkeypatch.chdir(REPO)
+  from configs import recipe
+  from configs.experiments import base
+  arg = ",".join(f"{k}={v}" for k, v in recipe.RECIPE.items())
+  assert recipe.get_config().to_dict() == base.get_config(arg).to_dict()
+  c = recipe.get_config("seed=1,temp=0.05")
+  assert (c.seed, c.loss.temperature, c.total_steps, c.input.packing) == (1, 0.05, 300, True)
+  with pytest.raises(ValueError, match="expected key=value"):
+    recipe.get_config("alpha=0.5")
