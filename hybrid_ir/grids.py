@@ -50,8 +50,9 @@ RECIPE = (("base", {}), ("negatives", dict(negatives=3)), ("bitext", dict(bitext
 # .05), each paired against the base: what each is worth alone, where RECIPE's cumulative rows
 # carry every earlier ingredient (and its cost) along.
 INGREDIENTS = (("lr1e-4", dict(lr=1e-4)), ("temp0.02", dict(temp=0.02)),
-               ("temp0.01", dict(temp=0.01)), ("bitext", dict(bitext="lohelp+bible")), ("symmetric", dict(symmetric=1)),
-               ("negatives", dict(negatives=3)), ("steps300", dict(steps=300)))
+               ("temp0.01", dict(temp=0.01)), ("bitext", dict(bitext="lohelp+bible")),
+               ("symmetric", dict(symmetric=1)), ("negatives", dict(negatives=3)),
+               ("steps300", dict(steps=300)))
 STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
 
 
