@@ -238,13 +238,13 @@ def ablation_table(runs: dict[str, dict], dataset: str) -> str:
   """The recipe's ablation: each trained run paired against the row before it (what its one
   ingredient changed), with its wall time."""
   # recipe1-..., recipe2-...: sorted is the grid's order; seed 0 (other seeds: seed_table).
-  names = sorted(n for n, r in runs.items()
-                 if r.get("loss_curve") and dataset in r["datasets"] and not grids.seed_of(n)[1])
+  pairs = _one_seed_pairs({n: r for n, r in runs.items() if dataset in r["datasets"]}, "recipe",
+                          None)
   lines = [f"Each ingredient against the row before it ({dataset}; paired by query, 95% CI, "
            f"randomisation p; {N_RESAMPLES} resamples):", "",
            "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " | wall time |",
            "|---|" + "---|" * (len(TESTED) + 1)]
-  for prev, name in zip(names, names[1:]):
+  for name, prev in pairs:
     vec = _vectors(runs[name]["datasets"][dataset])
     base = _vectors(runs[prev]["datasets"][dataset])
     minutes = (runs[name].get("wall_seconds") or float("nan")) / 60
