@@ -1,6 +1,6 @@
 """Runs -> markdown tables with 95% CIs and paired tests, and PNG plots.
 
-  python -m hybrid_ir.report compare BEFORE.json AFTER.json   # two eval.py outputs
+  python -m hybrid_ir.report compare BEFORE.json AFTER.json   # two eval.py outputs or run summaries
   python -m hybrid_ir.report before-after WORKDIR             # untrained vs last step (the demo)
   python -m hybrid_ir.report <experiment> [--results DIR]     # DIR/<experiment>/*.json
   python -m hybrid_ir.report versus BEFORE_DIR AFTER_DIR       # the runs both hold, paired
@@ -553,14 +553,30 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
   return text
 
 
+def _datasets_of(path: pathlib.Path) -> dict[str, dict]:
+  """{dataset: compact LAReQA result} of an eval.py output (W/eval/<tag>.json) or of a run
+  summary under results/ (which holds them compacted already)."""
+  data = json.loads(path.read_text())
+  if "details" in data:
+    return {n: compact(d) for n, d in lareqa_details(data).items()}
+  if "datasets" in data:
+    return data["datasets"]
+  raise ValueError(f"{path}: neither a hybrid_ir.eval output (no 'details') nor a run summary "
+                   "under results/ (no 'datasets')")
+
+
 def compare_files(before: pathlib.Path, after: pathlib.Path) -> str:
-  """Before/after table of two eval.py outputs (the demo), paired by query."""
-  runs = {}
-  for label, path in (("before", before), ("after", after)):
-    ev = json.loads(path.read_text())
-    runs[label] = {"datasets": {n: compact(d) for n, d in lareqa_details(ev).items()}}
+  """Before/after table of two eval.py outputs or run summaries (the demo; any two runs of one
+  evaluation set), paired by query, over the datasets both were evaluated on."""
+  runs = {label: {"datasets": _datasets_of(path)}
+          for label, path in (("before", before), ("after", after))}
+  shared = [d for d in runs["before"]["datasets"] if d in runs["after"]["datasets"]]
+  if not shared:
+    raise ValueError(f"{before} ({', '.join(runs['before']['datasets']) or 'none'}) and {after} "
+                     f"({', '.join(runs['after']['datasets']) or 'none'}) share no LAReQA "
+                     "evaluation set")
   out = []
-  for dataset in runs["before"]["datasets"]:
+  for dataset in shared:
     out += [comparison_table(runs, dataset, "before"), ""]
   return "\n".join(out)
 
@@ -619,9 +635,11 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m hybrid_ir.report", description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  p = sub.add_parser("compare", help="paired before/after table of two hybrid_ir.eval outputs")
-  p.add_argument("before", type=pathlib.Path, help="eval output JSON (W/eval/<tag>.json)")
-  p.add_argument("after", type=pathlib.Path, help="eval output JSON of the run compared")
+  p = sub.add_parser("compare", help="paired before/after table of two runs: hybrid_ir.eval "
+                     "outputs or run summaries under results/")
+  p.add_argument("before", type=pathlib.Path,
+                 help="W/eval/<tag>.json or results/.../<run>.json (the baseline)")
+  p.add_argument("after", type=pathlib.Path, help="the run compared (after - before)")
   p = sub.add_parser("before-after", help="the demo's table: W/eval/pretrained.json vs the newest "
                      "W/eval/step_<N>.json")
   p.add_argument("workdir", type=pathlib.Path)

@@ -78,7 +78,7 @@ PLACEHOLDERS = {
     "<dir>": "{tmp}/dir",                           # train.py's synopsis: the workdir
     "<workdirs>/<run>": "{tmp}/workdirs/run",       # experiments.py: a run's workdir
     "N": "1",                                       # --step N, --workers N
-    "BEFORE.json": "{tmp}/BEFORE.json",             # report compare: two eval outputs
+    "BEFORE.json": "{tmp}/BEFORE.json",             # report compare: two runs' JSONs
     "AFTER.json": "{tmp}/AFTER.json",
     "BEFORE_DIR": "results/before_identity_fix/use_m3/strategies",  # report versus: two folders
     "AFTER_DIR": "results/use_m3/strategies",

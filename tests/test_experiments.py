@@ -137,6 +137,26 @@ def test_comparison_table_ci_and_paired_test_on_known_runs():
   assert "0.600 [0.600, 0.600]" in row  # its own macro mean (0.5 + 0.7) / 2 with its CI
 
 
+def test_report_compare_pairs_two_run_summaries_and_names_what_it_cannot_read(tmp_path, capsys):
+  # Any two runs under results/ (e.g. hybrid against X-Y of one direction), paired by query.
+  base = _fake_summary({"en": np.full(30, 0.5), "de": np.full(10, 0.5)}, "base")
+  better = _fake_summary({"en": np.full(30, 0.5), "de": np.full(10, 0.7)}, "better")
+  for name, run in (("base", base), ("better", better)):
+    (tmp_path / f"{name}.json").write_text(json.dumps(run))
+  text = _main(capsys, "compare", str(tmp_path / "base.json"), str(tmp_path / "better.json"))
+  assert "Paired against **before**" in text
+  paired = next(l for l in text.splitlines() if l.startswith("| after |") and "p=" in l)
+  assert paired.count("+0.100 [+0.100, +0.100]") == 3  # Mo, Cr, Mul: macro (0 + .2) / 2
+  other = {**better, "datasets": {"other": better["datasets"]["toy"]}}
+  (tmp_path / "other.json").write_text(json.dumps(other))
+  with pytest.raises(SystemExit, match=r"base.json \(toy\) and .*other.json \(other\) share "
+                                       r"no LAReQA evaluation set"):
+    report.main(["report", "compare", str(tmp_path / "base.json"), str(tmp_path / "other.json")])
+  (tmp_path / "config.json").write_text(json.dumps({"steps": 3}))
+  with pytest.raises(SystemExit, match=r"config.json: neither a hybrid_ir.eval output"):
+    report.main(["report", "compare", str(tmp_path / "base.json"), str(tmp_path / "config.json")])
+
+
 def test_seen_unseen_table_groups_by_query_language_with_paired_gains():
   # Untrained: AP .5 everywhere. Trained on en only: en +.2, de +.1 (3 en queries per de query).
   base = _fake_summary({"en": np.full(300, 0.5), "de": np.full(100, 0.5)}, "pretrained")
