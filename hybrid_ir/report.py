@@ -526,6 +526,10 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
       parts += [f"![loss curves]({png.name})", ""]
       best = max(trained, key=lambda n: trained[n]["datasets"][dataset]["metrics"]["cr_map"])
       png = directory / f"heatmap_{dataset}_{best}.png"
+      # A new run can change which one is best: an older run's heatmap would linger unreferenced.
+      for old in directory.glob(f"heatmap_{dataset}_*.png"):
+        if old != png:
+          old.unlink()
       plot_heatmap(trained[best], dataset, f"{best}: mAP, query x candidate language", png)
       parts += [f"![heatmap]({png.name})", ""]
     if experiment == "ratio":

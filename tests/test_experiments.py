@@ -157,6 +157,21 @@ def test_report_compare_pairs_two_run_summaries_and_names_what_it_cannot_read(tm
     report.main(["report", "compare", str(tmp_path / "base.json"), str(tmp_path / "config.json")])
 
 
+def test_report_keeps_only_the_heatmap_it_references(tmp_path):
+  runs = tmp_path / "strategies"
+  _write_runs(runs)
+  for name in ("xquad-r-mono", "xquad-r-hybrid"):  # trained runs: they have a loss curve
+    summary = json.loads((runs / f"{name}.json").read_text())
+    summary["loss_curve"] = [{"step": s, "train/loss_mono": 1.0 / s} for s in (1, 2)]
+    (runs / f"{name}.json").write_text(json.dumps(summary))
+  (runs / "heatmap_toy_xquad-r-old.png").write_bytes(b"from an earlier report")
+  (runs / "heatmap_other_xquad-r-mono.png").write_bytes(b"another evaluation set's")
+  text = report.write_report("strategies", runs)
+  assert "![heatmap](heatmap_toy_xquad-r-hybrid.png)" in text  # the best Cr of the two
+  assert sorted(p.name for p in runs.glob("heatmap_*.png")) == [
+      "heatmap_other_xquad-r-mono.png", "heatmap_toy_xquad-r-hybrid.png"]
+
+
 def test_seen_unseen_table_groups_by_query_language_with_paired_gains():
   # Untrained: AP .5 everywhere. Trained on en only: en +.2, de +.1 (3 en queries per de query).
   base = _fake_summary({"en": np.full(300, 0.5), "de": np.full(100, 0.5)}, "pretrained")
