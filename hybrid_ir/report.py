@@ -569,9 +569,13 @@ def _datasets_of(path: pathlib.Path) -> dict[str, dict]:
                    "under results/ (no 'datasets')")
 
 
-def compare_files(before: pathlib.Path, after: pathlib.Path) -> str:
+def compare_files(before: pathlib.Path, after: pathlib.Path, seed_sd_from: str | None = None
+                  ) -> str:
   """Before/after table of two eval.py outputs or run summaries (the demo; any two runs of one
-  evaluation set), paired by query, over the datasets both were evaluated on."""
+  evaluation set), paired by query, over the datasets both were evaluated on.
+
+  seed_sd_from: '<dir>/<run name>' of runs with several training seeds; the pair then also gets
+  CIs widened by their seed sd (`seed_widened_table`)."""
   runs = {label: {"datasets": _datasets_of(path)}
           for label, path in (("before", before), ("after", after))}
   shared = [d for d in runs["before"]["datasets"] if d in runs["after"]["datasets"]]
@@ -582,6 +586,8 @@ def compare_files(before: pathlib.Path, after: pathlib.Path) -> str:
   out = []
   for dataset in shared:
     out += [comparison_table(runs, dataset, "before"), ""]
+    if seed_sd_from:
+      out += [seed_widened_table(runs, dataset, [("after", "before")], seed_sd_from), ""]
   return "\n".join(out)
 
 
@@ -644,6 +650,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("before", type=pathlib.Path,
                  help="W/eval/<tag>.json or results/.../<run>.json (the baseline)")
   p.add_argument("after", type=pathlib.Path, help="the run compared (after - before)")
+  p.add_argument("--seed_sd_from", default=None, metavar="DIR/RUN",
+                 help="runs trained on several seeds (e.g. results/e5_small/recipe_e5/strategies/"
+                 "xquad-r-hybrid): the pair also gets CIs widened by their seed sd")
   p = sub.add_parser("before-after", help="the demo's table: W/eval/pretrained.json vs the newest "
                      "W/eval/step_<N>.json")
   p.add_argument("workdir", type=pathlib.Path)
@@ -668,7 +677,7 @@ def main(argv: list[str]) -> None:
   args = _parser().parse_args(argv[1:])
   try:
     if args.command == "compare":
-      print(compare_files(args.before, args.after))
+      print(compare_files(args.before, args.after, args.seed_sd_from))
     elif args.command == "before-after":
       print(before_after(args.workdir))
     elif args.command == "versus":

@@ -953,7 +953,12 @@ def _worker(spec_path: str, out_path: str) -> None:
   results, calls = {}, []
   if module == "hybrid_ir.report":
     from hybrid_ir import report
-    report.compare_files = lambda before, after: calls.append("compare") or ""
+    def compare_files(before, after, seed_sd_from=None):
+      if seed_sd_from and not pathlib.Path(f"{seed_sd_from}.json").is_file():
+        raise FileNotFoundError(f"--seed_sd_from {seed_sd_from}: no {seed_sd_from}.json")
+      calls.append("compare")
+      return ""
+    report.compare_files = compare_files
     report.before_after = lambda workdir: calls.append("before_after") or ""
 
     def write_report(experiment, d, seed_sd_from=None):

@@ -147,6 +147,19 @@ def test_report_compare_pairs_two_run_summaries_and_names_what_it_cannot_read(tm
   assert "Paired against **before**" in text
   paired = next(l for l in text.splitlines() if l.startswith("| after |") and "p=" in l)
   assert paired.count("+0.100 [+0.100, +0.100]") == 3  # Mo, Cr, Mul: macro (0 + .2) / 2
+  # With the seed sd of a run trained twice (macro .50 and .55: sd .0354), the pair's CI widens
+  # from the queries' zero width to +-1.96 sqrt(2) sd = +-.098 (Var = Var over queries + 2 sd^2).
+  seeds = tmp_path / "seeds"
+  seeds.mkdir()
+  for name, en in (("r", 0.5), ("r-seed1", 0.6)):
+    run = _fake_summary({"en": np.full(30, en), "de": np.full(10, 0.5)}, name)
+    (seeds / f"{name}.json").write_text(json.dumps(run))
+  widened = _main(capsys, "compare", str(tmp_path / "base.json"), str(tmp_path / "better.json"),
+                  "--seed_sd_from", str(seeds / "r"))
+  assert widened.startswith(text.rstrip("\n"))
+  assert "widened by the training-seed sd of" in widened
+  row = next(l for l in widened.splitlines() if l.startswith("| after (vs before) |"))
+  assert row.count("+0.100 [+0.002, +0.198]") == 3
   other = {**better, "datasets": {"other": better["datasets"]["toy"]}}
   (tmp_path / "other.json").write_text(json.dumps(other))
   with pytest.raises(SystemExit, match=r"base.json \(toy\) and .*other.json \(other\) share "
