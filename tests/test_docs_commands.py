@@ -953,18 +953,21 @@ def _worker(spec_path: str, out_path: str) -> None:
   results, calls = {}, []
   if module == "hybrid_ir.report":
     from hybrid_ir import report
-    def compare_files(before, after, seed_sd_from=None):
+
+    def check_seed_sd_from(seed_sd_from):
+      # --seed_sd_from DIR/RUN names the first seed's summary, DIR/RUN.json.
       if seed_sd_from and not pathlib.Path(f"{seed_sd_from}.json").is_file():
         raise FileNotFoundError(f"--seed_sd_from {seed_sd_from}: no {seed_sd_from}.json")
+
+    def compare_files(before, after, seed_sd_from=None):
+      check_seed_sd_from(seed_sd_from)
       calls.append("compare")
       return ""
     report.compare_files = compare_files
     report.before_after = lambda workdir: calls.append("before_after") or ""
 
     def write_report(experiment, d, seed_sd_from=None):
-      # --seed_sd_from DIR/RUN names the first seed's summary, DIR/RUN.json.
-      if seed_sd_from and not pathlib.Path(f"{seed_sd_from}.json").is_file():
-        raise FileNotFoundError(f"--seed_sd_from {seed_sd_from}: no {seed_sd_from}.json")
+      check_seed_sd_from(seed_sd_from)
       calls.append(f"write_report {d}")
       return ""
     report.write_report = write_report
