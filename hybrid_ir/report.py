@@ -425,6 +425,25 @@ def parallel_table(runs: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
+def loss_table(runs: dict[str, dict]) -> str:
+  """Each run's mean loss per batch type over the first fifth of the log windows that saw that
+  type and over the last fifth (at least one each): one window is noisy, and the types differ in
+  difficulty, so only a cell's own change and one column's runs are comparable."""
+  kinds = [k for k in ("mono", "cross", "mixed")
+           if any(f"train/loss_{k}" in r for run in runs.values() for r in run["loss_curve"])]
+  lines = ["Mean InfoNCE loss per batch type, first fifth of its log windows → last fifth:", "",
+           "| run | " + " | ".join(f"{k} batches" for k in kinds) + " |",
+           "|---|" + "---|" * len(kinds)]
+  for name, run in runs.items():
+    cells = []
+    for kind in kinds:
+      values = [r[f"train/loss_{kind}"] for r in run["loss_curve"] if f"train/loss_{kind}" in r]
+      k = -(-len(values) // 5)
+      cells.append(f"{np.mean(values[:k]):.3f} → {np.mean(values[-k:]):.3f}" if values else "—")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot_metric_vs(xs: list[float], runs: list[dict], dataset: str, xlabel: str,
                    path: pathlib.Path) -> None:
   """Mo/Cr/Mul mAP against `xs`, with each run's 95% CI as error bars."""
@@ -523,6 +542,8 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
     if trained:
       png = directory / f"loss_{dataset}.png"
       plot_loss_curves(trained, png)
+      if experiment == "ratio":
+        parts += [loss_table(trained), ""]
       parts += [f"![loss curves]({png.name})", ""]
       best = max(trained, key=lambda n: trained[n]["datasets"][dataset]["metrics"]["cr_map"])
       png = directory / f"heatmap_{dataset}_{best}.png"

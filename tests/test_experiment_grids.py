@@ -26,8 +26,8 @@ def grids(tmp_path_factory):
 def test_ratio_report_has_every_alpha_in_order_paired_against_mono(grids):
   text, out_dir = grids["ratio"]
   names = [r.name for r in experiments.runs("ratio")]
-  # The metric and paired tables; the parallel-query table after them is checked below.
-  rows = _table_rows(text.split("Squared distance between")[0], "mlqa-r")
+  # The metric and paired tables; the loss and parallel-query tables after them are checked below.
+  rows = _table_rows(text.split("Mean InfoNCE loss per batch type")[0], "mlqa-r")
   assert rows[:len(names)] == names  # alpha0, alpha0.25, ..., alpha1, not string order
   assert "Paired against **alpha1**" in text  # alpha = 1: X-X-mono only
   assert rows[len(names):] == [n for n in names if n != "alpha1"]
@@ -37,6 +37,10 @@ def test_ratio_report_has_every_alpha_in_order_paired_against_mono(grids):
   summary = json.loads((out_dir / "alpha0.5.json").read_text())
   assert [r["step"] for r in summary["parallel_curve"]] == [1, 2]
   assert all(0 <= r["sq_dist"] <= 4 for r in summary["parallel_curve"])
+  losses = text.split("Mean InfoNCE loss per batch type")[1].split("Squared distance")[0]
+  assert [l.split("|")[1].strip() for l in losses.splitlines() if l.startswith("| alpha")] == [
+      n for n in names if n.startswith("alpha")]
+  assert "| run | mono batches | cross batches |" in losses
   table = text.split("Squared distance between the embeddings of parallel queries")[1]
   assert [l.split("|")[1].strip() for l in table.splitlines() if l.startswith("| alpha")] == [
       n for n in names if n.startswith("alpha")]

@@ -185,6 +185,19 @@ def test_report_keeps_only_the_heatmap_it_references(tmp_path):
       "heatmap_other_xquad-r-mono.png", "heatmap_toy_xquad-r-hybrid.png"]
 
 
+def test_loss_table_averages_each_batch_type_over_its_first_and_last_fifth():
+  # mono logged at 10 steps: its first fifth is steps 1-2, its last steps 9-10.
+  curve = [{"step": s, "train/loss": 9.0, "train/loss_mono": 10.0 - s} for s in range(1, 11)]
+  for r in curve[::2]:
+    r["train/loss_cross"] = 2.0 * r["step"]  # 5 windows (odd steps): step 1, then step 9
+  mono_only = [{"step": s, "train/loss_mono": 1.0} for s in (1, 5, 10)]
+  rows = report.loss_table({"a": {"loss_curve": curve}, "b": {"loss_curve": mono_only}})
+  lines = rows.splitlines()
+  assert lines[2] == "| run | mono batches | cross batches |"
+  assert lines[4] == "| a | 8.500 → 0.500 | 2.000 → 18.000 |"
+  assert lines[5] == "| b | 1.000 → 1.000 | — |"
+
+
 def test_seen_unseen_table_groups_by_query_language_with_paired_gains():
   # Untrained: AP .5 everywhere. Trained on en only: en +.2, de +.1 (3 en queries per de query).
   base = _fake_summary({"en": np.full(300, 0.5), "de": np.full(100, 0.5)}, "pretrained")
