@@ -376,12 +376,17 @@ def _plt():
   return plt
 
 
+def _loss_kinds(runs: dict[str, dict]) -> list[str]:
+  """The batch types whose loss any of `runs` logged, in a fixed order."""
+  return [k for k in ("mono", "cross", "mixed")
+          if any(f"train/loss_{k}" in r for run in runs.values() for r in run["loss_curve"])]
+
+
 def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
   """One panel per batch type, one line per run: each batch type has its own difficulty (an X-Y
   batch's loss sits above a mono batch's), so only same-type curves are comparable."""
   plt = _plt()
-  kinds = [k for k in ("mono", "cross", "mixed")
-           if any(f"train/loss_{k}" in r for run in runs.values() for r in run["loss_curve"])]
+  kinds = _loss_kinds(runs)
   fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), sharey=True,
                            squeeze=False)
   colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
@@ -429,8 +434,7 @@ def loss_table(runs: dict[str, dict]) -> str:
   """Each run's mean loss per batch type over the first fifth of the log windows that saw that
   type and over the last fifth (at least one each): one window is noisy, and the types differ in
   difficulty, so only a cell's own change and one column's runs are comparable."""
-  kinds = [k for k in ("mono", "cross", "mixed")
-           if any(f"train/loss_{k}" in r for run in runs.values() for r in run["loss_curve"])]
+  kinds = _loss_kinds(runs)
   lines = ["Mean InfoNCE loss per batch type, first fifth of its log windows → last fifth:", "",
            "| run | " + " | ".join(f"{k} batches" for k in kinds) + " |",
            "|---|" + "---|" * len(kinds)]
