@@ -46,7 +46,8 @@ TEMPERATURE = 0.05
 LOSS_TOLERANCE = 1e-4
 
 
-def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict[str, list[float]]:
+def interleaved(fns: dict, reps: int, warmup: int = 2,
+                verbose: bool = True) -> dict[str, list[float]]:
   """Times of `reps` rounds, each calling every fn once in turn, after `warmup` calls of each
   (compile, first-touch allocation). Interleaving gives every fn the same background load."""
   for fn in fns.values():
@@ -58,7 +59,8 @@ def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict[str, list[float]]
       t = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - t)
-    print(f"  round {r + 1}/{reps}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()
+    if verbose:
+      print(f"  round {r + 1}/{reps}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()
                                                   if t[-1] > 0.05), flush=True)
   return times
 

@@ -2,16 +2,24 @@ r"""What the e5-small train step's extras cost: train.py's step against the same
 three global norms it reports (gradient, update, parameters) and its `ok` flag, interleaved in one
 process, same weights and batch as bench_peer (32 queries x 32 tokens + 32 passages x 64).
 
-Run it once per XLA_FLAGS setting to compare XLA CPU options side by side (XLA reads the flags at
-start-up, so each setting needs its own process), e.g.:
+`--dots` compares the libraries XLA:CPU can hand its matmuls to, on the same step. XLA reads
+XLA_FLAGS once, at start-up, so each library runs in its own child process, the libraries taking
+turns for `--passes` passes (background load then hits each alike); the table gives each one's
+median step time over its passes, its ratio to XLA's default, the 1024x384x1536 matmul probe's
+rate in the same process, and its last loss. jax 0.10's
+default is YNNPACK ("__ynn_fusion"), and it claims every dot before the older switches are read:
+`--xla_cpu_use_onednn=true` alone changes nothing. Each other library therefore turns YNNPACK off
+first (`--xla_cpu_experimental_ynn_fusion_type=` with an empty list).
 
-  for f in "" --xla_cpu_use_onednn=true "" --xla_cpu_use_onednn=true; do
-    XLA_FLAGS="$f" PYTHONPATH=. python benchmarks/bench_step_variants.py; done
+  PYTHONPATH=. python benchmarks/bench_step_variants.py                 # one process, ~2 min
+  PYTHONPATH=. python benchmarks/bench_step_variants.py --dots --passes 2   # ~15 min on 2 cores
 """
 import argparse
 import functools
 import os
 import pathlib
+import re
+import subprocess
 import sys
 import time
 
@@ -21,12 +29,55 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+DOT_LIBRARIES = {
+    "XLA default (YNNPACK)": "",
+    "oneDNN": f"{NO_YNN} --xla_cpu_use_onednn=true",
+    "XNNPACK": f"{NO_YNN} --xla_cpu_experimental_xnn_fusion_type=dot",
+    "Eigen (XLA's own)": NO_YNN,
+}
+
+
+def compare_dots(reps: int, passes: int, data_dir: str) -> int:
+  """Runs this benchmark once per dot library per pass, in child processes, and tabulates them."""
+  runs = {name: [] for name in DOT_LIBRARIES}
+  for p in range(passes):
+    for name, flags in DOT_LIBRARIES.items():
+      env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
+      child = subprocess.run([sys.executable, __file__, "--reps", str(reps), "--data_dir", data_dir],
+                             env=env, capture_output=True, text=True)
+      if child.returncode:
+        raise SystemExit(f"{name} (XLA_FLAGS={env['XLA_FLAGS']!r}) failed:\n{child.stderr[-3000:]}")
+      out = child.stdout
+      step = float(re.search(r"train.py's step ([\d.]+) s", out).group(1))
+      loss = re.search(r"last loss ([\d.]+)", out).group(1)
+      probe = float(re.search(r"matmul probe (\d+) GFLOP/s", out).group(1))
+      runs[name].append((step, probe, loss))
+      print(f"  pass {p + 1}/{passes}, {name}: XLA_FLAGS={env['XLA_FLAGS']!r}: step {step:.2f} s, "
+            f"probe {probe:.0f} GFLOP/s, last loss {loss}", flush=True)
+  base = float(np.median([r[0] for r in runs["XLA default (YNNPACK)"]]))
+  print(f"\ne5-small train step by XLA:CPU dot library ({passes} passes, medians of {reps} steps "
+        f"each; the 1024x384x1536 matmul probe in the same process):\n"
+        f"  {'library':24s} {'s/step':>7s} {'/ default':>9s} {'probe GFLOP/s':>14s}  last loss")
+  for name, r in runs.items():
+    step, probe = (float(np.median(x)) for x in list(zip(*r))[:2])
+    print(f"  {name:24s} {step:7.2f} {step / base:9.2f} {probe:14.0f}  "
+          f"{' '.join(sorted({x[2] for x in r}))}")
+  return 0
+
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--reps", type=int, default=4, help="interleaved rounds (medians of these)")
+  ap.add_argument("--dots", action="store_true",
+                  help="compare XLA:CPU's dot libraries (one child process each, per pass)")
+  ap.add_argument("--passes", type=int, default=2, help="with --dots: turns of every library")
   ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
   args = ap.parse_args(argv)
+  if args.dots:
+    from hybrid_ir.hardware import cpu_model
+    print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} usable cores", flush=True)
+    return compare_dots(args.reps, args.passes, args.data_dir)
 
   import jax
   import jax.numpy as jnp
@@ -34,6 +85,10 @@ def main(argv=None) -> int:
   import bench_peer
   from hybrid_ir import models, sharding, train
   from hybrid_ir.hardware import cpu_model
+  # The probe first, before the model and the compiles. Either way some processes read about one
+  # core's rate (~105 GFLOP/s of ~200 on a 2-core EPYC), at random; the passes spread that out.
+  probe_flops, probes = bench_peer.matmul_probes()
+  probe = bench_peer.interleaved({"xla": probes["probe XLA matmul"]}, 10, verbose=False)
   config = bench_peer.train_config()
   encoder = models.load_encoder(config.model)
   mesh = sharding.make_mesh({"data": -1})
@@ -65,7 +120,8 @@ def main(argv=None) -> int:
   print(f"CPU: {cpu_model()}; jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
         f"last loss {float(m['loss']):.6f}")
   print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()) +
-        f"; ratio {med[lean] / med[full]:.2f}")
+        f"; ratio {med[lean] / med[full]:.2f}; "
+        f"matmul probe {probe_flops / np.median(probe['xla']) / 1e9:.0f} GFLOP/s")
   return 0
 
 
