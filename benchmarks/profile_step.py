@@ -45,20 +45,24 @@ def dot_flops(line: str, shapes: dict) -> int:
   return 2 * int(np.prod(out)) * int(np.prod([lhs[i] for i in contracted]))
 
 
-def op_kinds(hlo: str) -> tuple[dict, dict]:
-  """({entry instruction: kind}, {entry instruction: matmul FLOPs}) of a compiled module's text."""
+def op_kinds(hlo: str) -> tuple[dict, dict, dict]:
+  """({entry instruction: kind}, {entry instruction: matmul FLOPs}, {entry instruction: the jax
+  operation it came from, e.g. 'transpose(jvp())/add_any' for a backward-pass add}) of a compiled
+  module's text."""
   blocks = re.split(r"\n(?=\S)", hlo)
   bodies = {m.group(1): b for b in blocks if (m := re.match(r"%([\w.\-]+) ", b))}
   entry = next(b for b in blocks if b.startswith("ENTRY"))
   shapes_of = lambda b: {m.group(1): dims(m.group(2))  # noqa: E731
                          for m in map(SHAPED.match, b.splitlines()) if m}
   entry_shapes = shapes_of(entry)
-  kind, flops = {}, {}
+  kind, flops, source = {}, {}, {}
   for line in entry.splitlines():
     m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(", line)
     if not m:
       continue
     name, op = m.groups()
+    if (origin := re.search(r'op_name="(?:jit\(\w+\)/)?([^"]+)"', line)):
+      source[name] = re.sub(r"\d+", "#", origin.group(1))
     if op == "dot":
       kind[name], flops[name] = "dot (XLA's own dot thunk)", dot_flops(line, entry_shapes)
     elif op == "fusion":
@@ -69,12 +73,14 @@ def op_kinds(hlo: str) -> tuple[dict, dict]:
       flops[name] = sum(dot_flops(x, shapes_of(body)) for x in dots)
     else:
       kind[name] = op
-  return kind, flops
+  return kind, flops, source
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--steps", type=int, default=2, help="profiled steps (after 2 unprofiled)")
+  ap.add_argument("--top", type=int, default=12,
+                  help="list the jax operations behind the most time outside matmuls")
   ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
   args = ap.parse_args(argv)
 
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
   batch = sharding.host_local_to_global(dict(batch, identity=np.arange(32, dtype=np.int32)), mesh)
   step = train.make_train_step(encoder, config, mesh)
   state = step.init(encoder.params)
-  kind, flops = op_kinds(step.update.lower(state, batch).compile().as_text())
+  kind, flops, source = op_kinds(step.update.lower(state, batch).compile().as_text())
   for _ in range(2):  # compile and first touch
     state, m = step.update(state, batch)
     jax.block_until_ready(m["loss"])
@@ -102,6 +108,7 @@ def main(argv=None) -> int:
     trace = json.load(gzip.open(path))
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   seconds, ops, gflop = collections.Counter(), collections.Counter(), collections.Counter()
+  by_source, source_ops = collections.Counter(), collections.Counter()
   wall = sum(e["dur"] for e in events
              if e.get("ph") == "X" and e["name"] == "ThunkExecutor::Execute (wait for completion)")
   for e in events:
@@ -110,6 +117,9 @@ def main(argv=None) -> int:
       seconds[k] += e["dur"] / 1e6 / args.steps
       ops[k] += 1 / args.steps
       gflop[k] += flops.get(e["name"], 0) / 1e9 / args.steps
+      if not flops.get(e["name"]):
+        by_source[source.get(e["name"], "?")] += e["dur"] / 1e6 / args.steps
+        source_ops[source.get(e["name"], "?")] += 1 / args.steps
   print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} usable cores; jax {jax.__version__}; "
         f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
   print(f"e5-small train step, {args.steps} profiled steps: {wall / 1e6 / args.steps:.2f} s a step "
@@ -118,6 +128,10 @@ def main(argv=None) -> int:
   for k, s in seconds.most_common():
     rate = f"{gflop[k] / s:8.0f}" if gflop[k] else f"{'':8s}"
     print(f"  {k:42s} {ops[k]:6.0f} {s:7.2f} {gflop[k]:7.1f} {rate}")
+  print(f"outside matmuls, the {args.top} jax operations with the most op time (jvp: forward, "
+        f"transpose(jvp): backward, neither: the optimizer and norms; # = any number):")
+  for k, s in by_source.most_common(args.top):
+    print(f"  {s:6.3f} s {source_ops[k]:5.0f} ops  {k[:100]}")
   return 0
 
 
