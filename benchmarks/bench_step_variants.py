@@ -1,6 +1,8 @@
 r"""What the e5-small train step's extras cost: train.py's step against the same step without the
-three global norms it reports (gradient, update, parameters) and its `ok` flag, interleaved in one
-process, same weights and batch as bench_peer (32 queries x 32 tokens + 32 passages x 64).
+three global norms it reports (gradient, update, parameters) and its `ok` flag, and against the
+same step with jax's own exact GELU (`jax.nn.gelu(approximate=False)`, through erfc, which the
+encoder used before its erf form), interleaved in one process, same weights and batch as
+bench_peer (32 queries x 32 tokens + 32 passages x 64).
 
 `--dots` compares the libraries XLA:CPU can hand its matmuls to, on the same step. XLA reads
 XLA_FLAGS once, at start-up, so each library runs in its own child process, the libraries taking
@@ -11,7 +13,7 @@ default is YNNPACK ("__ynn_fusion"), and it claims every dot before the older sw
 `--xla_cpu_use_onednn=true` alone changes nothing. Each other library therefore turns YNNPACK off
 first (`--xla_cpu_experimental_ynn_fusion_type=` with an empty list).
 
-  PYTHONPATH=. python benchmarks/bench_step_variants.py                 # one process, ~2 min
+  PYTHONPATH=. python benchmarks/bench_step_variants.py                 # one process, ~3 min
   PYTHONPATH=. python benchmarks/bench_step_variants.py --dots --passes 2   # ~15 min on 2 cores
 """
 import argparse
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
   import bench_peer
   from hybrid_ir import models, sharding, train
   from hybrid_ir.hardware import cpu_model
+  from hybrid_ir.models import encoder as encoder_lib
   # The probe first, before the model and the compiles. Either way some processes read about one
   # core's rate (~105 GFLOP/s of ~200 on a 2-core EPYC), at random; the passes spread that out.
   probe_flops, probes = bench_peer.matmul_probes()
@@ -105,22 +108,34 @@ def main(argv=None) -> int:
     return dict(optax.apply_updates(trainable, updates), opt_state=opt_state,
                 step=state["step"] + 1), {"loss": loss}
 
+  erfc_step = train.make_train_step(encoder, config, mesh)
+
+  def with_erfc_gelu(state, b):
+    # The encoder reads `gelu` when jit traces it (the first call), so the swap sticks to this
+    # step's compiled program and leaves the others alone.
+    saved, encoder_lib.gelu = encoder_lib.gelu, lambda x: jax.nn.gelu(x, approximate=False)
+    try:
+      return erfc_step.update(state, b)
+    finally:
+      encoder_lib.gelu = saved
+
   fresh = lambda: step.init(jax.tree.map(jnp.copy, encoder.params))  # noqa: E731
-  full, lean = "train.py's step", "without norms and ok"
-  fns = {full: [step.update, fresh()], lean: [bare, fresh()]}
-  times = {k: [] for k in fns}
+  full, lean, erfc = "train.py's step", "without norms and ok", "with jax's erfc GELU"
+  fns = {full: [step.update, fresh()], lean: [bare, fresh()], erfc: [with_erfc_gelu, fresh()]}
+  times, losses = {k: [] for k in fns}, {}
   for r in range(2 + args.reps):  # 2 warm-up rounds (compile)
     for name, f in fns.items():
       t = time.perf_counter()
       f[1], m = f[0](f[1], batch)
       jax.block_until_ready(m["loss"])
+      losses[name] = float(m["loss"])
       if r >= 2:
         times[name].append(time.perf_counter() - t)
   med = {k: float(np.median(v)) for k, v in times.items()}
   print(f"CPU: {cpu_model()}; jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-        f"last loss {float(m['loss']):.6f}")
+        f"last loss {losses[full]:.6f} ({erfc}: {losses[erfc]:.6f})")
   print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()) +
-        f"; ratio {med[lean] / med[full]:.2f}; "
+        f"; ratio {med[lean] / med[full]:.2f}; {erfc} / train.py's {med[erfc] / med[full]:.2f}; "
         f"matmul probe {probe_flops / np.median(probe['xla']) / 1e9:.0f} GFLOP/s")
   return 0
 
