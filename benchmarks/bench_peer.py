@@ -85,6 +85,18 @@ def train_config(model: str = "e5-small"):
       loss=common.loss(temperature=TEMPERATURE)))
 
 
+def our_step(data_dir: str):
+  """(config, encoder, mesh, global batch, train.py's step) for the e5-small batch below, as
+  bench_step_variants and profile_step take them."""
+  from hybrid_ir import models, sharding, train
+  config = train_config()
+  encoder = models.load_encoder(config.model)
+  mesh = sharding.make_mesh({"data": -1})
+  batch = real_batch(encoder, data_dir)
+  batch = sharding.host_local_to_global(dict(batch, identity=np.arange(32, dtype=np.int32)), mesh)
+  return config, encoder, mesh, batch, train.make_train_step(encoder, config, mesh)
+
+
 def real_batch(encoder, data_dir: str, size: int = 32, q_len: int = 32, p_len: int = 64,
                seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
   """`size` XQuAD-R questions (any language) and their answer sentence + paragraph, with the

@@ -85,19 +85,14 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
   import optax
   import bench_peer
-  from hybrid_ir import models, sharding, train
+  from hybrid_ir import train
   from hybrid_ir.hardware import cpu_model
   from hybrid_ir.models import encoder as encoder_lib
   # The probe first, before the model and the compiles. Either way some processes read about one
   # core's rate (~105 GFLOP/s of ~200 on a 2-core EPYC), at random; the passes spread that out.
   probe_flops, probes = bench_peer.matmul_probes()
   probe = bench_peer.interleaved({"xla": probes["probe XLA matmul"]}, 10, verbose=False)
-  config = bench_peer.train_config()
-  encoder = models.load_encoder(config.model)
-  mesh = sharding.make_mesh({"data": -1})
-  batch = bench_peer.real_batch(encoder, args.data_dir)
-  batch = sharding.host_local_to_global(dict(batch, identity=np.arange(32, dtype=np.int32)), mesh)
-  step = train.make_train_step(encoder, config, mesh)
+  config, encoder, mesh, batch, step = bench_peer.our_step(args.data_dir)
   tx, loss_and_grads = train.make_optimizer(config), train.make_loss_and_grads(encoder, config)
 
   @functools.partial(jax.jit, donate_argnums=(0,))

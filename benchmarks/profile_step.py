@@ -86,14 +86,8 @@ def main(argv=None) -> int:
 
   import jax
   import bench_peer
-  from hybrid_ir import models, sharding, train
   from hybrid_ir.hardware import cpu_model
-  config = bench_peer.train_config()
-  encoder = models.load_encoder(config.model)
-  mesh = sharding.make_mesh({"data": -1})
-  batch = bench_peer.real_batch(encoder, args.data_dir)
-  batch = sharding.host_local_to_global(dict(batch, identity=np.arange(32, dtype=np.int32)), mesh)
-  step = train.make_train_step(encoder, config, mesh)
+  _, encoder, _, batch, step = bench_peer.our_step(args.data_dir)
   state = step.init(encoder.params)
   kind, flops, source = op_kinds(step.update.lower(state, batch).compile().as_text())
   for _ in range(2):  # compile and first touch
