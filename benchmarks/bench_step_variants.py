@@ -14,7 +14,7 @@ default is YNNPACK ("__ynn_fusion"), and it claims every dot before the older sw
 first (`--xla_cpu_experimental_ynn_fusion_type=` with an empty list).
 
   PYTHONPATH=. python benchmarks/bench_step_variants.py                 # one process, ~3 min
-  PYTHONPATH=. python benchmarks/bench_step_variants.py --dots --passes 2   # ~15 min on 2 cores
+  PYTHONPATH=. python benchmarks/bench_step_variants.py --dots --passes 2   # ~10 min on 2 cores
 """
 import argparse
 import functools
@@ -46,8 +46,8 @@ def compare_dots(reps: int, passes: int, data_dir: str) -> int:
   for p in range(passes):
     for name, flags in DOT_LIBRARIES.items():
       env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
-      child = subprocess.run([sys.executable, __file__, "--reps", str(reps), "--data_dir", data_dir],
-                             env=env, capture_output=True, text=True)
+      child = subprocess.run([sys.executable, __file__, "--step_only", "--reps", str(reps),
+                              "--data_dir", data_dir], env=env, capture_output=True, text=True)
       if child.returncode:
         raise SystemExit(f"{name} (XLA_FLAGS={env['XLA_FLAGS']!r}) failed:\n{child.stderr[-3000:]}")
       out = child.stdout
@@ -74,6 +74,8 @@ def main(argv=None) -> int:
   ap.add_argument("--dots", action="store_true",
                   help="compare XLA:CPU's dot libraries (one child process each, per pass)")
   ap.add_argument("--passes", type=int, default=2, help="with --dots: turns of every library")
+  ap.add_argument("--step_only", action="store_true",
+                  help="time train.py's step alone (what --dots runs in each child)")
   ap.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
   args = ap.parse_args(argv)
   if args.dots:
@@ -103,8 +105,6 @@ def main(argv=None) -> int:
     return dict(optax.apply_updates(trainable, updates), opt_state=opt_state,
                 step=state["step"] + 1), {"loss": loss}
 
-  erfc_step = train.make_train_step(encoder, config, mesh)
-
   def with_erfc_gelu(state, b):
     # The encoder reads `gelu` when jit traces it (the first call), so the swap sticks to this
     # step's compiled program and leaves the others alone.
@@ -116,7 +116,10 @@ def main(argv=None) -> int:
 
   fresh = lambda: step.init(jax.tree.map(jnp.copy, encoder.params))  # noqa: E731
   full, lean, erfc = "train.py's step", "without norms and ok", "with jax's erfc GELU"
-  fns = {full: [step.update, fresh()], lean: [bare, fresh()], erfc: [with_erfc_gelu, fresh()]}
+  fns = {full: [step.update, fresh()]}
+  if not args.step_only:
+    erfc_step = train.make_train_step(encoder, config, mesh)
+    fns.update({lean: [bare, fresh()], erfc: [with_erfc_gelu, fresh()]})
   times, losses = {k: [] for k in fns}, {}
   for r in range(2 + args.reps):  # 2 warm-up rounds (compile)
     for name, f in fns.items():
@@ -128,10 +131,11 @@ def main(argv=None) -> int:
         times[name].append(time.perf_counter() - t)
   med = {k: float(np.median(v)) for k, v in times.items()}
   print(f"CPU: {cpu_model()}; jax {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-        f"last loss {losses[full]:.6f} ({erfc}: {losses[erfc]:.6f})")
-  print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()) +
-        f"; ratio {med[lean] / med[full]:.2f}; {erfc} / train.py's {med[erfc] / med[full]:.2f}; "
-        f"matmul probe {probe_flops / np.median(probe['xla']) / 1e9:.0f} GFLOP/s")
+        f"last loss {losses[full]:.6f}" + (f" ({erfc}: {losses[erfc]:.6f})" if erfc in losses else ""))
+  ratios = "" if args.step_only else (f"; ratio {med[lean] / med[full]:.2f}; "
+                                      f"{erfc} / train.py's {med[erfc] / med[full]:.2f}")
+  print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()) + ratios +
+        f"; matmul probe {probe_flops / np.median(probe['xla']) / 1e9:.0f} GFLOP/s")
   return 0
 
 
