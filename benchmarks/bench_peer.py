@@ -420,6 +420,13 @@ def main(argv=None):
   print(f"JAX/PyTorch step-time ratio: {ratio:.2f} against the peer's best ({best}); "
         f"target <= 0.8: {'met' if ratio <= 0.8 else 'MISSED'}")
   print(f"  per round: " + " ".join(f"{a / b:.2f}" for a, b in zip(times["jax step"], times[best])))
+  # No XLA program of these FLOPs runs faster than its matmuls at the probe's rate, so this ratio
+  # says whether the target is reachable on this CPU at all, whatever the step's efficiency.
+  floor = ours.flops["jax step"] / xla_rate
+  print(f"floor: the step's {ours.flops['jax step'] / 1e9:.0f} GFLOP at XLA's probe rate take "
+        f"{floor:.2f} s = ratio {floor / med[best]:.2f}; the 0.8 target needs the step at "
+        f"{floor / (0.8 * med[best]):.0%} of the probe"
+        + ("" if floor <= 0.8 * med[best] else ": out of reach of any XLA program on this CPU"))
 
   print("\n== where the step's time goes (median; FLOPs from XLA's cost analysis) ==")
   print(f"  {'part':28s} {'s':>6s} {'GFLOP':>7s} {'GFLOP/s':>8s} {'of XLA probe':>12s}")
