@@ -1,15 +1,17 @@
 """Train-step throughput of the real update step (encoder fwd+bwd, InfoNCE, AdamW) per model.
 
   python benchmarks/bench_train.py [--models e5-small,use-m3] [--batch 32] [--steps 5]
-      [--peak_gflops 256] [--dtype float32]
+      [--peak_gflops 256] [--dtype float32] [--q_len 32] [--p_len 64]
 
 Prints per model: step time (median of --steps after 2 compile/warm-up steps), examples/s
 (queries), tokens/s (non-pad query + passage tokens), FLOPs/step from XLA's cost analysis of the
 compiled step, and MFU (`train.mfu`, the trainer's formula: one device's share of the FLOPs/step
 / step time / one device's peak). The default peak, 256 GFLOP/s, is this 2-core CPU's f32 limit
 (2 cores x 2 FMA units x 8 f32 lanes (AVX2) x 2 flops x ~4 GHz); pass the accelerator's
-peak (e.g. H100 bf16 dense: 989000) when run on one.
-Batch as in DESIGN.md: B queries padded to 32 tokens + B passages padded to 64 tokens.
+peak (e.g. H100 and H200 bf16 dense: 989000) when run on one.
+Batch as in DESIGN.md: B queries of q_len tokens + B passages of p_len (default 32 and 64).
+--models takes configs/common.py's presets, among them e5-small-shape and xlmr-base-shape: random
+weights of those models' shapes, which need no bundled weights (benchmarks/accelerator.sh).
 """
 import argparse
 import time
@@ -30,7 +32,8 @@ def texts(n: int, words: int, seed: int) -> list[str]:
   return [" ".join(rng.choice(WORDS, size=words)) for _ in range(n)]
 
 
-def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> dict:
+def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str, q_len: int = 32,
+          p_len: int = 64) -> dict:
   config = ml_collections.ConfigDict(dict(
       total_steps=1000, grad_cache_chunks=0, model=common.model(model),
       optimizer=dict(lr=3e-5, weight_decay=0.01, warmup_steps=100, decay="linear", grad_clip=1.0),
@@ -38,11 +41,11 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str) -> d
   config.model.dtype = dtype
   encoder = models.load_encoder(config.model)
   mesh = sharding.make_mesh({"data": -1})
-  # 24 / 48 words: long enough to fill the 32 / 64 buckets after subword tokenization.
-  ids = lambda n, kind, length: [x[:length] for x in encoder.tokenizer.encode_ids(
-      texts(batch_size, n, length), kind)]
-  q = encoder.tokenizer.pad(ids(24, "query", 32), 32)
-  p = encoder.tokenizer.pad(ids(48, "passage", 64), 64)
+  # 3 words per 4 tokens: enough to fill every row after subword tokenization.
+  ids = lambda kind, length: [x[:length] for x in encoder.tokenizer.encode_ids(
+      texts(batch_size, 3 * length // 4, length), kind)]
+  q = encoder.tokenizer.pad(ids("query", q_len), q_len)
+  p = encoder.tokenizer.pad(ids("passage", p_len), p_len)
   batch = sharding.host_local_to_global(
       {"query": q, "passage": p, "identity": np.arange(batch_size, dtype=np.int32)}, mesh)
   tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
@@ -73,12 +76,16 @@ def main():
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--peak_gflops", type=float, default=256.0, help="per device")
   ap.add_argument("--dtype", default="float32")
+  ap.add_argument("--q_len", type=int, default=32, help="query tokens")
+  ap.add_argument("--p_len", type=int, default=64, help="passage tokens")
   args = ap.parse_args()
-  print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}")
-  print("model     dtype    params  batch  step_s  ex/s    tok/s    GFLOP/step  MFU")
+  print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; "
+        f"{args.batch} queries x {args.q_len} tokens + {args.batch} passages x {args.p_len}; "
+        f"peak {args.peak_gflops:g} GFLOP/s per device")
+  print("model            dtype    params  batch  step_s  ex/s    tok/s    GFLOP/step  MFU")
   for m in args.models.split(","):
-    r = bench(m, args.batch, args.steps, args.peak_gflops, args.dtype)
-    print(f"{r['model']:9s} {r['dtype']:8s} {r['params_m']:5.0f}M  {r['batch']:5d}  "
+    r = bench(m, args.batch, args.steps, args.peak_gflops, args.dtype, args.q_len, args.p_len)
+    print(f"{r['model']:16s} {r['dtype']:8s} {r['params_m']:5.0f}M  {r['batch']:5d}  "
           f"{r['step_s']:6.2f}  {r['examples_per_s']:6.1f}  {r['tokens_per_s']:7.0f}  "
           f"{r['gflops_per_step']:10.1f}  {r['mfu']:.1%}", flush=True)
 

@@ -29,7 +29,25 @@ def model(name: str) -> ml_collections.ConfigDict:
         passage_prefix="", random_init=dict(hidden_size=32, num_hidden_layers=1,
                                             num_attention_heads=2, intermediate_size=64,
                                             max_position_embeddings=64)))
-  raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3, mini")
+  if name in SHAPES:
+    return ml_collections.ConfigDict(dict(
+        name="random_init", pooling="mean", dtype="float32", buckets=(16, 32, 64, 128),
+        query_prefix="", passage_prefix="", random_init=dict(SHAPES[name])))
+  raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3, mini, "
+                   f"{', '.join(SHAPES)}")
+
+
+# Random BERTs (with the e5 tokenizer) of two real models' shapes, for throughput benchmarks where
+# the bundled weights are not installed (bench_train.py on an accelerator): a step's FLOPs and time
+# do not depend on the weights' values. xlmr-base-shape has XLM-R base's 278M parameters (the
+# paper's XLM-R: size unstated, probably base).
+SHAPES = {
+    "e5-small-shape": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=1536, max_position_embeddings=512),
+    "xlmr-base-shape": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=3072, max_position_embeddings=514,
+                            type_vocab_size=1, position_offset=2),
+}
 
 
 def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"

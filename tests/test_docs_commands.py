@@ -130,6 +130,8 @@ OTHER_COMMANDS = {
     "make ": "Makefile targets: `make test` is CI itself, and it runs `make demo`'s commands "
              "(checked here from the README) in miniature",
     "PYTHONPATH=. python benchmarks/": "a benchmark (make bench), minutes of runtime",
+    "PEAK_GFLOPS=": "benchmarks/accelerator.sh, for an accelerator; tests/test_bench_train.py "
+                    "runs it in miniature",
     "python -c ": "plain Python on an exported model; tests/test_own_data.py runs the walk-through",
     "gcloud ": "Google Cloud CLI set-up, nothing of this project",
     "tmux ": "a terminal multiplexer, nothing of this project",
