@@ -43,7 +43,7 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str, q_le
   mesh = sharding.make_mesh({"data": -1})
   # 3 words per 4 tokens: enough to fill every row after subword tokenization.
   ids = lambda kind, length: [x[:length] for x in encoder.tokenizer.encode_ids(
-      texts(batch_size, 3 * length // 4, length), kind)]
+      texts(batch_size, 3 * length // 4, seed=length), kind)]
   q = encoder.tokenizer.pad(ids("query", q_len), q_len)
   p = encoder.tokenizer.pad(ids("passage", p_len), p_len)
   batch = sharding.host_local_to_global(

@@ -12,6 +12,19 @@ from hybrid_ir.data import DEFAULT_STORE_DIR as STORE_DIR  # noqa: E402  (prepar
 from hybrid_ir.data.lareqa import LANGS as LAREQA_LANGS  # noqa: E402
 
 
+# Random BERTs (with the e5 tokenizer) of two real models' shapes, for throughput benchmarks where
+# the bundled weights are not installed (bench_train.py on an accelerator): a step's FLOPs and time
+# do not depend on the weights' values. xlmr-base-shape has XLM-R base's 278M parameters (the
+# paper's XLM-R: size unstated, probably base).
+SHAPES = {
+    "e5-small-shape": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=1536, max_position_embeddings=512),
+    "xlmr-base-shape": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                            intermediate_size=3072, max_position_embeddings=514,
+                            type_vocab_size=1, position_offset=2),
+}
+
+
 def model(name: str) -> ml_collections.ConfigDict:
   """Model presets. e5 was trained with lower-case 'query: '/'passage: ' prefixes; the paper's
   prefixes are 'Query: '/'Passage: ' — set them in a config to follow the paper literally."""
@@ -36,18 +49,6 @@ def model(name: str) -> ml_collections.ConfigDict:
   raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3, mini, "
                    f"{', '.join(SHAPES)}")
 
-
-# Random BERTs (with the e5 tokenizer) of two real models' shapes, for throughput benchmarks where
-# the bundled weights are not installed (bench_train.py on an accelerator): a step's FLOPs and time
-# do not depend on the weights' values. xlmr-base-shape has XLM-R base's 278M parameters (the
-# paper's XLM-R: size unstated, probably base).
-SHAPES = {
-    "e5-small-shape": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
-                           intermediate_size=1536, max_position_embeddings=512),
-    "xlmr-base-shape": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                            intermediate_size=3072, max_position_embeddings=514,
-                            type_vocab_size=1, position_offset=2),
-}
 
 
 def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"
