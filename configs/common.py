@@ -10,6 +10,7 @@ DATA_DIR = os.environ.get(
 
 from hybrid_ir.data import DEFAULT_STORE_DIR as STORE_DIR  # noqa: E402  (prepared stores)
 from hybrid_ir.data.lareqa import LANGS as LAREQA_LANGS  # noqa: E402
+from hybrid_ir.models import PRESETS as MODEL_PRESETS  # noqa: E402
 
 
 # Random BERTs (with the e5 tokenizer) of two real models' shapes, for throughput benchmarks where
@@ -28,14 +29,8 @@ SHAPES = {
 def model(name: str) -> ml_collections.ConfigDict:
   """Model presets. e5 was trained with lower-case 'query: '/'passage: ' prefixes; the paper's
   prefixes are 'Query: '/'Passage: ' — set them in a config to follow the paper literally."""
-  if name == "e5-small":
-    return ml_collections.ConfigDict(dict(
-        name="bundled:e5-small", pooling="mean", dtype="float32",
-        query_prefix="query: ", passage_prefix="passage: ", buckets=(16, 32, 64, 128)))
-  if name == "use-m3":
-    return ml_collections.ConfigDict(dict(
-        name="bundled:use-m3", pooling="mean", dtype="float32",
-        query_prefix="", passage_prefix="", buckets=(16, 32, 64, 128)))
+  if name in MODEL_PRESETS:  # e5-small, use-m3: the models registry's own presets
+    return ml_collections.ConfigDict(dict(MODEL_PRESETS[name]))
   if name == "mini":  # a tiny random BERT with the e5 tokenizer: smoke tests in seconds
     return ml_collections.ConfigDict(dict(
         name="random_init", pooling="mean", dtype="float32", buckets=(64,), query_prefix="",
