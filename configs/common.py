@@ -41,9 +41,8 @@ def model(name: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="random_init", pooling="mean", dtype="float32", buckets=(16, 32, 64, 128),
         query_prefix="", passage_prefix="", random_init=dict(SHAPES[name])))
-  raise ValueError(f"unknown model preset {name!r}; known: e5-small, use-m3, mini, "
-                   f"{', '.join(SHAPES)}")
-
+  raise ValueError(f"unknown model preset {name!r}; known: "
+                   f"{', '.join([*MODEL_PRESETS, 'mini', *SHAPES])}")
 
 
 def lareqa_evals(*names: str, langs=None, candidate_text: str = "sentence"
