@@ -189,11 +189,13 @@ def _seed_matrix(runs: dict[str, dict], names: list[str], dataset: str, k: str
   return np.stack([v[k] for v in vecs]), vecs[0]["lang"]
 
 
-def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = ()) -> str:
+def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = (),
+               groups: dict[str, list[str]] | None = None) -> str:
   """Across training seeds: per run (seeds pooled by name) mean ± sd over seeds with a 95% CI
   that covers seed and query variance (`stats.seed_bootstrap`), and each run vs each of
-  `baselines` (strategies: X-X-mono, then X-Y, the paper's two claims for hybrid)."""
-  groups = _seed_groups(runs)
+  `baselines` (strategies: X-X-mono, then X-Y, the paper's two claims for hybrid).
+  groups: {name: its seeds' keys in runs}; default: the trained runs by name (`_seed_groups`)."""
+  groups = _seed_groups(runs) if groups is None else groups
 
   def cells(names, base_names=None):
     out = []
@@ -594,25 +596,49 @@ def _datasets_of(path: pathlib.Path) -> dict[str, dict]:
                    "under results/ (no 'datasets')")
 
 
+def _seed_files(source: pathlib.Path) -> list[pathlib.Path]:
+  """What a compare argument names: a file, or DIR/RUN, the runs DIR/RUN.json and
+  DIR/RUN-seed<k>.json of several training seeds (seed 0 first)."""
+  if source.is_file():
+    return [source]
+  paths = sorted(source.parent.glob(f"{source.name}*.json"), key=lambda p: grids.seed_of(p.stem))
+  paths = [p for p in paths if grids.seed_of(p.stem)[0] == source.name]
+  if not paths:
+    raise FileNotFoundError(f"{source}: no such file, nor runs {source}.json / "
+                            f"{source}-seed<k>.json")
+  return paths
+
+
 def compare_files(before: pathlib.Path, after: pathlib.Path, seed_sd_from: str | None = None
                   ) -> str:
   """Before/after table of two eval.py outputs or run summaries (the demo; any two runs of one
-  evaluation set), paired by query, over the datasets both were evaluated on.
+  evaluation set), paired by query, over the datasets both were evaluated on. Either side may be
+  DIR/RUN, a run trained on several seeds (`_seed_files`): the table then pairs their first
+  seeds, and a second one pools every seed of each side (`seed_table`: seeds resampled, queries
+  paired), the comparison of two configurations that a single seed cannot make.
 
   seed_sd_from: '<dir>/<run name>' of runs with several training seeds; the pair then also gets
   CIs widened by their seed sd (`seed_widened_table`)."""
-  runs = {label: {"datasets": _datasets_of(path)}
-          for label, path in (("before", before), ("after", after))}
-  shared = [d for d in runs["before"]["datasets"] if d in runs["after"]["datasets"]]
+  runs, groups = {}, {}
+  for label, source in (("before", before), ("after", after)):
+    paths = _seed_files(source)
+    seeds = [grids.seed_of(p.stem)[1] for p in paths] if len(paths) > 1 else [0]
+    groups[label] = [f"{label}-seed{k}" if k else label for k in seeds]
+    runs.update({n: {"datasets": _datasets_of(p)} for n, p in zip(groups[label], paths)})
+  first = {label: runs[names[0]] for label, names in groups.items()}
+  shared = [d for d in first["before"]["datasets"]
+            if all(d in r["datasets"] for r in runs.values())]
   if not shared:
-    raise ValueError(f"{before} ({', '.join(runs['before']['datasets']) or 'none'}) and {after} "
-                     f"({', '.join(runs['after']['datasets']) or 'none'}) share no LAReQA "
+    raise ValueError(f"{before} ({', '.join(first['before']['datasets']) or 'none'}) and {after} "
+                     f"({', '.join(first['after']['datasets']) or 'none'}) share no LAReQA "
                      "evaluation set")
   out = []
   for dataset in shared:
-    out += [comparison_table(runs, dataset, "before"), ""]
+    out += [comparison_table(first, dataset, "before"), ""]
     if seed_sd_from:
-      out += [seed_widened_table(runs, dataset, [("after", "before")], seed_sd_from), ""]
+      out += [seed_widened_table(first, dataset, [("after", "before")], seed_sd_from), ""]
+    if len(runs) > 2:
+      out += [seed_table(runs, dataset, ["before"], groups), ""]
   return "\n".join(out)
 
 
@@ -673,8 +699,11 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser("compare", help="paired before/after table of two runs: hybrid_ir.eval "
                      "outputs or run summaries under results/")
   p.add_argument("before", type=pathlib.Path,
-                 help="W/eval/<tag>.json or results/.../<run>.json (the baseline)")
-  p.add_argument("after", type=pathlib.Path, help="the run compared (after - before)")
+                 help="W/eval/<tag>.json or results/.../<run>.json (the baseline), or "
+                 "results/.../<run>: that run on every seed it was trained on (<run>.json, "
+                 "<run>-seed<k>.json), pooled")
+  p.add_argument("after", type=pathlib.Path, help="the run compared (after - before), the same "
+                 "ways")
   p.add_argument("--seed_sd_from", default=None, metavar="DIR/RUN",
                  help="runs trained on several seeds (e.g. results/e5_small/recipe_e5/strategies/"
                  "xquad-r-hybrid): the pair also gets CIs widened by their seed sd")

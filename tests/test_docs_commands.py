@@ -443,7 +443,8 @@ def resolve_path(value: str, tmp: pathlib.Path) -> str:
   if value.startswith("gs://"):
     return value  # remote: a parse check never reads or writes it
   check_no_placeholder(value)
-  if (REPO / value).exists():
+  # DIR/RUN: a run on all its seeds (RUN.json, RUN-seed<k>.json), as report compare takes it.
+  if (REPO / value).exists() or (REPO / f"{value}.json").is_file():
     return value
   raise DocError(f"path {value!r} is not in the repository, not gs://, and not a placeholder "
                  "(PLACEHOLDERS / PATH_PLACEHOLDERS)")

@@ -170,6 +170,31 @@ def test_report_compare_pairs_two_run_summaries_and_names_what_it_cannot_read(tm
     report.main(["report", "compare", str(tmp_path / "base.json"), str(tmp_path / "config.json")])
 
 
+def test_report_compare_pools_the_seeds_of_two_configurations(tmp_path, capsys):
+  # Two configurations trained on seeds 0, 1, 2 (DIR/RUN names them all): AP .50 / .55 plus the
+  # same seed offsets (0, +.02, -.02). The first table pairs their seed-0 runs (+.050, a CI of
+  # zero width), the pooled one the means over seeds (+.050, a CI as wide as the seed spread).
+  for name, level in (("base", 0.5), ("new", 0.55)):
+    for seed, off in enumerate((0.0, 0.02, -0.02)):
+      run = f"{name}-seed{seed}" if seed else name
+      summary = _trained(_fake_summary({"en": np.full(30, level + off),
+                                        "de": np.full(10, level + off)}, run))
+      (tmp_path / f"{run}.json").write_text(json.dumps(summary))
+  text = _main(capsys, "compare", str(tmp_path / "base"), str(tmp_path / "new"))
+  paired = next(l for l in text.splitlines() if l.startswith("| after |") and "p=" in l)
+  assert paired.count("+0.050 [+0.050, +0.050]") == 3
+  assert "| before | 0,1,2 | 0.500 ± 0.020" in text
+  pooled = text.split("Against **before** across seeds")[1]
+  delta = next(l for l in pooled.splitlines() if l.startswith("| after |")).split("|")[2].strip()
+  low, high = (float(x) for x in delta.split("[")[1].split("]")[0].split(","))
+  assert delta.startswith("+0.050 [") and 0 < low < 0.05 < high and high - low > 0.02
+  # One side a single file: its one run against the other's three seeds.
+  text = _main(capsys, "compare", str(tmp_path / "base.json"), str(tmp_path / "new"))
+  assert "| before | 0 |" in text and "| after | 0,1,2 |" in text
+  with pytest.raises(SystemExit, match=r"nope: no such file, nor runs .*nope.json"):
+    report.main(["report", "compare", str(tmp_path / "base"), str(tmp_path / "nope")])
+
+
 def test_report_keeps_only_the_heatmap_it_references(tmp_path):
   runs = tmp_path / "strategies"
   _write_runs(runs)
