@@ -20,9 +20,6 @@ if [ -d .whl ]; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-out=${OUT:-results/benchmarks}
-accelerator=$("$python" -c "import jax; print(jax.devices()[0].device_kind.replace(' ', '_'))")
 "$python" benchmarks/bench_train.py --models e5-small-shape,xlmr-base-shape --batch 128 \
-  --q_len 128 --p_len 128 --dtype bfloat16 --steps 10 \
-  --peak_gflops "${PEAK_GFLOPS:?set PEAK_GFLOPS to the peak GFLOP/s of one device, e.g. 989000}" "$@" \
-  2>&1 | tee "$out/$accelerator.log"
+  --q_len 128 --p_len 128 --dtype bfloat16 --steps 10 --log_dir "${OUT:-results/benchmarks}" \
+  --peak_gflops "${PEAK_GFLOPS:?set PEAK_GFLOPS to the peak GFLOP/s of one device, e.g. 989000}" "$@"

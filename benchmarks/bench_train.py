@@ -1,7 +1,7 @@
 """Train-step throughput of the real update step (encoder fwd+bwd, InfoNCE, AdamW) per model.
 
   python benchmarks/bench_train.py [--models e5-small,use-m3] [--batch 32] [--steps 5]
-      [--peak_gflops 256] [--dtype float32] [--q_len 32] [--p_len 64]
+      [--peak_gflops 256] [--dtype float32] [--q_len 32] [--p_len 64] [--log_dir DIR]
 
 Prints per model: step time (median of --steps after 2 compile/warm-up steps), examples/s
 (queries), tokens/s (non-pad query + passage tokens), FLOPs/step from XLA's cost analysis of the
@@ -14,6 +14,7 @@ Batch as in DESIGN.md: B queries of q_len tokens + B passages of p_len (default 
 weights of those models' shapes, which need no bundled weights (benchmarks/accelerator.sh).
 """
 import argparse
+import pathlib
 import time
 
 import jax
@@ -78,16 +79,29 @@ def main():
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--q_len", type=int, default=32, help="query tokens")
   ap.add_argument("--p_len", type=int, default=64, help="passage tokens")
+  ap.add_argument("--log_dir", default=None,
+                  help="also write the output to <log_dir>/<device kind>.log")
   args = ap.parse_args()
-  print(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; "
-        f"{args.batch} queries x {args.q_len} tokens + {args.batch} passages x {args.p_len}; "
-        f"peak {args.peak_gflops:g} GFLOP/s per device")
-  print("model            dtype    params  batch  step_s  ex/s    tok/s    GFLOP/step  MFU")
+  kind = jax.devices()[0].device_kind
+  log = None
+  if args.log_dir:
+    log = open(pathlib.Path(args.log_dir) / f"{kind.replace(' ', '_')}.log", "w")
+
+  def say(line: str) -> None:
+    print(line, flush=True)
+    if log:
+      log.write(line + "\n")
+      log.flush()
+
+  say(f"jax {jax.__version__}, {jax.device_count()} x {kind}; "
+      f"{args.batch} queries x {args.q_len} tokens + {args.batch} passages x {args.p_len}; "
+      f"peak {args.peak_gflops:g} GFLOP/s per device")
+  say("model            dtype    params  batch  step_s  ex/s    tok/s    GFLOP/step  MFU")
   for m in args.models.split(","):
     r = bench(m, args.batch, args.steps, args.peak_gflops, args.dtype, args.q_len, args.p_len)
-    print(f"{r['model']:16s} {r['dtype']:8s} {r['params_m']:5.0f}M  {r['batch']:5d}  "
-          f"{r['step_s']:6.2f}  {r['examples_per_s']:6.1f}  {r['tokens_per_s']:7.0f}  "
-          f"{r['gflops_per_step']:10.1f}  {r['mfu']:.1%}", flush=True)
+    say(f"{r['model']:16s} {r['dtype']:8s} {r['params_m']:5.0f}M  {r['batch']:5d}  "
+        f"{r['step_s']:6.2f}  {r['examples_per_s']:6.1f}  {r['tokens_per_s']:7.0f}  "
+        f"{r['gflops_per_step']:10.1f}  {r['mfu']:.1%}")
 
 
 if __name__ == "__main__":
