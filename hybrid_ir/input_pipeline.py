@@ -94,22 +94,17 @@ def read_slice(source: sampler_lib.Source, local: Mapping[str, Any], num_negativ
   neg_valid = np.zeros(n * k, bool)
   for i, (q, p, g, e) in enumerate(zip(local['query_lang'], local['passage_lang'],
                                        local['group'], local['epoch'])):
-    qi, pi = store.index(q), store.index(p)
-    q_row, p_row = int(qi.group_query[g]), int(pi.group_positive[g])
-    if q_row < 0 or p_row < 0:
-      raise RuntimeError(f'input: group {g} of {source.name} has no ({q}, {p}) pair (a bug)')
+    q_row, p_row, take = sampler_lib.example_rows(source, q, p, int(g), int(e), use)
     plan.append((q, len(reads.setdefault(q, []))))
     reads[q].append(q_row)
     plan.append((p, len(reads.setdefault(p, []))))
     reads[p].append(p_row)
-    if use:
-      rows = np.asarray(pi.negative_rows[pi.negative_offsets[g]:pi.negative_offsets[g + 1]])
-      take = rows[(int(e) * use + np.arange(min(use, len(rows)))) % len(rows)] if len(rows) else rows
-      for j, r in enumerate(take):
-        plan.append((p, len(reads[p])))
-        reads[p].append(int(r))
-        neg_ident[i * k + j] = pi.row_identity[r]
-        neg_valid[i * k + j] = True
+    pi = store.index(p)
+    for j, r in enumerate(take):
+      plan.append((p, len(reads[p])))
+      reads[p].append(int(r))
+      neg_ident[i * k + j] = pi.row_identity[r]
+      neg_valid[i * k + j] = True
   texts = {l: store.texts(l, rows) for l, rows in reads.items()}
   it = iter(plan)
   out = {'query_text': [], 'passage_text': [], 'negative_text': [PLACEHOLDER] * (n * k)}

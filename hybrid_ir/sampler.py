@@ -193,7 +193,12 @@ class Sampler:
       msg = (f'input: source {source.name!r}: language pairs with fewer distinct passages than '
              f'batch_size {self.batch_size} (pair, distinct passage identities): {dropped}')
       if too_few == 'error' or not pairs:
-        raise ValueError(msg + ('' if pairs else '; no pair left'))
+        ns = sorted(n for _, n in dropped)
+        fit = (f'input.batch_size <= {ns[0]} keeps every pair' if pairs else
+               f'input.batch_size <= {ns[-1]} keeps {ns.count(ns[-1])} pair(s), <= {ns[0]} '
+               'every pair')
+        raise ValueError(msg + ('' if pairs else '; no pair left') + f'. {fit} (a batch needs '
+                         "that many distinct passages; configs/own_data.py's arg: batch=N)")
       logging.warning('%s; dropped (too_few=drop)', msg)
     sizes = {}
     for l in source.langs:
@@ -274,16 +279,47 @@ class Sampler:
         raise RuntimeError(f'input: stream {key} has {len(pending)} deferred draws: its groups '
                            f'share too few passage identities for batch_size {self.batch_size}')
     self.step += 1
+    # The text rows the batch will read, and the bytes they are read from: what the batch
+    # fingerprint covers besides the examples' names.
+    rows = [example_rows(source, q, p, g, e, source.num_negatives)
+            for q, p, g, e in zip(plan.query_langs, plan.passage_langs, groups, epochs)]
     return {'step': plan.step, 'batch_type': plan.batch_type, 'source': plan.source,
             'query_lang': plan.query_langs, 'passage_lang': plan.passage_langs,
-            'group': np.asarray(groups, np.int64), 'epoch': np.asarray(epochs, np.int64)}
+            'group': np.asarray(groups, np.int64), 'epoch': np.asarray(epochs, np.int64),
+            'rows': [[q, p, *n.tolist()] for q, p, n in rows],
+            'content': source.store.content_digest}
+
+
+def example_rows(source: Source, query_lang: str, passage_lang: str, group: int, epoch: int,
+                 num_negatives: int) -> tuple[int, int, np.ndarray]:
+  """(query row in query_lang, positive row and negative rows in passage_lang) of one example.
+
+  Negatives: the example of epoch e takes its group's negatives e*K, e*K+1, ... (mod their
+  count), K = num_negatives, so epochs see different negatives. Used by the sampler (for the
+  batch fingerprint) and by `input_pipeline.read_slice` (to read them).
+  """
+  qi, pi = source.store.index(query_lang), source.store.index(passage_lang)
+  q_row, p_row = int(qi.group_query[group]), int(pi.group_positive[group])
+  if q_row < 0 or p_row < 0:
+    raise RuntimeError(f'input: group {group} of {source.name} has no ({query_lang}, '
+                       f'{passage_lang}) pair (a bug)')
+  negatives = np.zeros(0, np.int64)
+  if num_negatives:
+    rows = np.asarray(pi.negative_rows[pi.negative_offsets[group]:pi.negative_offsets[group + 1]])
+    if len(rows):
+      take = (int(epoch) * num_negatives + np.arange(min(num_negatives, len(rows)))) % len(rows)
+      negatives = rows[take].astype(np.int64)
+  return q_row, p_row, negatives
 
 
 def batch_fingerprint(batch: Mapping[str, Any]) -> int:
-  """A 32-bit checksum of a global batch's examples (source, groups, languages): logged per step
-  so that two runs can be checked to have trained on the same data, whatever their topology."""
+  """A 32-bit checksum of a global batch: its examples (source, groups, languages), the text rows
+  they read and the digest of the store's bytes. Logged per step so that two runs can be checked
+  to have trained on the same data, whatever their topology; runs that read other bytes (another
+  or a damaged store) log other fingerprints."""
   return zlib.crc32(json.dumps([batch['source'], np.asarray(batch['group']).tolist(),
-                                list(batch['query_lang']), list(batch['passage_lang'])]).encode())
+                                list(batch['query_lang']), list(batch['passage_lang']),
+                                batch.get('rows'), batch.get('content')]).encode())
 
 
 def host_slice(batch: Mapping[str, Any], process_index: int, process_count: int

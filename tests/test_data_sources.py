@@ -342,35 +342,45 @@ def test_tatoeba_pairs_and_language_codes(tmp_path, shared_data):
 
 # --- stores: stale, explicit, half-written ---
 
-def test_a_store_from_other_files_is_refused_with_the_differences(tmp_path):
+def test_stores_are_keyed_by_content_and_an_explicit_store_of_other_data_is_refused(tmp_path):
   path = _jsonl(tmp_path, [_rec('a', 'en'), _rec('b', 'en')])
   first = prep(tmp_path, kind='jsonl', paths=[path], name='j')
-  assert first.directory == tmp_path / 'stores' / 'j'
-  with pytest.raises(ValueError, match=r'settings\.max_bad_lines: store has 0, config gives 3'):
-    prep(tmp_path, kind='jsonl', paths=[path], name='j', max_bad_lines=3)
-  # A fresh copy of the same bytes (only the mtime is new) is the same data: the store is used,
+  assert first.directory == tmp_path / 'stores' / f'j-{first.fingerprint}'
+  # Other settings make another store; the first stays.
+  other = prep(tmp_path, kind='jsonl', paths=[path], name='j', max_bad_lines=3)
+  assert other.directory != first.directory and store_lib.is_store(first.directory)
+  # A fresh copy of the same bytes (only the mtime is new) is the same data: the same store,
   # with the fingerprint a checkpoint's input state is checked against.
   os.utime(path, (1, 1))
   again = prep(tmp_path, kind='jsonl', paths=[path], name='j')
-  assert again.fingerprint == first.fingerprint and again.num_groups == 2
-  # New content of the same size is not.
+  assert again.directory == first.directory and again.fingerprint == first.fingerprint
+  # New content of the same size and mtime is other data: another store.
   text = open(path).read()
   open(path, 'w').write(text.replace('"a"', '"c"', 1))
-  assert len(open(path).read()) == len(text)
-  os.utime(path, (2, 2))  # mtimes are whole seconds: this edit may share the first one's
-  with pytest.raises(ValueError, match=r'prepared from other files or settings.*\n.*inputs'):
-    prep(tmp_path, kind='jsonl', paths=[path], name='j')
-  # Prepared again from the same contents elsewhere, a store has the same fingerprint.
+  os.utime(path, (1, 1))
+  changed = prep(tmp_path, kind='jsonl', paths=[path], name='j')
+  assert changed.fingerprint != first.fingerprint and changed.directory != first.directory
+  # An explicit store is used whatever its content, but one of other data is refused in one
+  # short line that says what differs and how to rebuild it.
+  explicit = tmp_path / 'my_store'
+  prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))
   open(path, 'w').write(text)
+  with pytest.raises(store_lib.StoreError) as e:
+    prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))
+  msg = str(e.value)
+  assert '\n' not in msg and len(msg) < 400, msg
+  assert f'the store {explicit} was prepared from other data' in msg and 'content of r.jsonl' in msg
+  assert 'python -m hybrid_ir.prepare --config <config> --overwrite' in msg
+  # Prepared again from the same contents elsewhere, a store has the same fingerprint.
   moved = tmp_path / 'moved.jsonl'
   os.rename(path, moved)
   assert prep(tmp_path, kind='jsonl', paths=[str(moved)], name='k').fingerprint == first.fingerprint
-  os.rename(moved, path)
-  # An explicit store elsewhere; and a host without the raw files uses the store as prepared.
-  explicit = tmp_path / 'my_store'
-  prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit))
-  os.remove(path)
+  # A host without the raw files uses the store as prepared: an explicit one, or the one store
+  # of that name in the store folder; several are named, for the user to choose.
   assert prep(tmp_path, kind='jsonl', paths=[path], store=str(explicit)).num_groups == 2
+  assert prep(tmp_path, kind='jsonl', paths=[path], name='k').directory.name.startswith('k-')
+  with pytest.raises(store_lib.StoreError, match=r"holds 3 stores of it \(j-.*name the one"):
+    prep(tmp_path, kind='jsonl', paths=[path], name='j')
 
 
 def test_preparation_that_dies_leaves_nothing_training_would_read(tmp_path, monkeypatch):
@@ -383,7 +393,9 @@ def test_preparation_that_dies_leaves_nothing_training_would_read(tmp_path, monk
   monkeypatch.setattr(store_lib.Builder, 'finish', dies)
   with pytest.raises(KeyboardInterrupt):
     data.open_store(cfg, tmp_path / 'stores')
-  assert not target.exists() and not list((tmp_path / 'stores').iterdir())
+  # Nothing but the input digests' cache: no store, no temporary folder.
+  assert not target.exists()
+  assert [p.name for p in (tmp_path / 'stores').iterdir()] == [data.DIGEST_CACHE]
   # A folder left by kill -9 (no meta.json) is never read as a store.
   (target / 'texts').mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match='not a complete store'):

@@ -13,9 +13,13 @@ not by the preparation. The kinds, one module each, every module exposing
   jsonl    one JSON record per line (hybrid_ir.data.jsonl).
   bitext   id<TAB>lang<TAB>text files, same id = translations (hybrid_ir.data.bitext).
   tatoeba  the Tatoeba test sets' aligned <xxx>/eng line files (hybrid_ir.data.bitext).
+
+A source's store is `<store_dir>/<name>-<fingerprint>` (`store_path`): the fingerprint is of
+the input files' contents, settings and kind, not their paths, so the same files reached
+through a symlink, another checkout or another mount share one store, and other files get
+another. The name must be a plain folder name.
 """
 import importlib
-import json
 import logging
 import os
 from typing import Any
@@ -30,6 +34,9 @@ KINDS = {'squad': 'squad', 'mmarco': 'mmarco', 'jsonl': 'jsonl', 'bitext': 'bite
 SELECTION_KEYS = ('name', 'kind', 'langs', 'num_negatives', 'store')
 DEFAULT_STORE_DIR = os.environ.get(
     'HYBRID_IR_STORES', os.path.join(os.path.expanduser('~'), '.cache', 'hybrid_ir', 'stores'))
+# In the stores' folder: each input file's sha256 by (real path, size, mtime, ctime, inode), so
+# that finding a store by its sources' contents reads only files that changed.
+DIGEST_CACHE = 'input_digests.json'
 
 
 def source_module(kind: str):
@@ -39,59 +46,90 @@ def source_module(kind: str):
   return importlib.import_module(f'hybrid_ir.data.{KINDS[kind]}')
 
 
-def describe(cfg: Any) -> dict[str, Any]:
-  """What a store of this source is made of: kind, parse settings and input file stats."""
-  name, kind = cfg.get('name'), cfg.get('kind')
-  if not name:
+def source_name(cfg: Any) -> str:
+  """The source's `name`, checked to be one folder name: it becomes part of a store's path."""
+  name = cfg.get('name')
+  if not name or not isinstance(name, str):
     raise ValueError(f'input.sources: a source needs a name; got {dict(cfg)}')
+  if ('/' in name or '\\' in name or '..' in name or '\x00' in name or name.startswith('.')
+      or os.path.isabs(name)):
+    raise ValueError(f'input.sources: source name {name!r} must be a plain folder name (no '
+                     "'/', '\\\\' or '..', not starting with '.'): it names the store's folder")
+  return name
+
+
+def _store_dir(store_dir: str | os.PathLike | None) -> epath.Path:
+  return epath.Path(store_dir or DEFAULT_STORE_DIR)
+
+
+def describe(cfg: Any, store_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+  """What a store of this source is made of: kind, parse settings, the input files (path, size,
+  sha256; digests cached in `<store_dir>/input_digests.json`) and their content fingerprint."""
+  source_name(cfg)
+  kind = cfg.get('kind')
   module = source_module(kind)
-  return {'kind': kind, 'settings': module.settings(cfg),
-          'inputs': store_lib.file_fingerprints(module.inputs(cfg))}
+  settings = module.settings(cfg)
+  inputs = store_lib.file_fingerprints(module.inputs(cfg), _store_dir(store_dir) / DIGEST_CACHE)
+  return {'kind': kind, 'settings': settings, 'inputs': inputs,
+          'fingerprint': store_lib.content_fingerprint(kind, settings, inputs)}
 
 
-def store_path(cfg: Any, store_dir: str | os.PathLike | None = None) -> epath.Path:
-  """`cfg.store` if given, else `<store_dir>/<name>`."""
+def store_path(cfg: Any, store_dir: str | os.PathLike | None = None,
+               described: dict[str, Any] | None = None) -> epath.Path:
+  """`cfg.store` if given, else `<store_dir>/<name>-<fingerprint of the sources' contents>`:
+  the same files reached through another path share a store, other files get another.
+  `described` is `describe(cfg, store_dir)` where the caller has it already."""
   if cfg.get('store'):
     return epath.Path(cfg.get('store'))
-  if not cfg.get('name'):
-    raise ValueError(f'input.sources: a source needs a name; got {dict(cfg)}')
-  return epath.Path(store_dir or DEFAULT_STORE_DIR) / cfg.get('name')
+  described = described or describe(cfg, store_dir)
+  return _store_dir(store_dir) / f'{source_name(cfg)}-{described["fingerprint"]}'
 
 
-def _differences(saved: dict, wanted: dict, prefix: str = '') -> list[str]:
+def _what_differs(meta: dict, wanted: dict) -> str:
+  """A short list of what differs between a store's meta and the sources a config names."""
   out = []
-  for k in sorted(set(saved) | set(wanted)):
-    a, b = saved.get(k), wanted.get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _differences(a, b, f'{prefix}{k}.')
-    elif a != b:
-      out.append(f'{prefix}{k}: store has {a!r}, config gives {b!r}')
-  return out
+  if meta.get('kind') != wanted['kind']:
+    out.append(f'kind {meta.get("kind")!r} -> {wanted["kind"]!r}')
+  saved = meta.get('settings') or {}
+  for k in sorted(set(saved) | set(wanted['settings'])):
+    if saved.get(k) != wanted['settings'].get(k):
+      out.append(f'{k} {saved.get(k)!r} -> {wanted["settings"].get(k)!r}')
+  have = meta.get('inputs') or []
+  if len(have) != len(wanted['inputs']):
+    out.append(f'{len(have)} input files -> {len(wanted["inputs"])}')
+  else:
+    out += [f'content of {os.path.basename(w["path"])}' for h, w in zip(have, wanted['inputs'])
+            if h.get('sha256') != w['sha256']]
+  if meta.get('version') != store_lib.VERSION:
+    out.append(f'store version {meta.get("version")} -> {store_lib.VERSION}')
+  return ', '.join(out[:4] + ([f'{len(out) - 4} more'] if len(out) > 4 else [])) or 'unknown'
 
 
-def _reconcile_inputs(saved: list, wanted: list, name: str) -> list:
-  """`wanted`'s inputs as the store would record them, for comparison with `saved`.
-
-  A file whose path and size match but whose mtime does not (a fresh copy of the same data: a
-  new VM, `gsutil cp`, a restored backup) counts as unchanged when its sha256 matches the one
-  recorded at preparation; only then is it read.
-  """
-  out = []
-  for i, w in enumerate(wanted):
-    s = saved[i] if i < len(saved) else {}
-    same_file = s.get('path') == w['path'] and s.get('size') == w['size']
-    if same_file and s.get('mtime') == w['mtime']:
-      w = dict(s)
-    elif same_file and s.get('sha256'):
-      digest = store_lib.file_digest(w['path'])
-      if digest == s['sha256']:
-        logging.info('source %s: %s has a new mtime but the content it was prepared from',
-                     name, w['path'])
-        w = dict(s)
-      else:
-        w = dict(w, sha256=digest)
-    out.append(w)
-  return out
+def _prepared_elsewhere(cfg: Any, store_dir: epath.Path, missing: FileNotFoundError
+                        ) -> store_lib.Store:
+  """The store of a source whose raw files are not on this host (a pod's training hosts read
+  the stores from gs://): the one `<name>-*` store in `store_dir`, used as it was prepared."""
+  name = source_name(cfg)
+  if cfg.get('store'):
+    path = epath.Path(cfg.get('store'))
+    if not store_lib.is_complete(path):
+      raise FileNotFoundError(f'source {name!r}: {missing}, and no prepared store at {path}')
+  else:
+    found = ([p for p in store_dir.glob(f'{name}-*') if store_lib.is_store(p)]
+             if store_dir.is_dir() else [])
+    if not found:
+      raise FileNotFoundError(f'source {name!r}: {missing}, and no prepared store of it in '
+                              f'{store_dir}')
+    if len(found) > 1:
+      raise store_lib.StoreError(
+          f'source {name!r}: {missing}, and {store_dir} holds {len(found)} stores of it '
+          f'({", ".join(sorted(p.name for p in found))}): name the one to use as the source\'s '
+          '`store`')
+    path = found[0]
+  store = store_lib.Store(path)
+  logging.warning('source %s: %s; using the store %s as prepared (from %s)', name, missing,
+                  path, [i['path'] for i in store.meta.get('inputs', [])])
+  return store
 
 
 def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare: str = 'auto',
@@ -99,43 +137,41 @@ def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare:
   """The store of source `cfg`, prepared first when missing and `prepare` is 'auto'.
 
   Inputs: a source config; the stores' folder (default $HYBRID_IR_STORES or
-  ~/.cache/hybrid_ir/stores); prepare 'auto' | 'never'; overwrite (prepare again even if a
-  store exists); workers (processes for preparation; default all cores).
-  Raises ValueError listing the differences when an existing store was prepared from other
-  files or settings than `cfg` names (a file with only a new mtime is compared by content).
-  Where the raw files are not on this host (a pod's
-  training workers reading the store from gs://) the store is used as it was prepared.
+  ~/.cache/hybrid_ir/stores), where the store is `<name>-<fingerprint>` unless `cfg.store`
+  names one; prepare 'auto' | 'never'; overwrite (prepare again even if a store exists, replacing
+  it: only a store is ever replaced); workers (processes for preparation; default all cores).
+  Raises StoreError (one line) when the store is damaged, when something that is not a store
+  stands at its path, or when an explicit `store` was prepared from other data than `cfg`
+  names. Where the raw files are not on this host (a pod's training workers reading the store
+  from gs://) the store is used as it was prepared.
   """
   if prepare not in ('auto', 'never'):
     raise ValueError(f"input.prepare must be 'auto' or 'never', got {prepare!r}")
-  path = store_path(cfg, store_dir)
+  name = source_name(cfg)
+  folder = _store_dir(store_dir)
+  try:
+    wanted = describe(cfg, folder)
+  except FileNotFoundError as e:
+    if overwrite:
+      raise
+    return _prepared_elsewhere(cfg, folder, e)
+  path = store_path(cfg, folder, wanted)
+  store_lib.remove_stale_temporaries(path.parent)
   if store_lib.is_complete(path) and not overwrite:
     store = store_lib.Store(path)
-    try:
-      wanted = describe(cfg)
-    except FileNotFoundError as e:
-      # A training host of a pod reads the store from gs:// and need not hold the raw files.
-      logging.warning('source %s: %s; using the store %s as prepared (from %s)', cfg.get('name'),
-                      e, path, [i['path'] for i in store.meta.get('inputs', [])])
-      return store
-    saved = {k: store.meta.get(k) for k in wanted}
-    wanted['inputs'] = _reconcile_inputs(saved['inputs'] or [], wanted['inputs'], cfg.get('name'))
-    diff = _differences(json.loads(json.dumps(saved)), json.loads(json.dumps(wanted)))
-    if diff:
-      raise ValueError(f'source {cfg.get("name")!r}: the store {path} was prepared from other '
-                       f'files or settings than the config names:\n  ' + '\n  '.join(diff) +
-                       '\nprepare it again (python -m hybrid_ir.prepare --overwrite), or give '
-                       'the source another name or `store`')
+    if store.fingerprint != wanted['fingerprint']:
+      raise store_lib.StoreError(
+          f'source {name!r}: the store {path} was prepared from other data than the config '
+          f'names ({_what_differs(store.meta, wanted)}); {store_lib.PREPARE_AGAIN}, or drop the '
+          "source's `store` so that each content gets its own")
     return store
-  wanted = describe(cfg)
+  store_lib.check_replaceable(path)
   if prepare == 'never' and not overwrite:
-    raise FileNotFoundError(f'source {cfg.get("name")!r}: no prepared store at {path}; run '
+    raise FileNotFoundError(f'source {name!r}: no prepared store at {path}; run '
                             '`python -m hybrid_ir.prepare --config <config>` first (input.prepare'
                             " is 'never')")
-  inputs = [dict(i, sha256=store_lib.file_digest(i['path'])) for i in wanted['inputs']]
-  builder = store_lib.Builder(path, kind=wanted['kind'], name=cfg.get('name'),
-                              settings=wanted['settings'], inputs=inputs,
-                              overwrite=overwrite)
+  builder = store_lib.Builder(path, kind=wanted['kind'], name=name, settings=wanted['settings'],
+                              inputs=wanted['inputs'], overwrite=overwrite)
   try:
     return source_module(wanted['kind']).prepare(cfg, builder, workers or os.cpu_count() or 1)
   except BaseException:

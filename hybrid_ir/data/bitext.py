@@ -4,7 +4,10 @@ language is the query and its translation in another language is the positive.
 Two kinds:
   bitext   `paths`: gzip or plain TSV files with the header `id<TAB>lang<TAB>text`, unquoted;
            rows with the same id are translations (../shared/data/bitext: LibreOffice help,
-           Bible verses). Optional `max_bad_lines` (0).
+           Bible verses). Optional `max_bad_lines` (0: malformed lines, invalid UTF-8
+           included, to skip before one is an error naming file:line) and `min_lang_share`
+           (0.01: a language in fewer than this share of the rows is an error naming its
+           lines, a typo such as "dee"; 0 accepts any).
   tatoeba  `path`: a folder of Tatoeba test files `tatoeba.<xxx>-eng.<xxx>` and
            `tatoeba.<xxx>-eng.eng` (line i of one is the translation of line i of the other);
            `langs`: the <xxx> codes to read (ISO 639-3, e.g. ['deu', 'spa']). Languages are
@@ -63,7 +66,8 @@ def inputs(cfg: Any) -> list[str]:
 def settings(cfg: Any) -> dict[str, Any]:
   if cfg.get('kind') == 'tatoeba':
     return {'langs': sorted(cfg.get('langs'))}
-  return {'max_bad_lines': int(cfg.get('max_bad_lines', 0))}
+  return {'max_bad_lines': int(cfg.get('max_bad_lines', 0)),
+          'min_lang_share': float(cfg.get('min_lang_share', store_lib.MIN_LANG_SHARE))}
 
 
 def _rows_bitext(cfg: Any, counts: collections.Counter):
@@ -71,8 +75,17 @@ def _rows_bitext(cfg: Any, counts: collections.Counter):
   max_bad, bad = int(cfg.get('max_bad_lines', 0)), 0
   for path in inputs(cfg):
     opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rt', encoding='utf-8', newline='\n') as f:
-      for lineno, line in enumerate(f, 1):
+    with opener(path, 'rb') as f:
+      for lineno, raw in enumerate(f, 1):
+        try:
+          line = raw.decode('utf-8')
+        except UnicodeDecodeError as e:
+          bad += 1
+          counts['bad lines (skipped)'] += 1
+          if bad > max_bad:
+            raise ValueError(f'{path}:{lineno}: invalid UTF-8 at byte {e.start + 1} of the line '
+                             f'({raw[max(0, e.start - 10):e.start + 10]!r})') from None
+          continue
         fields = line.rstrip('\n').split('\t')
         if lineno == 1:
           if fields != HEADER:
@@ -119,6 +132,12 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
     texts[lang].append(text)
   if not entries:
     raise ValueError(f'source {cfg.get("name")!r}: no texts in {inputs(cfg)}')
+  if cfg.get('kind') != 'tatoeba':  # tatoeba's languages come from the config
+    lang_lines = collections.defaultdict(list)
+    for (_, lang), loc in where.items():
+      lang_lines[lang].append(loc)
+    store_lib.check_language_shares(cfg.get('name'), lang_lines,
+                                    settings(cfg)['min_lang_share'])
   group_ids = sorted({g for g, _, _ in entries})
   langs = sorted(texts)
   gi = {g: i for i, g in enumerate(group_ids)}

@@ -10,9 +10,11 @@ positive_id: optional id of the positive passage, shared by its translations. Pa
 normalised text, plus the positives of one group. A (group_id, lang) may appear on several
 lines only with the same query and positive; their negatives are pooled.
 
-Source config: `paths` (a file or list of files); `max_bad_lines` (0): malformed lines to skip,
-counted in the store's meta, before one is an error naming file:line. Blank lines are skipped
-and counted. For tens of millions of records use the mmarco layout, which prepares with numpy;
+Source config: `paths` (a file or list of files); `max_bad_lines` (0): malformed lines (bad
+JSON, invalid UTF-8, a bad field) to skip, counted in the store's meta, before one is an error
+naming file:line. Blank lines are skipped and counted. `min_lang_share` (0.01): a language in
+fewer than this share of the records is taken for a typo ("dee") and is an error naming its
+lines; 0 accepts any. For tens of millions of records use the mmarco layout, which prepares with numpy;
 this reader holds the records in memory while it prepares.
 """
 import collections
@@ -41,7 +43,8 @@ def inputs(cfg: Any) -> list[str]:
 
 
 def settings(cfg: Any) -> dict[str, Any]:
-  return {'max_bad_lines': int(cfg.get('max_bad_lines', 0))}
+  return {'max_bad_lines': int(cfg.get('max_bad_lines', 0)),
+          'min_lang_share': float(cfg.get('min_lang_share', store_lib.MIN_LANG_SHARE))}
 
 
 def parse_record(obj: Any, where: str) -> dict[str, Any]:
@@ -69,18 +72,25 @@ def parse_record(obj: Any, where: str) -> dict[str, Any]:
 
 def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Store:
   del workers
-  max_bad = settings(cfg)['max_bad_lines']
+  s = settings(cfg)
+  max_bad = s['max_bad_lines']
   counts = collections.Counter()
   bad = []
   items = {}  # (group, lang) -> [query, positive, positive_id, negatives, where]
+  lang_lines = collections.defaultdict(list)  # lang -> where its records are
   for path in _paths(cfg):
-    with open(path, encoding='utf-8') as f:
-      for lineno, line in enumerate(f, 1):
+    with open(path, 'rb') as f:
+      for lineno, raw in enumerate(f, 1):
         where = f'{path}:{lineno}'
-        if not line.strip():
+        if not raw.strip():
           counts['blank lines (skipped)'] += 1
           continue
         try:
+          try:
+            line = raw.decode('utf-8')
+          except UnicodeDecodeError as e:
+            raise ValueError(f'{where}: invalid UTF-8 at byte {e.start + 1} of the line '
+                             f'({raw[max(0, e.start - 10):e.start + 10]!r})') from None
           try:
             obj = json.loads(line)
           except json.JSONDecodeError as e:
@@ -92,6 +102,7 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
             raise
           continue
         key = (r['group_id'], r['lang'])
+        lang_lines[r['lang']].append(where)
         if key in items:
           first = items[key]
           if (first[0], first[1]) != (r['query'], r['positive']):
@@ -105,6 +116,7 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
         counts['records'] += 1
   if not items:
     raise ValueError(f'source {cfg.get("name")!r}: no records in {_paths(cfg)}')
+  store_lib.check_language_shares(cfg.get('name'), lang_lines, s['min_lang_share'])
   counts['bad lines (skipped)'] = len(bad)
   group_ids = sorted({g for g, _ in items})
   langs = sorted({l for _, l in items})

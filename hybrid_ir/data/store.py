@@ -9,7 +9,9 @@ hosts read it by random access, locally or from gs://: in memory they hold integ
 
 Layout of a store directory:
   meta.json                       written last; a directory without it is incomplete and is
-                                  never read (preparation killed half way leaves no store).
+                                  never read (preparation killed half way leaves no store). It
+                                  records the size and sha256 of every other file ("files") and
+                                  a digest of itself ("meta_sha256").
   texts/<lang>.array_record       every text of that language (queries and passages), one
                                   record each; a text *row* is its index there, unless
   texts/<lang>.records.npy        int32 [R] maps rows to records (rows sorted by id while the
@@ -24,6 +26,14 @@ Layout of a store directory:
   groups.array_record             the group id strings, in group order (for people and tests).
 L is a language, or 'all' for a source whose rows are aligned across languages (mMARCO: row r
 is the same query or passage id in every language), so its index exists once.
+
+Ownership and integrity: a store is written into a temporary sibling `<dir>.tmp-<random>` (with
+a writer.json naming host and pid) and renamed into place; an existing path is replaced only
+when it is a store (its meta.json says format hybrid_ir.store) or holds no files at all, so
+nothing a user put there is ever deleted. Opening a store checks meta.json's own digest, every
+.npy file's sha256 and every file's size (and the sha256 of texts small enough to be read whole);
+`Store.verify()` checks every sha256 (`python -m hybrid_ir.prepare --config C --verify`). Any
+mismatch, or a reading error of a text file, is a `StoreError` naming the store and the file.
 
 Groups are the translations of one item (SQuAD question id, mMARCO (query id, positive id),
 bitext id): a cross-lingual example is a group's query in one language with its positive in
@@ -45,6 +55,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 import unicodedata
@@ -55,7 +66,10 @@ from typing import Any
 from etils import epath
 import numpy as np
 
-VERSION = 1
+VERSION = 2  # 2: meta.json records every file's size and sha256, and its own digest
+FORMAT = 'hybrid_ir.store'
+WRITER = 'writer.json'  # in a store being written: who writes it (host, pid, start time)
+PREPARE_AGAIN = 'prepare it again: python -m hybrid_ir.prepare --config <config> --overwrite'
 ALL = 'all'  # the index language of an aligned store
 # Texts of a language whose file is below this size are read into memory once: small sources
 # (LAReQA, the demo) then cost no I/O per batch.
@@ -68,19 +82,10 @@ def _is_remote(path: epath.Path) -> bool:
   return '://' in str(path)
 
 
-def file_fingerprints(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-  """Path, size and modification time of each input file: what decides whether a store is stale.
-
-  Raises FileNotFoundError naming a missing file.
-  """
-  out = []
-  for p in paths:
-    path = epath.Path(p)
-    if not path.is_file():
-      raise FileNotFoundError(f'training source file not found: {path}')
-    st = path.stat()
-    out.append({'path': str(path), 'size': int(st.length), 'mtime': int(st.mtime)})
-  return out
+class StoreError(ValueError):
+  """A store that cannot be used or made as asked: damaged, something else stands at its path,
+  or prepared from other data. The message is one line that names the store, the file and what
+  to do; binaries print it without a traceback."""
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -90,6 +95,199 @@ def file_digest(path: str | os.PathLike) -> str:
     while chunk := f.read(8 << 20):
       h.update(chunk)
   return h.hexdigest()
+
+
+def _stamp(path: epath.Path) -> tuple[str, list[int]]:
+  """(key, stamp) of a file for the digest cache: its real path, and what changes whenever its
+  bytes may have (size, mtime and ctime in ns, inode; a user cannot set a ctime back)."""
+  if _is_remote(path):
+    st = path.stat()
+    return str(path), [int(st.length), int(st.mtime)]
+  st = os.stat(path)
+  return os.path.realpath(path), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_json(path: epath.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def _write_json_atomic(path: epath.Path, obj: Any) -> None:
+  if _is_remote(path):
+    path.write_text(json.dumps(obj))
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = f'{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def file_fingerprints(paths: Iterable[str | os.PathLike],
+                      cache_file: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+  """Path, size and sha256 of each input file: what a store is keyed by (their contents).
+
+  Inputs: the files; `cache_file`, a JSON file that remembers each file's sha256 by (real path,
+  size, mtime, ctime, inode), so that a start reads only the files that changed (None: hash
+  every file). Losing or sharing the cache is harmless: a missing entry is computed again.
+  Raises FileNotFoundError naming a missing file.
+  """
+  cache_path = epath.Path(cache_file) if cache_file else None
+  cache = (_read_json(cache_path) if cache_path else None) or {}
+  out, changed = [], False
+  for p in paths:
+    path = epath.Path(p)
+    if not path.is_file():
+      raise FileNotFoundError(f'training source file not found: {path}')
+    key, stamp = _stamp(path)
+    hit = cache.get(key)
+    if isinstance(hit, list) and hit[:-1] == stamp:
+      sha = hit[-1]
+    else:
+      sha = file_digest(path)
+      cache[key] = stamp + [sha]
+      changed = True
+    out.append({'path': str(path), 'size': int(stamp[0]), 'sha256': sha})
+  if changed and cache_path:
+    # Entries of local files that are gone would only make the cache grow.
+    cache = {k: v for k, v in cache.items() if '://' in k or os.path.exists(k)}
+    try:
+      _write_json_atomic(cache_path, cache)
+    except OSError as e:  # a read-only store folder: the files are hashed again next time
+      logging.warning('input digests not cached in %s: %s', cache_path, e)
+  return out
+
+
+def content_fingerprint(kind: str, settings: Mapping[str, Any],
+                        inputs: Sequence[Mapping[str, Any]]) -> str:
+  """The data's identity: kind, parse settings, the input files' sizes and sha256s, and the store
+  version; not where the files lie or when they were copied. It names the default store folder
+  (`<store_dir>/<name>-<fingerprint>`), and a resumed run's input state is checked against it."""
+  content = {'kind': kind, 'settings': dict(settings),
+             'inputs': [(i.get('size'), i.get('sha256')) for i in inputs], 'version': VERSION}
+  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# What stands at a store's path: a store, a half-written one, or something of the user's.
+# --------------------------------------------------------------------------------------------
+
+def is_store(directory: str | os.PathLike) -> bool:
+  """True when `directory` holds a meta.json of format hybrid_ir.store (any version)."""
+  meta = _read_json(epath.Path(directory) / 'meta.json')
+  return isinstance(meta, dict) and meta.get('format') == FORMAT
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+  return (epath.Path(directory) / 'meta.json').exists()
+
+
+def _holds_no_files(path: epath.Path) -> bool:
+  """True for a folder tree with no file in it (an empty folder, or empty texts/ and index/):
+  removing it loses nothing."""
+  if _is_remote(path):
+    return path.is_dir() and not any(p.is_file() for p in path.rglob('*'))
+  if os.path.islink(path) or not os.path.isdir(path):
+    return False
+  for root, dirs, files in os.walk(path):
+    if files or any(os.path.islink(os.path.join(root, d)) for d in dirs):
+      return False
+  return True
+
+
+def _remove_empty_tree(path: epath.Path) -> None:
+  # rmdir, not rmtree: it fails rather than delete a file that appeared meanwhile.
+  if _is_remote(path):
+    shutil.rmtree(str(path))
+    return
+  for root, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+    os.rmdir(root)
+
+
+def check_replaceable(directory: str | os.PathLike) -> None:
+  """Raises StoreError naming `directory` unless preparing a store there may replace what is
+  there: nothing, a store, a store half-written by this code (writer.json; gs:// writes in
+  place), or folders without files."""
+  path = epath.Path(directory)
+  if not (os.path.lexists(path) if not _is_remote(path) else path.exists()):
+    return
+  if is_store(path) or _holds_no_files(path) or (
+      _is_remote(path) and (path / WRITER).exists() and not (path / 'meta.json').exists()):
+    return
+  if ((path / 'groups.array_record').exists() and (path / 'index' / 'group_identity.npy').exists()
+      and (path / 'meta.json').exists()):
+    return  # a store whose meta.json is damaged: this layout is this code's alone
+  what = 'a file' if path.is_file() else 'a folder that is not a hybrid_ir store'
+  raise StoreError(f'{path} is {what} (no meta.json of format {FORMAT}); nothing there was '
+                   'changed. Move it away, or give the source another name, `store` or '
+                   'input.store_dir')
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError, ValueError):
+    return True
+  return True
+
+
+def remove_stale_temporaries(parent: str | os.PathLike) -> None:
+  """Removes the half-written stores (`*.tmp-*`) in `parent` whose writer, a process of this
+  host, is gone, and the replaced stores (`*.old-*`) an interrupted overwrite left; logs each,
+  and names (keeps) the half-written ones another host or a live process may still write.
+  Local folders only: on gs:// a store is written in place."""
+  parent = epath.Path(parent)
+  if _is_remote(parent) or not parent.is_dir():
+    return
+  host = socket.gethostname()
+  for p in sorted(parent.glob('*.tmp-*')):
+    if not p.is_dir() or p.is_symlink():
+      continue
+    writer = _read_json(p / WRITER)
+    if not (isinstance(writer, dict) and writer.get('format') == f'{FORMAT}.writer'):
+      logging.warning('%s looks like a half-written store of an older version (no %s): remove '
+                      'it if no preparation is running', p, WRITER)
+    elif writer.get('host') == host and not _pid_alive(int(writer.get('pid', 0))):
+      shutil.rmtree(str(p), ignore_errors=True)
+      logging.warning('removed %s: a half-written store whose writer (pid %s on this host, '
+                      'started %s) is gone', p, writer.get('pid'),
+                      time.strftime('%Y-%m-%d %H:%M', time.localtime(writer.get('started', 0))))
+    else:
+      logging.warning('%s: a store being written by pid %s on %s since %s; remove it if that '
+                      'process is gone', p, writer.get('pid'), writer.get('host'),
+                      time.strftime('%Y-%m-%d %H:%M', time.localtime(writer.get('started', 0))))
+  for p in sorted(parent.glob('*.old-*')):
+    if p.is_dir() and not p.is_symlink() and is_store(p):
+      shutil.rmtree(str(p), ignore_errors=True)
+      logging.warning('removed %s: a store replaced by an interrupted overwrite', p)
+
+
+# A language code in fewer than this share of a source's records is taken for a typo.
+MIN_LANG_SHARE = 0.01
+
+
+def check_language_shares(name: str, lines: Mapping[str, Sequence[str]], min_share: float
+                          ) -> None:
+  """Raises ValueError naming the lines of each language seen in fewer than `min_share` of a
+  source's records (a typo such as "dee" would otherwise become a language of its own, and
+  its groups would lose their pairs in the language meant).
+
+  Inputs: the source's name; lang -> the file:line of each of its records; the share (the
+  source setting `min_lang_share`; 0 accepts any language).
+  """
+  total = sum(len(v) for v in lines.values())
+  rare = {l: v for l, v in lines.items() if len(v) < min_share * total}
+  if rare:
+    said = '; '.join(f'{l!r} in {len(v)} record(s): {", ".join(v[:5])}'
+                     + (f' and {len(v) - 5} more' if len(v) > 5 else '')
+                     for l, v in sorted(rare.items()))
+    raise ValueError(f'source {name!r}: languages in fewer than {min_share:.1%} of its {total} '
+                     f'records (a typo?): {said}. Fix the lang there, or set the source\'s '
+                     'min_lang_share=0 to keep them')
 
 
 def normalize_text(text: str) -> str:
@@ -192,9 +390,11 @@ def csr(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 class Builder:
   """Writes one store into a temporary directory; `finish` makes it visible in one step.
 
-  Locally the temporary directory is renamed into place (atomic; a concurrent preparation of
-  the same store loses the race harmlessly). On gs://, where rename is a copy, files are
-  written in place and meta.json, written last, is the commit.
+  Locally the temporary directory `<directory>.tmp-<random>` is renamed into place (atomic; a
+  concurrent preparation of the same store loses the race harmlessly). On gs://, where rename
+  is a copy, files are written in place and meta.json, written last, is the commit. What stands
+  at `directory` is replaced only where `check_replaceable` allows it (a store, with
+  `overwrite`; nothing of the user's); otherwise StoreError, before any work.
   """
 
   def __init__(self, directory: str | os.PathLike, *, kind: str, name: str,
@@ -205,6 +405,7 @@ class Builder:
     self.settings, self.inputs = dict(settings), list(inputs)
     self.overwrite = overwrite
     self.t0 = time.time()
+    check_replaceable(self.directory)
     if _is_remote(self.directory):
       self.tmp = self.directory
       if (self.tmp / 'meta.json').exists():
@@ -215,6 +416,9 @@ class Builder:
       self.tmp = epath.Path(f'{self.directory}.tmp-{uuid.uuid4().hex[:8]}')
     (self.tmp / 'texts').mkdir(parents=True, exist_ok=True)
     (self.tmp / 'index').mkdir(parents=True, exist_ok=True)
+    (self.tmp / WRITER).write_text(json.dumps(
+        {'format': f'{FORMAT}.writer', 'host': socket.gethostname(), 'pid': os.getpid(),
+         'started': time.time()}))
 
   def text_path(self, lang: str) -> epath.Path:
     return self.tmp / 'texts' / f'{lang}.array_record'
@@ -228,41 +432,74 @@ class Builder:
       save_array(self.tmp / 'index' / f'{lang}.{field}.npy',
                  np.asarray(getattr(index, field), dtype))
 
+  def _files(self) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file written (relative path -> record)."""
+    out = {}
+    for d in ('', 'texts', 'index'):
+      for p in sorted((self.tmp / d).glob('*') if d else self.tmp.glob('*')):
+        rel = f'{d}/{p.name}' if d else p.name
+        if p.is_dir() or rel in ('meta.json', WRITER):
+          continue
+        out[rel] = {'size': int(p.stat().length), 'sha256': file_digest(p)}
+    return out
+
   def finish(self, *, langs: Sequence[str], aligned: bool, group_ids: Sequence[str],
              group_identity: np.ndarray, mono: bool = True,
              counts: Mapping[str, Any] | None = None) -> 'Store':
     """Writes the group ids, group identities and meta.json, and publishes the store."""
     write_texts(self.tmp / 'groups.array_record', group_ids)
     save_array(self.tmp / 'index' / 'group_identity.npy', np.asarray(group_identity, np.int32))
-    # The data's identity (which a resumed run's input state is checked against): contents,
-    # not where the files lie or when they were copied.
-    contents = [(i.get('size'), i.get('sha256')) for i in self.inputs]
-    content = {'kind': self.kind, 'settings': self.settings, 'inputs': contents,
-               'version': VERSION}
-    meta = {'format': 'hybrid_ir.store', 'version': VERSION, 'name': self.name,
+    meta = {'format': FORMAT, 'version': VERSION, 'name': self.name,
             'kind': self.kind, 'settings': self.settings, 'inputs': self.inputs,
             'langs': list(langs), 'aligned': bool(aligned), 'mono': bool(mono),
             'num_groups': len(group_ids), 'counts': dict(counts or {}),
-            'fingerprint': hashlib.sha256(json.dumps(content, sort_keys=True).encode()
-                                          ).hexdigest()[:16],
-            'prepare_seconds': round(time.time() - self.t0, 2)}
+            'fingerprint': content_fingerprint(self.kind, self.settings, self.inputs),
+            'files': self._files(), 'prepare_seconds': round(time.time() - self.t0, 2)}
+    meta = json.loads(json.dumps(meta))  # as it will read back (tuples become lists)
+    meta['meta_sha256'] = meta_digest(meta)
     (self.tmp / 'meta.json').write_text(json.dumps(meta, indent=1, sort_keys=True))
+    (self.tmp / WRITER).unlink()
     if self.tmp != self.directory:
-      if is_complete(self.directory) and not self.overwrite:
-        # Another process prepared the same store meanwhile: keep the first.
-        shutil.rmtree(str(self.tmp))
-        return Store(self.directory)
-      if self.directory.exists():  # overwritten, or left incomplete on a remote filesystem
-        shutil.rmtree(str(self.directory))
-      self.directory.parent.mkdir(parents=True, exist_ok=True)
-      os.rename(str(self.tmp), str(self.directory))
+      self._publish()
     logging.info('store %s: %d groups, %s, prepared in %.1fs', self.directory, len(group_ids),
                  meta['counts'], meta['prepare_seconds'])
     return Store(self.directory)
 
+  def _publish(self) -> None:
+    """Renames the finished temporary store into place, replacing only what it may."""
+    path = str(self.directory)
+    if is_store(path):
+      if not self.overwrite:
+        # Another process prepared the same store meanwhile: keep the first.
+        shutil.rmtree(str(self.tmp))
+        return
+      aside = f'{path}.old-{uuid.uuid4().hex[:8]}'
+      os.rename(path, aside)
+      os.rename(str(self.tmp), path)
+      if os.path.islink(aside):
+        os.unlink(aside)  # a link to a store elsewhere: the link is replaced, not its target
+      else:
+        shutil.rmtree(aside)
+      return
+    try:
+      check_replaceable(path)  # something may have appeared there while this one was written
+    except StoreError:
+      shutil.rmtree(str(self.tmp))
+      raise
+    if os.path.lexists(path):
+      _remove_empty_tree(self.directory)
+    self.directory.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(str(self.tmp), path)
+
   def abort(self) -> None:
     if self.tmp != self.directory and self.tmp.exists():
       shutil.rmtree(str(self.tmp), ignore_errors=True)
+
+
+def meta_digest(meta: Mapping[str, Any]) -> str:
+  """sha256 of a store's meta.json content, without the field that records it."""
+  rest = {k: v for k, v in meta.items() if k != 'meta_sha256'}
+  return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
 def write_tables(builder: Builder, *, langs: Sequence[str], group_ids: Sequence[str],
@@ -336,48 +573,100 @@ def write_tables(builder: Builder, *, langs: Sequence[str], group_ids: Sequence[
 # Reading.
 # --------------------------------------------------------------------------------------------
 
-def is_complete(directory: str | os.PathLike) -> bool:
-  return (epath.Path(directory) / 'meta.json').exists()
-
-
 class Store:
   """Read side of a prepared store (see the module docstring).
 
   Inputs: the store directory (local or gs://). Recommended for: the sampler (integer indexes)
-  and the input pipeline (`texts`). Arrays are memory-mapped from local files and read whole
-  from remote ones; texts are read by random access, or held in memory for small languages
-  (`CACHE_TEXTS_BELOW_BYTES`). Safe to share between the threads of a tf.data map.
+  and the input pipeline (`texts`). Opening checks the store's bytes (meta.json's digest, the
+  .npy files' sha256s, every file's size, small texts' sha256s) and raises StoreError naming
+  the file on a mismatch; `verify()` checks every sha256. Arrays are memory-mapped from local
+  files and read whole from remote ones; texts are read by random access, or held in memory for
+  small languages (`CACHE_TEXTS_BELOW_BYTES`). Safe to share between the threads of a tf.data
+  map.
   """
 
   def __init__(self, directory: str | os.PathLike):
     self.directory = epath.Path(directory)
+    self._lock = threading.RLock()
     meta_path = self.directory / 'meta.json'
     if not meta_path.exists():
       raise FileNotFoundError(f'{self.directory}: not a complete store (no meta.json); prepare '
                               'it with `python -m hybrid_ir.prepare --config <config>`')
-    self.meta = json.loads(meta_path.read_text())
-    if self.meta.get('format') != 'hybrid_ir.store' or self.meta.get('version') != VERSION:
-      raise ValueError(f'{meta_path}: store format {self.meta.get("format")!r} version '
+    self.meta = _read_json(meta_path)
+    if not isinstance(self.meta, dict):
+      raise self._damaged('meta.json', 'is not a JSON object')
+    if self.meta.get('format') != FORMAT or self.meta.get('version') != VERSION:
+      raise StoreError(f'store {self.directory}: format {self.meta.get("format")!r} version '
                        f'{self.meta.get("version")!r}; this code reads version {VERSION}: '
-                       'prepare it again')
+                       f'{PREPARE_AGAIN}')
+    if self.meta.get('meta_sha256') != meta_digest(self.meta):
+      raise self._damaged('meta.json', 'was changed after preparation (its content does not '
+                          'match the digest it recorded)')
+    self._arrays: dict[str, np.ndarray] = {}
+    self._check(full=False)
     self.name = self.meta['name']
     self.langs: tuple[str, ...] = tuple(self.meta['langs'])
     self.num_groups = int(self.meta['num_groups'])
     self.aligned = bool(self.meta['aligned'])
     self.mono = bool(self.meta.get('mono', True))
     self.fingerprint = self.meta['fingerprint']
+    # What the store's bytes are: changes with any file, and is the same wherever the store lies.
+    self.content_digest = hashlib.sha256(json.dumps(
+        {k: v['sha256'] for k, v in self.meta['files'].items()}, sort_keys=True).encode()
+    ).hexdigest()[:16]
     self.group_identity = self._array('index/group_identity.npy')
+    if len(self.group_identity) != self.num_groups:
+      raise self._damaged('index/group_identity.npy', f'has {len(self.group_identity)} groups, '
+                          f'meta.json {self.num_groups}')
     self._index: dict[str, LangIndex] = {}
     self._records: dict[str, np.ndarray | None] = {}
     self._cached: dict[str, list[bytes] | None] = {}  # path -> texts, or None: read on demand
     self._readers = {}
-    self._lock = threading.RLock()
+
+  def _damaged(self, rel: str, problem: str) -> StoreError:
+    return StoreError(f'store {self.directory}: {rel} {problem}; {PREPARE_AGAIN}')
+
+  def _check(self, full: bool) -> int:
+    """Checks the files against meta.json: every size; the sha256 of .npy files, of files read
+    whole (below CACHE_TEXTS_BELOW_BYTES), or of all with `full`. Returns the bytes hashed."""
+    hashed = 0
+    for rel, want in sorted(self.meta.get('files', {}).items()):
+      path = self.directory / rel
+      if not path.exists():
+        raise self._damaged(rel, 'is missing')
+      size = int(path.stat().length)
+      if size != want['size']:
+        raise self._damaged(rel, f'has {size} bytes, {want["size"]} when it was prepared '
+                            '(truncated or changed)')
+      if not (full or rel.endswith('.npy') or size < CACHE_TEXTS_BELOW_BYTES):
+        continue
+      if _is_remote(path) and rel.endswith('.npy'):
+        raw = path.read_bytes()  # read once: hashed here, kept as the array
+        got = hashlib.sha256(raw).hexdigest()
+        if got == want['sha256']:
+          self._arrays[rel] = np.load(io.BytesIO(raw))
+      else:
+        got = file_digest(path)
+      hashed += size
+      if got != want['sha256']:
+        raise self._damaged(rel, 'does not match the sha256 recorded when it was prepared '
+                            '(damaged or changed)')
+    return hashed
+
+  def verify(self) -> int:
+    """Checks every file's sha256 against meta.json (reads the whole store); returns the bytes
+    read. Raises StoreError naming the first file that differs."""
+    return self._check(full=True)
 
   def _array(self, rel: str) -> np.ndarray:
-    path = self.directory / rel
-    if _is_remote(path):
-      return np.load(io.BytesIO(path.read_bytes()))
-    return np.load(str(path), mmap_mode='r')
+    with self._lock:
+      if rel not in self._arrays:
+        path = self.directory / rel
+        if _is_remote(path):
+          self._arrays[rel] = np.load(io.BytesIO(path.read_bytes()))
+        else:
+          self._arrays[rel] = np.load(str(path), mmap_mode='r')
+      return self._arrays[rel]
 
   def index(self, lang: str) -> LangIndex:
     """The index arrays of `lang` (the shared ones in an aligned store)."""
@@ -403,21 +692,28 @@ class Store:
   def _read(self, path: epath.Path, records: Sequence[int]) -> list[bytes]:
     if not records:
       return []
-    with self._lock:
-      if str(path) not in self._cached:
-        small = path.stat().length < CACHE_TEXTS_BELOW_BYTES
-        self._cached[str(path)] = list(self._reader(path).read_all()) if small else None
-      cached = self._cached[str(path)]
-    if cached is not None:
-      return [cached[r] for r in records]
-    return list(self._reader(path).read(list(records)))
+    try:
+      with self._lock:
+        if str(path) not in self._cached:
+          small = path.stat().length < CACHE_TEXTS_BELOW_BYTES
+          self._cached[str(path)] = list(self._reader(path).read_all()) if small else None
+        cached = self._cached[str(path)]
+      if cached is not None:
+        return [cached[r] for r in records]
+      return list(self._reader(path).read(list(records)))
+    except Exception as e:  # pylint: disable=broad-except
+      # riegeli's own chunk hashes caught damage (e.g. "Corrupted Riegeli/records file"): name
+      # the file instead of a reader's traceback.
+      rel = os.path.relpath(str(path), str(self.directory))
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise self._damaged(rel, f'cannot be read ({first})') from e
 
   def texts(self, lang: str, rows: Sequence[int] | np.ndarray) -> list[str]:
     """The texts of `rows` in `lang`."""
     with self._lock:
       if lang not in self._records:
         rel = f'texts/{lang}.records.npy'
-        self._records[lang] = self._array(rel) if (self.directory / rel).exists() else None
+        self._records[lang] = self._array(rel) if rel in self.meta['files'] else None
     records = self._records[lang]
     rows = np.asarray(rows, np.int64)
     recs = rows if records is None else records[rows]
