@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from hybrid_ir import data as data_lib
 from hybrid_ir import sampler as sampler_lib
+from hybrid_ir.data import store as store_lib
 
 TokenizeFn = Callable[[list[str], str], dict[str, np.ndarray]]
 # Fills the negative slots a source cannot fill; never scored (negative_valid is False).
@@ -162,6 +163,7 @@ class Pipeline:
     self.num_negatives = max(s.num_negatives for s in sources.values())
     self._state = self.sampler.get_state()
     self._tokenize_fn = tokenize_fn
+    self._store_failures: list[store_lib.StoreError] = []
     self._iterator = self._make_dataset(int(config.get('prefetch', 2))).as_numpy_iterator()
     _LIVE_PIPELINES.add(self)
 
@@ -198,6 +200,7 @@ class Pipeline:
     if k:
       extra += [('negative_identity', tf.int32, local * k), ('negative_valid', tf.bool, local * k)]
     sources, tokenize_fn = self.sampler.sources, self._tokenize_fn
+    failures = self._store_failures
 
     def read_and_tokenize(source, q_lang, p_lang, group, epoch):
       try:
@@ -212,9 +215,11 @@ class Pipeline:
         # Example ids unique across sources: the group index plus its source's offset.
         texts['group'] = (np.asarray(group) + src.offset).astype(np.int32)
         return out + [texts[name] for name, _, _ in extra]
-      except Exception:
+      except Exception as e:
         # tf.data reports only the exception type from here; keep the traceback.
         logging.exception('input: reading or tokenizing a batch of %s failed', source)
+        if isinstance(e, store_lib.StoreError):
+          failures.append(e)  # raised as it is by __next__, not inside tf.data's message
         raise
 
     def read(element):
@@ -241,7 +246,12 @@ class Pipeline:
     return self
 
   def __next__(self) -> dict[str, Any]:
-    batch = next(self._iterator)
+    try:
+      batch = next(self._iterator)
+    except tf.errors.OpError:
+      if self._store_failures:  # a damaged store: its one-line message, not tf.data's
+        raise self._store_failures[0] from None
+      raise
     self._state = json.loads(batch.pop('state'))
     for key in ('batch_type', 'source'):
       batch[key] = batch[key].decode('utf-8')

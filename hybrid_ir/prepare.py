@@ -80,8 +80,9 @@ def main(argv) -> None:
   try:
     prepare(f.config, overwrite=f.overwrite, verify=f.verify, workers=f.workers or os.cpu_count())
   except (store_lib.StoreError, ValueError, FileNotFoundError) as e:
-    # Bad input or a damaged store: the message names the file and what to do.
-    logging.info("prepare failed", exc_info=True)
+    # Bad input or a damaged store: the message names the file and what to do; the traceback
+    # only with --verbosity=1.
+    logging.debug("prepare failed", exc_info=True)
     sys.exit(f"hybrid_ir.prepare: error: {e}")
 
 

@@ -245,7 +245,7 @@ def remove_stale_temporaries(parent: str | os.PathLike) -> None:
     return
   host = socket.gethostname()
   for p in sorted(parent.glob('*.tmp-*')):
-    if not p.is_dir() or p.is_symlink():
+    if not p.is_dir() or os.path.islink(p):
       continue
     writer = _read_json(p / WRITER)
     if not (isinstance(writer, dict) and writer.get('format') == f'{FORMAT}.writer'):
@@ -261,7 +261,7 @@ def remove_stale_temporaries(parent: str | os.PathLike) -> None:
                       'process is gone', p, writer.get('pid'), writer.get('host'),
                       time.strftime('%Y-%m-%d %H:%M', time.localtime(writer.get('started', 0))))
   for p in sorted(parent.glob('*.old-*')):
-    if p.is_dir() and not p.is_symlink() and is_store(p):
+    if p.is_dir() and not os.path.islink(p) and is_store(p):
       shutil.rmtree(str(p), ignore_errors=True)
       logging.warning('removed %s: a store replaced by an interrupted overwrite', p)
 
