@@ -22,16 +22,17 @@ What a reader gets instead of a restored step:
                           another model (checked against the integrity record, before reading);
   CorruptCheckpointError  the step is there but unreadable or fails its checksums; `train.py`
                           and `eval.py` fall back to the newest good step (`restore_latest`).
-Other files of the run directory: `finished.json` (written by train.py when the run completed;
-`read_finished`), and `corrupt_checkpoints/` (steps the trainer moved aside, never deleted).
+Also here: `corrupt_checkpoints/` (steps the trainer moved aside, never deleted). The rest of the
+run directory (lease, metrics, log, finished marker) is `hybrid_ir.run_dir`'s.
 """
-import dataclasses
-import datetime
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
-import sys
+import pathlib
+import shutil
 from typing import Any, Callable, NamedTuple
 
 from etils import epath
@@ -41,7 +42,6 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 STATE_ITEMS = ("params", "train_state", "data", "config", "integrity")
-FINISHED = "finished.json"
 QUARANTINE = "corrupt_checkpoints"
 
 
@@ -57,12 +57,10 @@ class ModelMismatchError(CheckpointError, ValueError):
   """A readable step whose arrays do not fit the target (another model's checkpoint)."""
 
 
-class WorkdirError(ValueError):
-  """A --workdir that cannot serve: a file, not creatable, not writable, or missing."""
 
 
 # ------------------------------------------------------------------------------------------------
-# The run directory.
+# The checkpoint directory.
 # ------------------------------------------------------------------------------------------------
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
@@ -70,118 +68,6 @@ def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
   d = epath.Path(workdir) / "checkpoints"
   return d if "://" in str(workdir) else epath.Path(os.path.abspath(d))
 
-
-def check_workdir(workdir: str | os.PathLike, *, create: bool, writable: bool = True,
-                  flag: str = "--workdir") -> epath.Path:
-  """The workdir as an epath, after checks whose errors say what is wrong with which path.
-
-  Inputs: create (make it, with parents, if missing; else it must exist), writable (probe it by
-  writing and removing a file: a read-only mount or a permission fails here, before any work).
-  Raises WorkdirError. Recommended for every binary before its first heavy step.
-  """
-  path = epath.Path(workdir)
-  what = f"{flag}={workdir}"
-  try:
-    if path.exists() and not path.is_dir():
-      raise WorkdirError(f"{what} is a file, not a directory; pass a directory (it holds "
-                         "checkpoints/, metrics.jsonl and eval/), or move the file away")
-    if not path.exists():
-      if not create:
-        raise WorkdirError(f"{what} does not exist (nothing to read there); pass the directory "
-                           "the trainer wrote to")
-      path.mkdir(parents=True, exist_ok=True)
-    if writable:
-      probe = path / f".write_test.{os.getpid()}"
-      probe.write_text("")
-      probe.unlink()
-  except WorkdirError:
-    raise
-  except (OSError, ValueError) as e:  # PermissionError, read-only file system, a file as parent
-    reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-    raise WorkdirError(f"{what}: cannot {'write to' if path.is_dir() else 'create'} {path} "
-                       f"({reason}); pass a directory you can write to") from None
-  return path
-
-
-class HeldLog(logging.Filter):
-  """Holds INFO log records back until the log file is open, then writes them there.
-
-  The first jax call runs JAX's backend probe, which logs 'Unable to initialize backend tpu'
-  (and Orbax, TensorFlow log at INFO too); it has to come before the log file opens, since only
-  then is it known whether this is process 0 (the one that writes it) and, for eval.py, whether
-  the output directory can be written. Usage:
-    with checkpoint.HeldLog() as log:
-      ...                       # jax calls, checks
-      log.to_file("eval", out)  # process 0, local directories: <out>/eval.INFO
-  On leaving, the held records go to wherever the log goes then (the file, or stderr; on an
-  error before the file opened, nowhere).
-  """
-
-  def __init__(self):
-    super().__init__()
-    self.records, self.path = [], None
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    self._handler = absl_logging.get_absl_handler()
-
-  def filter(self, record):
-    if record.levelno < logging.WARNING:
-      self.records.append(record)
-      return False
-    return True
-
-  def __enter__(self) -> "HeldLog":
-    self._handler.addFilter(self)
-    return self
-
-  def to_file(self, program: str, directory: str | os.PathLike) -> str | None:
-    """Sends the log to `<directory>/<program>.INFO` on process 0 for a local directory (absl then
-    writes only FATAL to stderr); returns the path, or None (the log stays on stderr)."""
-    if jax.process_index() == 0 and "://" not in str(directory):
-      self._handler.use_absl_log_file(program, str(directory))
-      self.path = str(epath.Path(directory) / f"{program}.INFO")
-    return self.path
-
-  def __exit__(self, exc_type, *exc) -> None:
-    self._handler.removeFilter(self)
-    # Failing before a log file opened, the error is what matters on the console: the held
-    # INFO chatter is dropped, not printed above it.
-    if self.path is not None or exc_type is None:
-      for record in self.records:
-        self._handler.handle(record)
-    self.records = []
-
-
-def log_error(message: str) -> None:
-  """Records a binary's fatal error in its log file. Not on stderr (while no log file is open,
-  the log is stderr), where the binary's exit message says it once."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  if absl_logging.get_absl_handler().python_handler.stream not in (sys.stderr, sys.__stderr__):
-    absl_logging.error("%s", message)
-
-
-def write_finished(workdir: str | os.PathLike, step: int) -> None:
-  """Marks the run complete at `step` (its checkpoint is final): `<workdir>/finished.json`."""
-  path = epath.Path(workdir) / FINISHED
-  tmp = path.parent / f"{FINISHED}.tmp"
-  tmp.write_text(json.dumps({"step": int(step), "time": datetime.datetime.now().isoformat()}))
-  tmp.rename(path)
-
-
-def read_finished(workdir: str | os.PathLike) -> dict | None:
-  """`finished.json` of a completed run ({'step': N, 'time': ...}), or None (still running, died,
-  or written before the marker existed)."""
-  path = epath.Path(workdir) / FINISHED
-  try:
-    return json.loads(path.read_text())
-  except (FileNotFoundError, json.JSONDecodeError):
-    return None
-
-
-def clear_finished(workdir: str | os.PathLike) -> None:
-  """Removes the marker: a resumed run with more steps is running again."""
-  path = epath.Path(workdir) / FINISHED
-  if path.exists():
-    path.unlink()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,6 +167,54 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict[str, Any],
       data=ocp.args.JsonSave(data_state),
       config=ocp.args.JsonSave(config_json),
       integrity=ocp.args.JsonSave(integrity)), force=force)
+
+
+class DiskFullError(CheckpointError):
+  """A checkpoint could not be written for want of space."""
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  text = str(e)[:4000]
+  return (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text
+          or "RESOURCE_EXHAUSTED" in text)
+
+
+def _disk_full_message(manager: ocp.CheckpointManager, step: int, detail: str) -> str:
+  good = latest_finished_step(epath.Path(manager.directory).parent)
+  return (f"disk full: checkpoint {step} could not be written to {manager.directory} ({detail}). "
+          f"The last good checkpoint is {good}. Free space (or move the workdir to a larger "
+          "disk) and run the same command to resume from it")
+
+
+def check_free_space(manager: ocp.CheckpointManager, step: int) -> None:
+  """Raises DiskFullError, before writing anything, when a local checkpoint directory has less
+  free space than its newest checkpoint takes (the next one is about as large; the first one is
+  not checked). Remote directories (gs://) are not checked: their writes fail instead, and
+  `disk_full_named` names that."""
+  directory = str(manager.directory)
+  latest = manager.latest_step()
+  if "://" in directory or latest is None:
+    return
+  need = sum(f.stat().st_size for f in pathlib.Path(directory, str(latest)).rglob("*")
+             if f.is_file())
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    raise DiskFullError(_disk_full_message(
+        manager, step, f"checkpoint {latest} took {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB "
+        "are free"))
+
+
+@contextlib.contextmanager
+def disk_full_named(manager: ocp.CheckpointManager, step: int):
+  """Turns a write that failed for want of space (ENOSPC, TensorStore's RESOURCE_EXHAUSTED)
+  into one DiskFullError naming the checkpoint directory and the last good step. Wrap both
+  `save` and `manager.wait_until_finished()`: an async write fails at the next of them."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001
+    if isinstance(e, DiskFullError) or not _is_disk_full(e):
+      raise
+    raise DiskFullError(_disk_full_message(manager, step, _first_line(e, 160))) from e
 
 
 # ------------------------------------------------------------------------------------------------

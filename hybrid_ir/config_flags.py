@@ -104,11 +104,46 @@ def parse_flags(argv: list[str], flag: str = "config") -> list[str]:
 HELP_FLAGS = {"--help", "-h", "-?", "--helpshort", "--helpfull"}
 
 
+def _short(e: BaseException, lines: int = 15) -> str:
+  """An error as a person reads it: our errors are their message; others get their type, and
+  a long message (an XLA or TensorStore dump) its first lines."""
+  text = str(e).strip()
+  ours = type(e).__module__.startswith("hybrid_ir") or isinstance(
+      e, (ValueError, OSError, KeyError, FloatingPointError, RuntimeError))
+  if not ours or not text:
+    text = f"{type(e).__name__}: {text}"
+  kept = text.splitlines()
+  return "\n".join(kept[:lines] + (["..."] if len(kept) > lines else []))
+
+
+def _with_short_errors(main):
+  """main, whose errors end the program with one message on stderr (exit 1) and their traceback
+  in the log file, or on the console with --verbose."""
+  def guarded(argv):
+    try:
+      main(argv)
+    except (SystemExit, KeyboardInterrupt, app.UsageError):
+      raise
+    except Exception as e:  # noqa: BLE001
+      if flags.FLAGS.verbose:
+        raise
+      from hybrid_ir import run_dir  # pylint: disable=g-import-not-at-top
+      where = run_dir.log_traceback(e)
+      program = "hybrid_ir." + pathlib.Path(sys.argv[0]).stem
+      hint = f"traceback in {where}" if where else "--verbose shows the traceback"
+      sys.exit(f"{program}: error: {_short(e)}\n  ({hint})")
+  return guarded
+
+
 def run(main, flag: str = "config") -> None:
-  """absl's app.run(main) with `parse_flags`. absl exits 1 after printing --help; asking for help
-  is no failure, so that exit becomes 0."""
+  """absl's app.run(main) with `parse_flags`, and errors as one message (`--verbose`: with their
+  traceback). absl exits 1 after printing --help; asking for help is no failure, so that exit
+  becomes 0."""
+  if "verbose" not in flags.FLAGS:
+    flags.DEFINE_bool("verbose", False, "On an error, print its traceback on the console too "
+                      "(it is always in the log file, where the program has one).")
   try:
-    app.run(main, flags_parser=lambda argv: parse_flags(argv, flag))
+    app.run(_with_short_errors(main), flags_parser=lambda argv: parse_flags(argv, flag))
   except SystemExit as e:
     if e.code == 1 and HELP_FLAGS & set(sys.argv[1:]):
       sys.exit(0)
@@ -131,6 +166,24 @@ RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_bat
 # Keys added to the configs after checkpoints had been written without them, with the value that
 # an absent key meant then: a checkpoint saved before the key existed resumes under that value.
 ADDED_KEYS = {"optimizer.embedding_update": "dense", "loss.temperature_lr": 0.0}
+
+
+# Keys that decide which example comes at which step: the input pipeline's saved position means
+# nothing under other values, so no --allow_config_change can let them differ on resume.
+DATA_STATE_KEYS = ("input", "seed")
+
+
+def check_allowed_changes(allow: Sequence[str]) -> None:
+  """Refuses an --allow_config_change naming a data-state key (DATA_STATE_KEYS, except those in
+  RESUME_SAFE_KEYS) up front, before anything in the workdir is touched."""
+  refused = [k for k in allow if any(_covers(d, k) or _covers(k, d) for d in DATA_STATE_KEYS)
+             and not any(_covers(safe, k) for safe in RESUME_SAFE_KEYS)]
+  if refused:
+    raise ConfigChangedError(
+        f"--allow_config_change={','.join(refused)}: these keys decide which examples the input "
+        "pipeline draws at each step, and the checkpoint's saved position in that stream means "
+        "nothing under other values, so a run cannot resume with them changed. Train with them "
+        "in a fresh --workdir (nothing in this one was touched)")
 
 
 class ConfigError(ValueError):

@@ -33,6 +33,7 @@ from absl import logging
 from etils import epath
 
 from hybrid_ir import config_flags
+from hybrid_ir import run_dir
 
 
 
@@ -147,16 +148,32 @@ def _restore(workdir, step, target, done: Evaluated):
     _say(f"eval: checkpoint {step} was deleted before it could be evaluated (the trainer's "
          "keep-N); skipped")
   except checkpoint.CorruptCheckpointError as e:
-    done.skipped[step] = f"damaged: {e}"
-    _say(f"eval: checkpoint {step} is damaged; skipped: {e}")
+    if _vanishes(checkpoint.checkpoint_dir(workdir) / str(step)):
+      # keep-N's delete was under way: half a step's files read as damage.
+      done.skipped[step] = "deleted while it was being read (keep-N)"
+      _say(f"eval: checkpoint {step} was deleted while it was being read (the trainer's "
+           "keep-N); skipped")
+    else:
+      done.skipped[step] = f"damaged: {e}"
+      _say(f"eval: checkpoint {step} is damaged; skipped: {e}")
   return None
+
+
+def _vanishes(path, seconds: float = 2.0) -> bool:
+  """Whether `path` is gone within `seconds` (a delete in progress), or stays."""
+  end = time.time() + seconds
+  while path.exists():
+    if time.time() > end:
+      return False
+    time.sleep(0.1)
+  return True
 
 
 def _trainer_done(finished: dict | None, workdir, steps: list[int],
                   saved_totals: dict[int, int | None]) -> str | None:
   """Why the trainer will write no further checkpoint, or None while it may.
 
-  finished: its finished.json (`checkpoint.read_finished`); else the config saved with the newest
+  finished: its finished.json (`run_dir.read_finished`); else the config saved with the newest
   checkpoint is read (cached per step in `saved_totals`): that step being its total_steps.
   """
   from hybrid_ir import checkpoint
@@ -213,7 +230,7 @@ def poll(config, encoder, workdir: epath.Path, *, once: bool, poll_seconds: floa
     while True:
       # Read before the scan: a trainer writes finished.json once its last checkpoint is final,
       # so a scan after it sees every checkpoint there will be.
-      finished = checkpoint.read_finished(workdir)
+      finished = run_dir.read_finished(workdir)
       steps = checkpoint.finished_steps(workdir)
       todo = [s for s in steps if s not in done.skipped and f"step_{s}" not in done
               and not (out_dir / f"step_{s}.json").exists()]
@@ -250,8 +267,7 @@ def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = F
   (output_dir, default <workdir>/eval) can be written (WorkdirError naming it). log_file: the
   log goes to <output dir>/eval.INFO from then on (the binary).
   """
-  from hybrid_ir import checkpoint
-  with checkpoint.HeldLog() as log:
+  with run_dir.HeldLog() as log:
     if not config.get("evals"):
       raise config_flags.ConfigError("the config has no `evals` to run (a training-only "
                                      f"config?); keys: {sorted(config.keys())}")
@@ -259,8 +275,8 @@ def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = F
     encoder = models.load_encoder(config.model)
     # Before anything is evaluated: results must have somewhere to go. The workdir is created if
     # missing (a poller may start before the trainer).
-    workdir = checkpoint.check_workdir(workdir, create=True, writable=False)
-    out_dir = checkpoint.check_workdir(output_dir or workdir / "eval", create=True,
+    workdir = run_dir.check_workdir(workdir, create=True, writable=False)
+    out_dir = run_dir.check_workdir(output_dir or workdir / "eval", create=True,
                                        flag="--output_dir" if output_dir else "the output dir")
     if log_file:
       log.to_file("eval", out_dir)
@@ -278,7 +294,6 @@ def main(argv) -> None:
   f = flags.FLAGS
   if not f.workdir:
     raise app.UsageError("--workdir is required")
-  from hybrid_ir import checkpoint
 
   def stop(signum, frame):
     del frame
@@ -291,11 +306,6 @@ def main(argv) -> None:
                log_file=True, poll_seconds=f.poll_seconds, max_idle_seconds=f.max_idle_seconds)
   except Stopped as e:  # during set-up, before polling
     sys.exit(130 if e.signame == "SIGINT" else 0)
-  except (checkpoint.CheckpointError, checkpoint.WorkdirError, config_flags.ConfigError,
-          FileNotFoundError) as e:
-    # A fault with a message that says what to do: a traceback would bury it.
-    checkpoint.log_error(str(e))
-    sys.exit(f"hybrid_ir.eval: error: {e}")
   if getattr(done, "stopped_by", "") == "SIGINT received":
     sys.exit(130)  # the shell's convention for Ctrl-C: a script running eval stops too
 

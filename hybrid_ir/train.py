@@ -42,12 +42,9 @@ Faults (README "Long runs: faults and what happens"):
 """
 import contextlib
 import functools
-import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -63,6 +60,7 @@ import optax
 from hybrid_ir import checkpoint as ckpt_lib
 from hybrid_ir import config_flags
 from hybrid_ir import losses
+from hybrid_ir import run_dir
 from hybrid_ir import sharding
 from hybrid_ir import table_update
 from hybrid_ir.models import tokenizers
@@ -71,6 +69,8 @@ from hybrid_ir.models import tokenizers
 # (experiments, tests, notebooks) keeps the defaults. `main` calls `train(config, workdir)` like
 # any other caller.
 _BINARY = {"allow_config_change": (), "exits_after": False}
+# How often a trainer renews its workdir lease; one silent for 4 of these is taken over.
+LEASE_HEARTBEAT_SECONDS = 30.0
 
 
 def define_flags() -> None:
@@ -359,95 +359,6 @@ def to_device_batch(batch: dict, mesh) -> dict:
   return sharding.host_local_to_global(keep, mesh)
 
 
-class MetricWriter:
-  """JSONL + TensorBoard, written by process 0 only.
-
-  `start` is the step training (re)starts from: rows of later steps, written before a crash
-  or preemption and about to be recomputed, are dropped so that no step appears twice.
-  """
-
-  def __init__(self, workdir: epath.Path, start: int = 0):
-    self.active = jax.process_index() == 0
-    if self.active:
-      path = workdir / "metrics.jsonl"
-      if path.exists():
-        rows = path.read_text().splitlines(keepends=True)
-        kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= start]
-        if len(kept) != len(rows):
-          logging.info("metrics.jsonl: dropped %d rows after step %d (recomputed on resume)",
-                       len(rows) - len(kept), start)
-          path.write_text("".join(kept))
-      self.jsonl = path.open("a")
-      try:
-        import tensorboardX
-        self.tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
-      except ImportError:
-        logging.warning("tensorboardX not installed: metrics go to metrics.jsonl only")
-        self.tb = None
-
-  def write(self, step: int, metrics: dict[str, float]):
-    if not self.active:
-      return
-    self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self.jsonl.flush()
-    for k, v in metrics.items():
-      if self.tb and isinstance(v, (int, float)):
-        self.tb.add_scalar(k, v, step)
-
-  def close(self):
-    if self.active:
-      self.jsonl.close()
-      if self.tb:
-        self.tb.close()
-
-
-class Console:
-  """What a person running train.py sees on stderr (process 0 only; every message also goes to the
-  log): where the outputs go, where training starts, progress, how it ended.
-
-  Progress is a tqdm bar (loss per batch type and s/step as its postfix, tqdm's own ETA) on a
-  terminal, and one line per log step elsewhere (a pipe, a log collector, a notebook cell), where
-  a bar's carriage returns would pile up.
-  """
-
-  def __init__(self, active: bool):
-    self.active, self.bar = active, None
-
-  def say(self, msg: str) -> None:
-    logging.info("%s", msg)
-    if not self.active:
-      return
-    if self.bar is not None:
-      self.bar.write(msg, file=sys.stderr)
-    else:
-      print(msg, file=sys.stderr, flush=True)
-
-  def start(self, step: int, total: int) -> None:
-    if self.active and sys.stderr.isatty():
-      import tqdm
-      self.bar = tqdm.tqdm(total=total, initial=step, desc="train", unit="step",
-                           file=sys.stderr, dynamic_ncols=True)
-
-  def advance(self) -> None:
-    if self.bar is not None:
-      self.bar.update(1)
-
-  def progress(self, step: int, total: int, losses_by_type: dict[str, float],
-               step_seconds: float) -> None:
-    text = ("loss " + " ".join(f"{bt} {v:.3f}" for bt, v in sorted(losses_by_type.items()))
-            + f" | {step_seconds:.2f} s/step")
-    if self.bar is not None:
-      self.bar.set_postfix_str(text, refresh=False)
-    elif self.active:
-      eta = time.strftime("%H:%M:%S", time.gmtime(max(total - step, 0) * step_seconds))
-      print(f"step {step}/{total} | {text} | ETA {eta}", file=sys.stderr, flush=True)
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-      self.bar = None
-
-
 @contextlib.contextmanager
 def _native_stderr_to(path: str | None):
   """While TensorFlow loads, its C++ code writes notes (oneDNN, CPU features) to file descriptor 2
@@ -467,28 +378,6 @@ def _native_stderr_to(path: str | None):
     os.close(saved)
 
 
-@contextlib.contextmanager
-def _stop_requests(stop: dict):
-  """SIGTERM (preemption) and a first Ctrl-C set stop['signal']: the loop saves and exits. A second
-  Ctrl-C aborts at once. Handlers are only installed from the main thread (signal's rule)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-
-  def on_signal(signum, frame):
-    del frame
-    if signum == signal.SIGINT and stop["signal"]:
-      raise KeyboardInterrupt
-    stop["signal"] = signal.Signals(signum).name
-
-  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
-
-
 def main(argv) -> None:
   del argv
   f = flags.FLAGS
@@ -496,13 +385,7 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required")
   sharding.maybe_initialize_distributed(**sharding.distributed_args_from_flags())
   _BINARY.update(allow_config_change=tuple(f.allow_config_change), exits_after=True)
-  try:
-    train(f.config, f.workdir)
-  except (ckpt_lib.CheckpointError, ckpt_lib.WorkdirError, config_flags.ConfigChangedError,
-          FloatingPointError) as e:
-    # A fault with a message that says what to do: a traceback would bury it.
-    ckpt_lib.log_error(str(e))
-    sys.exit(f"hybrid_ir.train: error: {e}")
+  train(f.config, f.workdir)  # errors: one line on the console (config_flags.run)
 
 
 def _exit_now(code) -> None:
@@ -531,14 +414,29 @@ def train(config, workdir: str | os.PathLike, *,
   """
   allow = tuple(_BINARY["allow_config_change"] if allow_config_change is None
                 else allow_config_change)
+  config_flags.check_allowed_changes(allow)  # before anything in the workdir is touched
   # ----------------------------------------------------------------------------------------------
-  # Logging.
+  # The workdir: one trainer at a time (process 0 holds the lease), then the log file.
   # ----------------------------------------------------------------------------------------------
-  workdir = ckpt_lib.check_workdir(workdir, create=True)  # local or gs://
-  with ckpt_lib.HeldLog() as log:
+  workdir = run_dir.check_workdir(workdir, create=True)  # local or gs://
+  with run_dir.HeldLog() as log:
     sharding.maybe_initialize_distributed()
+    lease = None
+    if jax.process_index() == 0:
+      lease = run_dir.Lease(workdir, heartbeat_seconds=LEASE_HEARTBEAT_SECONDS).acquire()
     log_path = log.to_file("train", workdir)
-  console = Console(jax.process_index() == 0)
+  try:
+    return _train(config, workdir, allow, log_path, lease)
+  finally:
+    if lease is not None:
+      lease.release()
+
+
+def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | None,
+           lease: run_dir.Lease | None) -> dict[str, Any]:
+  console = run_dir.Console(jax.process_index() == 0)
+  if lease is not None and lease.took_over:
+    console.say(f"took over the stale lease of {lease.path} ({lease.took_over})")
   logging.info("config:\n%s", config)
   no_negatives = [c.get("name") for c in config.input.sources if not c.get("num_negatives")]
   if config.loss.get("variant") == "paper" and no_negatives:
@@ -613,20 +511,21 @@ def train(config, workdir: str | os.PathLike, *,
     elif start >= total:
       console.say(f"already finished: checkpoint {start} reaches total_steps={total}; "
                   "nothing to do")
-      if jax.process_index() == 0 and ckpt_lib.read_finished(workdir) is None:
-        ckpt_lib.write_finished(workdir, start)
+      if jax.process_index() == 0 and run_dir.read_finished(workdir) is None:
+        run_dir.write_finished(workdir, start)
       return state
     else:
       console.say(f"resumed from step {start} of {total}")
-      if jax.process_index() == 0:
-        ckpt_lib.clear_finished(workdir)  # a run extended with more steps is running again
     with _native_stderr_to(log_path):
       from hybrid_ir import input_pipeline  # tensorflow: after jax has claimed the devices
     pipeline = input_pipeline.make_pipeline(config.input, tokenize, state=data_state)
+    if restored is not None and jax.process_index() == 0:
+      # Only now that the run is known to resume: a run extended with more steps is running again.
+      run_dir.clear_finished(workdir)
     if not _BINARY["exits_after"]:
       # The binary exits at once instead (see _exit_now): closing waits on tf.data's threads.
       cleanup.callback(pipeline.close)
-    writer = MetricWriter(workdir, start)
+    writer = run_dir.MetricWriter(workdir, start, say=console.say)
     cleanup.callback(writer.close)
 
     # --------------------------------------------------------------------------------------------
@@ -646,9 +545,16 @@ def train(config, workdir: str | os.PathLike, *,
                               functools.partial(encoder.encode, progress=False))
 
     def run_evals(step):
+      """Runs the evaluators; a stop request (preemption) abandons them at once."""
       for name, evaluator in evals.items():
         t = time.time()
-        results = dict(evaluator.run(state["params"]))
+        try:
+          with stops.interruptible():
+            results = dict(evaluator.run(state["params"]))
+        except run_dir.Interrupted:
+          console.say(f"{stops.signal} during the {name} evaluation at step {step}: evaluation "
+                      "abandoned")
+          return
         writer.write(step, {**results, f"{name}/eval_seconds": time.time() - t})
 
     # --------------------------------------------------------------------------------------------
@@ -676,22 +582,40 @@ def train(config, workdir: str | os.PathLike, *,
               "(train/batch_fingerprint in metrics.jsonl)")
       pending.clear()
 
-    def save(step, force=False):
-      if force or manager.should_save(step):
-        check_steps()
-        ckpt_lib.save(manager, step, state, pipeline.get_state(), config, force=force)
+    writing = {"step": None}  # the step of the newest save started (async)
+
+    def finish_saves():
+      """Waits for the async save; its write errors surface here, named for its step."""
+      if writing["step"] is not None:
+        with ckpt_lib.disk_full_named(manager, writing["step"]):
+          manager.wait_until_finished()
+
+    def save(step, force=False) -> bool:
+      """Saves when the interval says so or `force`; whether a save started."""
+      if not (force or manager.should_save(step)):
+        return False
+      check_steps()
+      if lease is not None:
+        lease.check()
+      finish_saves()  # Orbax would wait for it too; here a full disk is named for its step
+      with ckpt_lib.disk_full_named(manager, step):
+        ckpt_lib.check_free_space(manager, step)
+        started = ckpt_lib.save(manager, step, state, pipeline.get_state(), config, force=force)
+      writing["step"] = step
+      return started
 
     log_every = int(config.get("log_every", 10))
     peak = config.get("peak_flops")
     flops_by_shape = {}
     window = {"t": time.time(), "examples": 0, "tokens": 0, "slots": 0, "losses": {}}
-    stop = {"signal": None}
     step = start
     console.start(start, total)
     cleanup.callback(console.close)
-    with _stop_requests(stop):
+    with run_dir.StopRequests() as stops:
       for step in range(start + 1, total + 1):
         batch = next(pipeline)
+        if lease is not None:
+          lease.check()  # never write after another trainer took the workdir over
         if batch["step"] != step - 1:
           raise RuntimeError(f"pipeline is at batch {batch['step']} but the model at step "
                              f"{step - 1}")
@@ -732,26 +656,33 @@ def train(config, workdir: str | os.PathLike, *,
                        out["train/loss"], out["train/step_seconds"], out["train/tokens_per_s"])
           console.progress(step, total, by_type, out["train/step_seconds"])
           window = {"t": time.time(), "examples": 0, "tokens": 0, "slots": 0, "losses": {}}
-        save(step, force=is_last or stop["signal"] is not None)
-        if eval_every and (step % eval_every == 0 or is_last) and evals:
+        saved = save(step, force=is_last or stops.signal is not None)
+        if eval_every and (step % eval_every == 0 or is_last) and evals and not stops.signal:
           run_evals(step)
-        if stop["signal"]:
+          if stops.signal and not saved:
+            save(step, force=True)  # the signal came during the evaluation
+        if stops.signal:
           break
     # Said only once the (async) save is final: a checkpoint announced is one that exists.
-    manager.wait_until_finished()
+    finish_saves()
   where = ckpt_lib.checkpoint_dir(workdir) / str(step)
   if step < total:
-    console.say(f"{stop['signal']} at step {step}: checkpoint {where} saved; exiting "
-                "(run the same command to resume)")
+    latest = ckpt_lib.latest_finished_step(workdir)
+    if latest == step:
+      console.say(f"{stops.signal} at step {step}: checkpoint {where} saved; exiting "
+                  "(run the same command to resume)")
+    else:
+      console.say(f"{stops.signal} at step {step}: no checkpoint of step {step} was written; "
+                  f"the newest is {latest}; exiting (run the same command to resume from it)")
   else:
     if jax.process_index() == 0:
-      ckpt_lib.write_finished(workdir, step)  # the eval binary's signal that no step follows
+      run_dir.write_finished(workdir, step)  # the eval binary's signal that no step follows
     console.say(f"finished: step {step} of {total}; checkpoint {where}; metrics "
                 f"{workdir / 'metrics.jsonl'}")
   return state
 
 
-def _quarantine(workdir, manager, bad: dict[int, str], console: Console) -> None:
+def _quarantine(workdir, manager, bad: dict[int, str], console: run_dir.Console) -> None:
   """Moves damaged steps newer than the restored one aside (process 0; the others wait), so that
   training can write those steps again; they are kept for inspection, never deleted."""
   if jax.process_index() == 0:

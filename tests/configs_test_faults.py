@@ -4,6 +4,8 @@ the eval binary.
 
   python -m hybrid_ir.train --config tests/configs_test_faults.py --workdir /tmp/f
   python -m hybrid_ir.eval --config tests/configs_test_faults.py --workdir /tmp/f --once
+
+`:long_eval` evaluates every MLQA-R language instead, an evaluation long enough to be interrupted.
 """
 import pathlib
 
@@ -15,12 +17,13 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  if arg not in (None, "", "long_eval"):
+    raise ValueError(f"tests/configs_test_faults.py: arg {arg!r}; known: long_eval")
   c = config_flags.load_config_file(str(HERE / "configs_test_train.py"))
   c.total_steps, c.log_every = 15, 1
   c.checkpoint.update(every=5, keep=10)
   data = str(pathlib.Path(c.input.sources[0]["path"]).parent)  # the XQuAD-R source's data dir
-  c.evals = {"mlqa-r": dict(type="lareqa", dataset="mlqa-r", data_dir=data, langs=("de", "zh"),
+  c.evals = {"mlqa-r": dict(type="lareqa", dataset="mlqa-r", data_dir=data, langs=("de", "zh") if not arg else None,
                             candidate_text="sentence")}
   c.eval_batch_size = 256
   return c

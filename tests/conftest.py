@@ -1,6 +1,8 @@
 """Test-wide set-up: 8 fake CPU devices for sharding tests, and paths to the shared data."""
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 # Must be set before jax is imported anywhere.
@@ -9,6 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Prepared training stores go to a fresh folder per test process, never the user's cache.
 os.environ["HYBRID_IR_STORES"] = tempfile.mkdtemp(prefix="hybrid_ir_stores_")
+atexit.register(shutil.rmtree, os.environ["HYBRID_IR_STORES"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

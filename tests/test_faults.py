@@ -15,6 +15,13 @@
    9  a file as --workdir: a clear error
   10  NaN, or parameters blowing up: an error naming the first bad step; no checkpoint holds it
   11  no test asserts wall-clock time
+  12  two trainers on one workdir: the second refuses, naming the first; the evaluator reads on
+  13  SIGTERM during an in-training evaluation: abandoned, the step saved, the truth said
+  14  a torn last line of metrics.jsonl is cut on resume; damage before it is named file:line
+  15  a full disk (a small tmpfs): named at the failing save, with the last good checkpoint
+  16  --allow_config_change on a data-state key: refused before anything is touched
+Store faults (a folder in the way, damaged stores, the same data elsewhere) are in
+tests/test_faults_store.py.
 
 One trained run (15 steps, checkpoints 1, 5, 10, 15) serves the tests, each on its own copy.
 """
@@ -22,6 +29,7 @@ import ast
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hybrid_ir import checkpoint, config_flags, sharding, train
+from hybrid_ir import checkpoint, config_flags, run_dir, sharding, train
 from hybrid_ir import eval as eval_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -200,14 +208,14 @@ def test_damaged_latest_falls_back_to_the_previous_good_step(run, evaluation, tm
 def test_train_binary_resumes_from_the_good_step_moves_the_damaged_one_aside(run):
   """... and 3: the steps after the restored checkpoint are trained again, each logged once."""
   delete_manifest(step_dir(run, TOTAL))
-  (run / checkpoint.FINISHED).unlink()  # as after a crash before the marker
+  (run / run_dir.FINISHED).unlink()  # as after a crash before the marker
   out = binary("train", run)
   assert out.returncode == 0, out.stderr[-3000:]
   assert_short_error(out.stderr, f"checkpoint {TOTAL} is damaged")
   assert f"resumed from step 10 of {TOTAL}" in out.stderr
   assert (run / checkpoint.QUARANTINE / str(TOTAL) / "params").is_dir()  # kept, not deleted
   assert checkpoint.finished_steps(run) == STEPS
-  assert checkpoint.read_finished(run)["step"] == TOTAL
+  assert run_dir.read_finished(run)["step"] == TOTAL
   steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
   assert steps == list(range(1, TOTAL + 1))
 
@@ -249,7 +257,7 @@ def test_sigterm_exits_zero_soon_after_a_final_checkpoint(tmp_path):
   # Announced once final, for the step that exists; no traceback from the shutdown.
   assert f"SIGTERM at step {step}: checkpoint" in out and "saved; exiting" in out, out[-3000:]
   assert "Traceback" not in out, out[-3000:]
-  assert checkpoint.read_finished(tmp_path) is None  # not finished: resume continues it
+  assert run_dir.read_finished(tmp_path) is None  # not finished: resume continues it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,7 +275,7 @@ def test_evaluator_ends_on_the_trainers_marker_or_saved_total_steps(run, evaluat
   assert "finished.json" in done.stopped_by
   # No marker (a trainer from before it existed): the newest checkpoint's saved config says it
   # is the last. Results already written are not evaluated again.
-  (run / checkpoint.FINISHED).unlink()
+  (run / run_dir.FINISHED).unlink()
   done = poll(max_idle_seconds=300)
   assert list(done) == [] and f"total_steps={TOTAL}" in done.stopped_by, done.stopped_by
   # A trainer that died at step 10: polling ends after --max_idle_seconds.
@@ -360,9 +368,9 @@ def test_a_file_as_workdir_is_a_clear_error(tmp_path, evaluation):
   f = tmp_path / "run.txt"
   f.write_text("not a directory")
   for call in (lambda: train.train(config, f), lambda: eval_lib.run(config, f, once=True)):
-    with pytest.raises(checkpoint.WorkdirError, match=rf"--workdir={f} is a file, not a directory"):
+    with pytest.raises(run_dir.WorkdirError, match=rf"--workdir={f} is a file, not a directory"):
       call()
-  with pytest.raises(checkpoint.WorkdirError, match=r"cannot create"):
+  with pytest.raises(run_dir.WorkdirError, match=r"cannot create"):
     train.train(config, f / "sub")  # under a file
 
 
@@ -453,3 +461,162 @@ def test_no_test_asserts_wall_clock_time():
         if isinstance(n, ast.Assert) and _reads_clock(n.test, timed):
           found.append(f"{path.name}:{n.lineno}")
   assert not found, found
+
+
+# ------------------------------------------------------------------------------------------------
+# 12: two trainers on one workdir.
+# ------------------------------------------------------------------------------------------------
+
+def metric_steps(workdir) -> list[int]:
+  return [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
+          if "train/loss" in l]
+
+
+def test_a_second_trainer_refuses_the_workdir_and_the_first_goes_on(tmp_path):
+  first = subprocess.Popen(
+      [sys.executable, "-m", "hybrid_ir.train", f"--config={CONFIG}", f"--workdir={tmp_path}",
+       "--config.total_steps=1000", "--config.checkpoint.every=1000"],
+      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    wait_for(lambda: checkpoint.latest_finished_step(tmp_path) is not None, first,
+             "the first trainer's first checkpoint")
+    lease = json.loads((tmp_path / run_dir.LEASE).read_text())
+    assert lease["pid"] == first.pid
+    second = binary("train", tmp_path)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert_short_error(second.stderr, "is in use by another trainer")
+    assert f"pid {first.pid}" in second.stderr, second.stderr
+    # The evaluator only reads: it runs beside the trainer and leaves the lease alone.
+    evaluated = binary("eval", tmp_path, "--once")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / run_dir.LEASE).read_text())["token"] == lease["token"]
+    assert first.poll() is None  # the first trainer was not disturbed
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=300)
+  finally:
+    first.kill()
+  assert first.returncode == 0, out[-3000:]
+  steps = metric_steps(tmp_path)
+  assert steps == list(range(1, len(steps) + 1)), steps  # no step twice, none lost
+  assert not (tmp_path / run_dir.LEASE).exists()  # released on exit
+  assert not list((tmp_path / "checkpoints").glob("*tmp*"))
+
+
+def test_a_stale_lease_is_taken_over_with_a_message(run, capsys):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  import socket
+  (run / run_dir.LEASE).write_text(json.dumps({
+      "host": socket.gethostname(), "pid": int(dead.stdout), "started": "earlier",
+      "token": "x", "heartbeat": time.time()}))
+  train.train(get_config(total_steps=TOTAL + 1), run, allow_config_change=("total_steps",))
+  err = capsys.readouterr().err
+  assert "took over the stale lease" in err and f"its process {int(dead.stdout)}" in err, err
+  assert checkpoint.finished_steps(run)[-1] == TOTAL + 1
+  assert not (run / run_dir.LEASE).exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 13: SIGTERM during an in-training evaluation.
+# ------------------------------------------------------------------------------------------------
+
+def test_sigterm_during_an_evaluation_abandons_it_and_saves_that_step(tmp_path):
+  # Evaluate at step 7, which is no checkpoint step (every 5): the signal must save it.
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "hybrid_ir.train", f"--config={CONFIG}:long_eval",
+       f"--workdir={tmp_path}", "--config.eval_every=7"],
+      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    wait_for(lambda: (tmp_path / "metrics.jsonl").exists() and 7 in metric_steps(tmp_path), proc,
+             "step 7's metrics")
+    time.sleep(1)  # the evaluation of all MLQA-R languages takes far longer than this
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  print(f"SIGTERM during an evaluation -> exit: {time.time() - t:.1f} s")
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM during the mlqa-r evaluation at step 7: evaluation abandoned" in out, out[-3000:]
+  assert "SIGTERM at step 7: checkpoint" in out and "saved; exiting" in out, out[-3000:]
+  assert checkpoint.finished_steps(tmp_path) == [1, 5, 7]
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert not [r for r in rows if any(k.startswith("mlqa-r/") for k in r)]  # no half result
+  assert "Traceback" not in out, out[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# 14: a torn metrics.jsonl.
+# ------------------------------------------------------------------------------------------------
+
+def test_a_torn_last_metrics_line_is_cut_on_resume(run, capsys):
+  path = run / "metrics.jsonl"
+  rows = path.read_text()
+  path.write_text(rows + '{"step": 16, "train/lo')  # as a crash or a full disk leaves it
+  train.train(get_config(total_steps=TOTAL + 1), run, allow_config_change=("total_steps",))
+  err = capsys.readouterr().err
+  assert f"{path}:{len(rows.splitlines()) + 1}: cut a torn last line" in err, err
+  text = path.read_text()
+  assert text.startswith(rows)  # nothing before the torn line was lost
+  assert metric_steps(run) == list(range(1, TOTAL + 2))
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named_and_nothing_is_cut(run):
+  path = run / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  lines[2] = lines[2][:10] + "\n"
+  path.write_text("".join(lines))
+  before = path.read_text()
+  out = binary("train", run, "--config.total_steps=16", "--allow_config_change=total_steps")
+  assert out.returncode == 1
+  assert_short_error(out.stderr, f"{path}:3: not a metrics row")
+  assert path.read_text() == before
+  assert checkpoint.finished_steps(run) == STEPS  # nothing trained
+
+
+# ------------------------------------------------------------------------------------------------
+# 15: a full disk.
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def small_disk(tmp_path):
+  """A 150 MiB tmpfs: room for the log and one checkpoint of the test model (~96 MiB), not two."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount)],
+                        capture_output=True, text=True)
+  if done.returncode:
+    pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+  try:
+    yield mount
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_named_at_the_failing_save_with_the_last_good_checkpoint(small_disk):
+  workdir = small_disk / "run"
+  out = binary("train", workdir, "--config.checkpoint.every=1", "--config.checkpoint.keep=10")
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert_short_error(out.stderr, "disk full: checkpoint")
+  failed = int(re.search(r"disk full: checkpoint (\d+) could not be written", out.stderr)[1])
+  good = int(re.search(r"The last good checkpoint is (\d+)\.", out.stderr)[1])
+  assert checkpoint.finished_steps(workdir)[-1] == good < failed, out.stderr
+  assert "Traceback" in pathlib.Path(workdir / "train.INFO").read_text()  # details in the log
+  # Once there is room, the same command resumes from it.
+  moved = shutil.copytree(workdir, small_disk.parent / "moved")
+  done = binary("train", moved, "--config.checkpoint.every=1", "--config.checkpoint.keep=10")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"resumed from step {good} of {TOTAL}" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# 16: a data-state key in --allow_config_change.
+# ------------------------------------------------------------------------------------------------
+
+def test_allowing_a_data_state_change_is_refused_before_anything_is_touched(run):
+  before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+  out = binary("train", run, "--config.input.batch_size=8", "--allow_config_change=input.batch_size")
+  assert out.returncode == 1
+  assert_short_error(out.stderr, "--allow_config_change=input.batch_size: these keys decide")
+  assert run_dir.read_finished(run)["step"] == TOTAL  # the finished run is still finished
+  assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
