@@ -257,7 +257,7 @@ class Console:
   """
 
   def __init__(self, active: bool):
-    self.active, self.bar = active, None
+    self.active, self.bar, self.warm = active, None, False
 
   def say(self, msg: str) -> None:
     logging.info("%s", msg)
@@ -282,10 +282,14 @@ class Console:
                step_seconds: float) -> None:
     text = ("loss " + " ".join(f"{bt} {v:.3f}" for bt, v in sorted(losses_by_type.items()))
             + f" | {step_seconds:.2f} s/step")
+    # The first window after a (re)start holds the step's compilation: its s/step would promise
+    # a far later end than the steady one.
+    warming, self.warm = not self.warm, True
     if self.bar is not None:
       self.bar.set_postfix_str(text, refresh=False)
     elif self.active:
-      eta = time.strftime("%H:%M:%S", time.gmtime(max(total - step, 0) * step_seconds))
+      eta = ("after warm-up" if warming else
+             time.strftime("%H:%M:%S", time.gmtime(max(total - step, 0) * step_seconds)))
       print(f"step {step}/{total} | {text} | ETA {eta}", file=sys.stderr, flush=True)
 
   def close(self) -> None:

@@ -110,3 +110,12 @@ def test_a_stop_request_interrupts_only_inside_interruptible():
     with pytest.raises(run_dir.Interrupted):  # and an evaluation after it does not start
       with stops.interruptible():
         pass
+
+
+def test_the_console_eta_leaves_out_the_first_window_which_holds_the_compile(capsys):
+  console = run_dir.Console(active=True)
+  console.progress(10, 100, {"mono": 2.0}, step_seconds=30.0)  # compile in this window
+  console.progress(20, 100, {"mono": 1.9}, step_seconds=2.0)
+  lines = capsys.readouterr().err.splitlines()
+  assert lines[0].endswith("ETA after warm-up"), lines
+  assert lines[1].endswith("ETA 00:02:40"), lines  # 80 steps left at the steady 2 s/step
