@@ -34,9 +34,11 @@ KINDS = {'squad': 'squad', 'mmarco': 'mmarco', 'jsonl': 'jsonl', 'bitext': 'bite
 SELECTION_KEYS = ('name', 'kind', 'langs', 'num_negatives', 'store')
 DEFAULT_STORE_DIR = os.environ.get(
     'HYBRID_IR_STORES', os.path.join(os.path.expanduser('~'), '.cache', 'hybrid_ir', 'stores'))
-# In the stores' folder: each input file's sha256 by (real path, size, mtime, ctime, inode), so
-# that finding a store by its sources' contents reads only files that changed.
+# Each input file's sha256 by (real path, size, mtime, ctime, inode), so that finding a store by
+# its sources' contents reads only files that changed: in the stores' folder, or, where that is
+# remote (shared by a pod's hosts, whose files differ in inode and ctime), in this host's cache.
 DIGEST_CACHE = 'input_digests.json'
+LOCAL_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'hybrid_ir')
 
 
 def source_module(kind: str):
@@ -54,7 +56,7 @@ def source_name(cfg: Any) -> str:
   if ('/' in name or '\\' in name or '..' in name or '\x00' in name or name.startswith('.')
       or os.path.isabs(name)):
     raise ValueError(f'input.sources: source name {name!r} must be a plain folder name (no '
-                     "'/', '\\\\' or '..', not starting with '.'): it names the store's folder")
+                     "'/', '\\' or '..', not starting with '.'): it names the store's folder")
   return name
 
 
@@ -69,7 +71,9 @@ def describe(cfg: Any, store_dir: str | os.PathLike | None = None) -> dict[str, 
   kind = cfg.get('kind')
   module = source_module(kind)
   settings = module.settings(cfg)
-  inputs = store_lib.file_fingerprints(module.inputs(cfg), _store_dir(store_dir) / DIGEST_CACHE)
+  folder = _store_dir(store_dir)
+  cache = (epath.Path(LOCAL_CACHE_DIR) if '://' in str(folder) else folder) / DIGEST_CACHE
+  inputs = store_lib.file_fingerprints(module.inputs(cfg), cache)
   return {'kind': kind, 'settings': settings, 'inputs': inputs,
           'fingerprint': store_lib.content_fingerprint(kind, settings, inputs)}
 
@@ -166,6 +170,11 @@ def open_store(cfg: Any, store_dir: str | os.PathLike | None = None, *, prepare:
           "source's `store` so that each content gets its own")
     return store
   store_lib.check_replaceable(path)
+  older = folder / name  # where stores were kept before they were keyed by content
+  if not cfg.get('store') and store_lib.is_store(older):
+    logging.warning('source %s: %s is a store where stores were kept before they were keyed by '
+                    'content; this source no longer uses it (remove it to free its space)', name,
+                    older)
   if prepare == 'never' and not overwrite:
     raise FileNotFoundError(f'source {name!r}: no prepared store at {path}; run '
                             '`python -m hybrid_ir.prepare --config <config>` first (input.prepare'
