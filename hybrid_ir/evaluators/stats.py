@@ -9,7 +9,12 @@ same dataset): element i of both arrays is the same query (or query x language u
     exchangeable per query", two-sided on |mean(a - b)|. Recommended for "is the gain real"
     (Smucker et al. 2007 found it the most reliable IR test). The p-value counts the observed
     assignment, p = (1 + #{|d*| >= |d|}) / (1 + n_resamples), so it is never 0.
-Both are seeded, vectorised numpy, and drop no value silently (NaNs raise).
+  seed_bootstrap(a, b): the two-level (training seeds, then queries) CI and p of a mean or a
+    difference of two configurations trained on several seeds.
+  contrast_bootstrap(cells, contrasts): the same two levels for linear contrasts of many cells'
+    means, e.g. slopes over the number of training languages (`ols_slope_weights`) per strategy
+    and their differences.
+All are seeded, vectorised numpy, and drop no value silently (NaNs raise).
 Related: scipy.stats.bootstrap / permutation_test(permutation_type='samples') agree (tested).
 """
 import dataclasses
@@ -218,3 +223,95 @@ def widen_by_seed_sd(c: PairedComparison, seed_sd: float, *, confidence: float =
     return c.mean_diff, c.mean_diff, 1.0 if c.mean_diff == 0 else 0.0
   p = 2 * (1 - statistics.NormalDist().cdf(abs(c.mean_diff) / se))
   return c.mean_diff - z * se, c.mean_diff + z * se, p
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastResult:
+  """Of linear contrasts of cell means (e.g. a slope over cells, or a difference of two slopes):
+  per contrast its point value, two-level bootstrap CI and two-sided p-value of "contrast = 0";
+  and per cell the value of each of its runs (their spread is the run-level variance)."""
+  estimate: np.ndarray  # [K]
+  ci_low: np.ndarray  # [K]
+  ci_high: np.ndarray  # [K]
+  p_value: np.ndarray  # [K]
+  run_values: tuple[np.ndarray, ...]  # per cell: [R_c], each run's macro average
+
+
+def ols_slope_weights(x) -> np.ndarray:
+  """w such that w @ y is the ordinary least-squares slope of y on x (one y per x).
+
+  Inputs: x [C] (e.g. log2 of the number of training languages of C cells), at least two distinct
+  values. The slope is linear in y, so `contrast_bootstrap` gives its CI with `w` as a contrast
+  row, and the difference of two slopes is the difference of two such rows."""
+  x = np.asarray(x, np.float64)
+  centred = x - x.mean()
+  ss = float(centred @ centred)
+  if x.ndim != 1 or ss == 0:
+    raise ValueError(f"a slope needs at least two distinct x values; got {x.tolist()}")
+  return centred / ss
+
+
+def contrast_bootstrap(cells, contrasts, *, strata, run_strata=None, n_resamples: int = 10_000,
+                       confidence: float = 0.95, seed: int = 0) -> ContrastResult:
+  """Two-level bootstrap (runs within each cell, then queries) of linear contrasts of cell means.
+
+  Inputs: cells, C arrays [R_c, N]: per-query values of the R_c runs of cell c (e.g. the language
+  sets or training seeds of one strategy at one number of training languages; column i = the same
+  query everywhere); contrasts [K, C]; strata [N] (query language). A run's value is the macro
+  average over strata of its per-query values; run_strata (optional), per cell per run, the strata
+  labels that run's value averages over instead of all (e.g. only the query languages the run was
+  trained on); a cell's mean is the mean of its runs' values.
+  Each resample draws one stratified resample of queries, shared by every run and cell (queries
+  stay paired), and, independently per cell, R_c of its runs with replacement (different cells
+  are different runs). The query level is a multinomial count per query, so each resample costs
+  one matrix product. p is two-sided: 2 x the share of resampled contrasts on the other side of 0
+  (floor 1 / n_resamples), as in `seed_bootstrap`.
+  Recommended for: how a metric changes with a cell variable across strategies (slopes with
+  `ols_slope_weights`, their differences); `seed_bootstrap` is the two-cell case. A cell of one
+  run has no run-level variance to resample: its CI covers queries only.
+  """
+  cells = [_seed_matrix(c, f"cell {i}") for i, c in enumerate(cells)]
+  n = cells[0].shape[1]
+  if any(c.shape[1] != n for c in cells):
+    raise ValueError(f"cells cover different queries: {[c.shape[1] for c in cells]}")
+  contrasts = np.atleast_2d(np.asarray(contrasts, np.float64))
+  if contrasts.shape[1] != len(cells):
+    raise ValueError(f"contrasts have {contrasts.shape[1]} columns for {len(cells)} cells")
+  strata = np.asarray(strata)
+  if strata.shape != (n,):
+    raise ValueError(f"strata must have one label per query ({n}); got shape {strata.shape}")
+  labels = np.unique(strata)
+  groups = [np.flatnonzero(strata == s) for s in labels]
+  x = np.concatenate(cells)  # [R, N], every run of every cell
+  owner = np.repeat(np.arange(len(cells)), [c.shape[0] for c in cells])
+  weights = np.zeros((x.shape[0], len(labels)))  # [R, G]: a run's weight on each stratum mean
+  for r in range(x.shape[0]):
+    c, i = owner[r], r - np.flatnonzero(owner == owner[r])[0]
+    chosen = labels if run_strata is None else run_strata[c][i]
+    mask = np.isin(labels, list(chosen))
+    if not mask.any():
+      raise ValueError(f"cell {c} run {i}: none of its strata {sorted(chosen)} are among the "
+                       f"queries' {labels.tolist()}")
+    weights[r, mask] = 1.0 / mask.sum()
+  rng = np.random.default_rng(seed)
+  stratum_means = np.stack([x[:, g].mean(1) for g in groups], 1)  # [R, G]
+  run_values = (weights * stratum_means).sum(1)
+  boot = np.zeros((x.shape[0], n_resamples))  # [R, B]: each run's value in each resample
+  for j, g in enumerate(groups):
+    counts = rng.multinomial(g.size, np.full(g.size, 1.0 / g.size), size=n_resamples)
+    boot += weights[:, j:j + 1] * (x[:, g] @ counts.T) / g.size
+  cell_boot = np.zeros((len(cells), n_resamples))
+  point = np.zeros(len(cells))
+  for c in range(len(cells)):
+    rows = np.flatnonzero(owner == c)
+    draws = rows[rng.integers(0, rows.size, (n_resamples, rows.size))]  # [B, R_c]
+    cell_boot[c] = np.take_along_axis(boot.T, draws, axis=1).mean(1)
+    point[c] = run_values[rows].mean()
+  stat = contrasts @ cell_boot  # [K, B]
+  estimate = contrasts @ point
+  alpha = (1 - confidence) / 2
+  low, high = np.quantile(stat, [alpha, 1 - alpha], axis=1)
+  other_side = np.where(estimate > 0, (stat <= 0).mean(1), (stat >= 0).mean(1))
+  p = np.clip(2 * other_side, 1.0 / n_resamples, 1.0)
+  return ContrastResult(estimate=estimate, ci_low=low, ci_high=high, p_value=p,
+                        run_values=tuple(run_values[owner == c] for c in range(len(cells))))
