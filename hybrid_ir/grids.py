@@ -31,6 +31,7 @@ The recipe's switches (issue "results that hold up"; each off by default):
 Related: `hybrid_ir.experiments` (runs a grid), `hybrid_ir.report` (tables from its summaries).
 """
 import dataclasses
+import hashlib
 
 from hybrid_ir.data import lareqa
 
@@ -41,7 +42,8 @@ DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0,
 # Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
 MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
 SIZES = ("full", "mini")
-EXPERIMENTS = ("strategies", "ratio", "languages", "recipe", "ingredients", "table")
+EXPERIMENTS = ("strategies", "ratio", "languages", "recipe", "ingredients", "table",
+               "languages_v2")
 # The recipe's ablation, cumulative: each row adds one ingredient to the row before it.
 RECIPE = (("base", {}), ("negatives", dict(negatives=3)), ("bitext", dict(bitext="lohelp+bible")),
           ("symmetric", dict(symmetric=1)), ("learn_temp", dict(learn_temp=1)),
@@ -54,6 +56,16 @@ INGREDIENTS = (("lr1e-4", dict(lr=1e-4)), ("temp0.02", dict(temp=0.02)),
                ("symmetric", dict(symmetric=1)), ("negatives", dict(negatives=3)),
                ("steps300", dict(steps=300)))
 STRATEGIES = {"mono": (1.0, 0.0, 0.0), "cross": (0.0, 1.0, 0.0), "hybrid": (0.5, 0.5, 0.0)}
+# languages_v2: the e5 recipe's temperature and packing (configs/recipe.py) without its bitext, so
+# that the training languages are exactly the chosen ones; run with the recipe's --steps 300
+# --batch 32 (a fixed budget at every k). One hybrid run at k = 11 trains SCALING_LONG steps.
+SCALING_ARGS = dict(temp=0.02, pack=1)
+SCALING_STEPS = 300
+SCALING_LONG = 2 * SCALING_STEPS
+# Training-set sizes k per training set (MLQA-R has 7 languages), and the training seeds of k = all.
+SCALING_KS = {"xquad-r": (2, 4, 7, 11), "mlqa-r": (2, 4, 7)}
+SCALING_SEEDS = {"xquad-r": (0, 1), "mlqa-r": (0,)}
+PIVOT = "en"  # every language set keeps it (the paper's pivot language)
 
 
 def parse(arg: str | None) -> dict:
@@ -108,6 +120,54 @@ def _mix(mono, cross, mixed=0.0) -> dict:
   return dict(mono=mono, cross=cross, mixed=mixed)
 
 
+def language_sets(available, k: int, seed: int = 0) -> tuple[tuple[str, ...], ...]:
+  """The training-language sets of size `k` that the languages_v2 grid trains on.
+
+  Inputs: `available`, the languages of the training set (e.g. lareqa.LANGS['xquad-r']); `k`, from
+  2 (en and one other, the fewest that make X-Y batches) to len(available); `seed`, the rule's seed.
+  The rule: every set holds en. The other languages are ordered by the SHA-256 hex digest of
+  f"{seed}:{k}:{lang}" (a fixed pseudo-random shuffle, drawn afresh for each k, that needs no
+  random-number library and so never changes between library versions); set 0 is en plus the
+  first k - 1 of that order, set 1 en plus the last k - 1. So the two sets always differ for
+  k < len(available), share nothing but en when 2 (k - 1) <= len(available) - 1, and k =
+  len(available) gives the one set of every language. Each set is in `available`'s order.
+  Used by `runs('languages_v2')`; a pure function, so the report and the tests recompute it.
+  """
+  available = tuple(available)
+  if PIVOT not in available:
+    raise ValueError(f"language sets keep {PIVOT!r}, which is not among {available}")
+  if not 2 <= k <= len(available):
+    raise ValueError(f"k={k}: a language set holds 2 to {len(available)} languages")
+  others = sorted((l for l in available if l != PIVOT),
+                  key=lambda l: hashlib.sha256(f"{seed}:{k}:{l}".encode()).hexdigest())
+  picks = [others[:k - 1]] if k == len(available) else [others[:k - 1], others[-(k - 1):]]
+  return tuple(tuple(l for l in available if l == PIVOT or l in p) for p in picks)
+
+
+def _scaling_runs(train: str) -> list[Run]:
+  """languages_v2's runs trained on `train`, in the order that answers most if the grid stops
+  early: every strategy at the smallest and the largest k (set 0, seed 0); then the middle sizes
+  (set 0); then each k's second language set; then the other training seeds at k = all; then, on
+  XQuAD-R, hybrid at k = all with SCALING_LONG steps (does the budget limit the large-k end?)."""
+  ks, n = SCALING_KS[train], len(lareqa.LANGS[train])
+  sets = {k: language_sets(lareqa.LANGS[train], k) for k in ks}
+
+  def run(strategy, k, index=0, seed=0, **extra):
+    name = f"{train}-{strategy}-k{k}" + (f"-set{index}" if k < n else "")
+    name += (f"-seed{seed}" if seed else "") + (f"-steps{extra['steps']}" if extra else "")
+    args = dict(train=train, langs="+".join(sets[k][index]), **_mix(*STRATEGIES[strategy]),
+                **SCALING_ARGS, **extra)
+    return Run(name, dict(args, seed=seed) if seed else args)
+
+  order = [(k, 0, 0) for k in (ks[0], ks[-1])] + [(k, 0, 0) for k in ks[1:-1]]
+  order += [(k, 1, 0) for k in ks if len(sets[k]) > 1]
+  order += [(ks[-1], 0, s) for s in SCALING_SEEDS[train][1:]]
+  out = [run(strategy, k, i, s) for k, i, s in order for strategy in STRATEGIES]
+  if train == "xquad-r":
+    out.append(run("hybrid", ks[-1], steps=SCALING_LONG))
+  return out
+
+
 def seed_of(run_name: str) -> tuple[str, int]:
   """('xquad-r-mono', 2) for 'xquad-r-mono-seed2'; seed 0 keeps the plain name."""
   base, sep, seed = run_name.rpartition("-seed")
@@ -143,6 +203,12 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
   table       hybrid batches with the token-embedding table updated densely (exact AdamW),
               lazily or not at all (hybrid_ir.table_update), trained on XQuAD-R, evaluated on
               MLQA-R: what the faster updates cost in mAP.
+  languages_v2 X-X-mono, X-Y and hybrid at k = 2, 4, 7 and 11 training languages of XQuAD-R
+              (evaluated on MLQA-R), with the e5 recipe's temperature and packing but no bitext
+              (SCALING_ARGS) at one budget: two language sets per k < 11 (`language_sets`), two
+              training seeds at k = 11, and one hybrid k = 11 run at twice the steps. With
+              'mlqa-r' in `directions`, then the same on MLQA-R (k = 2, 4, 7; one seed),
+              evaluated on XQuAD-R. Order: `_scaling_runs`.
   """
   if name == "strategies":
     out = []
@@ -181,4 +247,7 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
     out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
     return out + [Run(f"table-{mode}", dict(train="xquad-r", table=mode, **_mix(0.5, 0.5)))
                   for mode in ("dense", "lazy", "frozen")]
+  if name == "languages_v2":
+    return [r for train in ("xquad-r", "mlqa-r") if train in directions
+            for r in _scaling_runs(train)]
   raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")

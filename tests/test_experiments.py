@@ -8,6 +8,7 @@ import pytest
 from hybrid_ir import experiments
 from hybrid_ir import grids
 from hybrid_ir import report
+from hybrid_ir.data import lareqa as lareqa_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -475,3 +476,73 @@ def test_seed_widened_table_borrows_the_seed_sd_of_other_runs(tmp_path):
   (seeds / "hybrid-seed1.json").unlink(), (seeds / "hybrid-seed2.json").unlink()
   with pytest.raises(ValueError, match="1 seed"):
     report.seed_sd_of(str(seeds / "hybrid"), "toy")
+
+
+def test_language_sets_keep_english_are_deterministic_and_differ():
+  xquad = lareqa_data.LANGS["xquad-r"]
+  for train, ks in grids.SCALING_KS.items():
+    available = lareqa_data.LANGS[train]
+    for k in ks:
+      sets = grids.language_sets(available, k)
+      assert sets == grids.language_sets(available, k)  # a pure function of its inputs
+      assert len(sets) == (1 if k == len(available) else 2)
+      for s in sets:
+        assert len(s) == k and len(set(s)) == k and "en" in s
+        assert list(s) == [l for l in available if l in s]  # in the training set's order
+      if len(sets) == 2:
+        assert sets[0] != sets[1]
+        if 2 * (k - 1) <= len(available) - 1:
+          assert set(sets[0]) & set(sets[1]) == {"en"}
+  # The written-down rule: the other languages ordered by SHA-256 of "<seed>:<k>:<lang>".
+  import hashlib
+  order = sorted((l for l in xquad if l != "en"),
+                 key=lambda l: hashlib.sha256(f"0:4:{l}".encode()).hexdigest())
+  assert grids.language_sets(xquad, 4) == (
+      tuple(l for l in xquad if l == "en" or l in order[:3]),
+      tuple(l for l in xquad if l == "en" or l in order[-3:]))
+  assert grids.language_sets(xquad, 4, seed=1) != grids.language_sets(xquad, 4)
+  with pytest.raises(ValueError, match="k=1: a language set holds 2 to 11"):
+    grids.language_sets(xquad, 1)
+  with pytest.raises(ValueError, match="keep 'en'"):
+    grids.language_sets(("de", "zh"), 2)
+
+
+def test_languages_v2_grid_runs_in_the_order_that_answers_most_when_stopped():
+  from configs.experiments import base
+  grid = experiments.runs("languages_v2", ("xquad-r",))
+  assert len(grid) == 3 * 8 + 1 and len({r.name for r in grid}) == len(grid)
+  cells = [(grids.train_langs(grids.parse(r.config_arg({})))) for r in grid]
+  ks = [len(langs) for langs in cells]
+  seeds = [r.args.get("seed", 0) for r in grid]
+  # Every strategy at k = 2 and 11 (set 0, seed 0), then the middle sizes, then the second
+  # language sets, then the second seed at k = 11, then hybrid at k = 11 with twice the steps.
+  assert ks == [2] * 3 + [11] * 3 + [4] * 3 + [7] * 3 + [2] * 3 + [4] * 3 + [7] * 3 + [11] * 4
+  assert [r.name.split("-")[2] for r in grid[:24]] == ["mono", "cross", "hybrid"] * 8
+  assert seeds == [0] * 21 + [1] * 3 + [0]
+  assert [r.name for r in grid[:3]] == [f"xquad-r-{s}-k2-set0" for s in ("mono", "cross", "hybrid")]
+  assert grid[12].name == "xquad-r-mono-k2-set1" and grid[21].name == "xquad-r-mono-k11-seed1"
+  assert grid[-1].name == "xquad-r-hybrid-k11-steps600"
+  assert grid[-1].args["steps"] == 2 * grids.SCALING_STEPS == 600
+  assert all("steps" not in r.args for r in grid[:-1])  # one budget (the runner's --steps)
+  for r in grid:
+    s = r.name.split("-")[2]
+    assert (r.args["mono"], r.args["cross"], r.args["mixed"]) == grids.STRATEGIES[s]
+  # Each size's two language sets are language_sets' two; both seeds at k = 11 train on all 11.
+  for k in (2, 4, 7):
+    assert {c for c, n in zip(cells, ks) if n == k} == set(
+        grids.language_sets(lareqa_data.LANGS["xquad-r"], k))
+  # The recipe's temperature and packing, no bitext: the training languages are the set alone.
+  for r in grid:
+    config = base.get_config(r.config_arg(dict(model="e5-small", steps=300, batch=32)))
+    assert config.loss.temperature == 0.02 and config.input.packing
+    assert [s["name"] for s in config.input.sources] == ["xquad-r"]
+    assert tuple(config.input.sources[0]["langs"]) == grids.train_langs(
+        grids.parse(r.config_arg({})))
+    assert config.evals.to_dict().keys() == {"mlqa-r"}
+  # The other direction is optional, after the whole XQuAD-R grid: k = 2, 4, 7 on one seed.
+  both = experiments.runs("languages_v2")
+  assert both[:len(grid)] == grid
+  other = both[len(grid):]
+  assert {r.args["train"] for r in other} == {"mlqa-r"} and len(other) == 3 * 5
+  assert [r.name for r in other[3:6]] == [f"mlqa-r-{s}-k7" for s in ("mono", "cross", "hybrid")]
+  assert all(r.args.get("seed", 0) == 0 for r in other)
