@@ -5,10 +5,11 @@
   python -m hybrid_ir.report <experiment> [--results DIR]     # DIR/<experiment>/*.json
   python -m hybrid_ir.report versus BEFORE_DIR AFTER_DIR       # the runs both hold, paired
 
-<experiment> is strategies, ratio or languages; it writes DIR/<experiment>/report.md and its PNGs
-from the run summaries there (`python -m hybrid_ir.experiments` writes them) and prints the
-markdown. Without --results it reports every results/<experiment>/ and results/*/<experiment>/
-found under the current directory (the committed ones: results/use_m3/, results/e5_small/).
+<experiment> is one of hybrid_ir.grids.EXPERIMENTS (strategies, ratio, languages, ...); it writes
+DIR/<experiment>/report.md and its PNGs from the run summaries there (`python -m
+hybrid_ir.experiments` writes them) and prints the markdown. Without --results it reports every
+results/<experiment>/ and results/*/<experiment>/ found under the current directory (the committed
+ones: results/use_m3/, results/e5_small/).
 
 Statistics. Each run keeps one value per query for Mo AP, Cr AP (weighted over the query's other
 languages, see `hybrid_ir.evaluators.lareqa.query_vectors`), Mul AP and rank distance, such that
@@ -20,9 +21,13 @@ stratified bootstrap of the difference, and a sign-flip randomisation p-value
 (X->Y for every Y) are not independent. Runs of several training seeds (`-seed<k>` names) are
 also pooled: mean ± sd over seeds and a two-level bootstrap (seeds, then queries) CI and p-value,
 `stats.seed_bootstrap`, so that a difference is judged against seed-to-seed variance too.
+languages_v2 (strategy x number of training languages k) pools each cell's runs (language sets,
+seeds) the same two-level way for the cell means, per-strategy slopes in log2 k and their
+differences (`scaling_analysis`, `stats.contrast_bootstrap`).
 """
 import argparse
 from collections.abc import Sequence
+import dataclasses
 import json
 import pathlib
 import sys
@@ -487,6 +492,372 @@ def plot_heatmap(run: dict, dataset: str, title: str, path: pathlib.Path) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
+# The scaling grid (languages_v2): strategy x number of training languages.
+# ------------------------------------------------------------------------------------------------
+
+STRATEGY_NAMES = {"mono": "X-X-mono", "cross": "X-Y", "hybrid": "hybrid"}
+# The interaction: hybrid's slope minus each of the paper's two baselines'.
+SLOPE_DIFFERENCES = (("hybrid", "mono"), ("hybrid", "cross"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """A value with its 95% CI (two-level bootstrap) and, for differences, a two-sided p."""
+  value: float
+  low: float
+  high: float
+  p: float | None = None
+  sd: float | None = None  # sd over the cell's runs (cells only; None for one run)
+
+
+@dataclasses.dataclass
+class ScalingAnalysis:
+  """`scaling_analysis`'s numbers for one evaluation set (what report.md and the plot show).
+
+  cells: {(strategy, k): run names} at the common budget; budget: (steps, batch) of those runs;
+  per metric (TESTED): cell / seen / unseen: {(strategy, k): Estimate}; slopes: {strategy:
+  (Estimate, ks)}, change per doubling of k; slope_differences: {(a, b): (Estimate, ks)};
+  edges: {(k, baseline): Estimate of hybrid - baseline at that k}; budget_checks: {(run, metric):
+  Estimate of that run - its cell at the common budget}; check_cells: {budget-check run:
+  (strategy, k)}; notes: what a partial grid lacks."""
+  dataset: str
+  budget: tuple[int, int]
+  cells: dict
+  cell: dict
+  seen: dict
+  unseen: dict
+  slopes: dict
+  slope_differences: dict
+  edges: dict
+  budget_checks: dict
+  check_cells: dict  # {budget-check run: (strategy, k)}
+  notes: list
+
+
+def _strategy_of(name: str, args: dict) -> str:
+  mix = (float(args["mono"]), float(args["cross"]), float(args.get("mixed", 0.0)))
+  for strategy, probs in grids.STRATEGIES.items():
+    if np.allclose(mix, probs):
+      return strategy
+  raise ValueError(f"run {name}: batch mix mono/cross/mixed = {mix} is none of the grid's "
+                   f"strategies {grids.STRATEGIES}")
+
+
+def _scaling_budget(runs: dict[str, dict]) -> tuple[int, int]:
+  """The (steps, batch) most runs share (the fewer steps on a tie): the grid's fixed budget."""
+  budgets = [(int(r["args"]["steps"]), int(r["args"]["batch"])) for r in runs.values()]
+  return max(sorted(set(budgets)), key=budgets.count)
+
+
+def _cell_estimates(result: stats.ContrastResult, keys: list, offset: int = 0) -> dict:
+  out = {}
+  for i, key in enumerate(keys):
+    values = result.run_values[i]
+    out[key] = Estimate(float(result.estimate[offset + i]), float(result.ci_low[offset + i]),
+                        float(result.ci_high[offset + i]),
+                        sd=float(np.std(values, ddof=1)) if values.size > 1 else None)
+  return out
+
+
+def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_RESAMPLES,
+                     seed: int = 0) -> ScalingAnalysis:
+  """The languages_v2 analysis of the trained runs evaluated on `dataset`, from their summaries.
+
+  Inputs: runs as `load_runs` gives them (each with its args and train_langs). A cell is one
+  strategy at one number k of training languages; its runs (language sets, training seeds) are
+  the run level of a two-level bootstrap (`stats.contrast_bootstrap`: runs within each cell, then
+  queries stratified by language, shared by all cells). Per strategy, the slope is the OLS slope of
+  its cell means on log2 k (change per doubling); the interaction is hybrid's slope minus X-X-mono's
+  and minus X-Y's, over the k both have. Runs at another budget than most (steps, batch) are
+  budget checks, each against its cell at the common budget. Missing cells are skipped and named
+  in `notes`: slopes use the k that exist (two at least).
+  Related: `write_scaling_report` (markdown + plot), `grids.runs('languages_v2')` (the grid)."""
+  group = {n: r for n, r in runs.items() if dataset in r["datasets"] and r.get("args")}
+  if not group:
+    raise ValueError(f"no trained runs evaluated on {dataset}")
+  budget = _scaling_budget(group)
+  info = {}
+  for name, run in group.items():
+    a = run["args"]
+    info[name] = (_strategy_of(name, a), len(run["train_langs"]), set(run["train_langs"]),
+                  (int(a["steps"]), int(a["batch"])))
+  order = list(grids.STRATEGIES)
+  cells: dict[tuple[str, int], list[str]] = {}
+  for name in sorted(group, key=lambda n: (order.index(info[n][0]), info[n][1], n)):
+    if info[name][3] == budget:
+      cells.setdefault(info[name][:2], []).append(name)
+  checks = [n for n in group if info[n][3] != budget]
+  keys = list(cells)
+  notes = []
+  expected = [r.name for r in grids.runs("languages_v2")
+              if grids.evaluated_on(dict(train=r.args["train"])) == dataset]
+  missing = [n for n in expected if n not in group]
+  if missing:
+    notes.append(f"Partial grid: {len(missing)} of the {len(expected)} runs of the grid are not "
+                 f"in this folder yet ({', '.join(missing)}); every figure below comes from the "
+                 "runs that are.")
+  single = [f"{STRATEGY_NAMES[s]} k={k}" for (s, k), names in cells.items() if len(names) == 1]
+  if single:
+    notes.append(f"One run only (CI over queries alone, no run-level variance): "
+                 f"{', '.join(single)}.")
+  ks_of = {s: sorted(k for (t, k) in keys if t == s) for s in order}
+  for s in order:
+    if len(ks_of[s]) < 2:
+      notes.append(f"{STRATEGY_NAMES[s]}: {len(ks_of[s])} value(s) of k "
+                   f"({', '.join(map(str, ks_of[s])) or 'none'}); no slope.")
+  all_ks = sorted({k for _, k in keys})
+  # The contrast rows: cell means, slopes, slope differences, hybrid's edge at each k.
+  rows, labels = [], []
+  for i in range(len(keys)):
+    rows.append(np.eye(len(keys))[i])
+    labels.append(("cell", keys[i]))
+
+  def slope_row(strategy, ks):
+    row = np.zeros(len(keys))
+    w = stats.ols_slope_weights(np.log2(ks))
+    for k, wk in zip(ks, w):
+      row[keys.index((strategy, k))] = wk
+    return row
+
+  for s in order:
+    if len(ks_of[s]) >= 2:
+      rows.append(slope_row(s, ks_of[s]))
+      labels.append(("slope", s, tuple(ks_of[s])))
+  for a, b in SLOPE_DIFFERENCES:
+    shared = [k for k in ks_of[a] if k in ks_of[b]]
+    if len(shared) < 2:
+      notes.append(f"{STRATEGY_NAMES[a]} − {STRATEGY_NAMES[b]}: {len(shared)} shared value(s) "
+                   "of k; no slope difference.")
+      continue
+    if shared != all_ks:
+      notes.append(f"{STRATEGY_NAMES[a]} − {STRATEGY_NAMES[b]} slopes compared over k = "
+                   f"{', '.join(map(str, shared))} (the k both have), not over every k of the "
+                   "grid.")
+    rows.append(slope_row(a, shared) - slope_row(b, shared))
+    labels.append(("slope_diff", (a, b), tuple(shared)))
+  for k in all_ks:
+    for b in ("mono", "cross"):
+      if ("hybrid", k) in cells and (b, k) in cells:
+        row = np.zeros(len(keys))
+        row[keys.index(("hybrid", k))], row[keys.index((b, k))] = 1, -1
+        rows.append(row)
+        labels.append(("edge", (k, b)))
+  out = ScalingAnalysis(dataset, budget, cells, {}, {}, {}, {}, {}, {}, {},
+                        {n: info[n][:2] for n in checks}, notes)
+  for metric in TESTED:
+    vecs = {n: _vectors(group[n]["datasets"][dataset]) for n in group}
+    lang = next(iter(vecs.values()))["lang"]
+    ok = ~np.any([np.isnan(v[metric]) for v in vecs.values()], axis=0)
+    matrices = [np.stack([vecs[n][metric][ok] for n in cells[key]]) for key in keys]
+    result = stats.contrast_bootstrap(matrices, np.stack(rows), strata=lang[ok],
+                                      n_resamples=n_resamples, seed=seed)
+    cell = _cell_estimates(result, keys)
+    out.cell.update({(metric, key): e for key, e in cell.items()})
+    for i, label in enumerate(labels):
+      e = Estimate(float(result.estimate[i]), float(result.ci_low[i]), float(result.ci_high[i]),
+                   float(result.p_value[i]))
+      if label[0] == "slope":
+        out.slopes[(metric, label[1])] = (e, label[2])
+      elif label[0] == "slope_diff":
+        out.slope_differences[(metric, label[1])] = (e, label[2])
+      elif label[0] == "edge":
+        out.edges[(metric, label[1])] = e
+    # Seen / unseen query languages: which those are differs from run to run.
+    present = set(lang[ok])
+    for seen, target in ((True, out.seen), (False, out.unseen)):
+      sub_keys, sub_cells, sub_strata = [], [], []
+      for key in keys:
+        names = [n for n in cells[key]
+                 if (info[n][2] & present if seen else present - info[n][2])]
+        if names:
+          sub_keys.append(key)
+          sub_cells.append(np.stack([vecs[n][metric][ok] for n in names]))
+          sub_strata.append([info[n][2] & present if seen else present - info[n][2]
+                             for n in names])
+      if sub_keys:
+        result = stats.contrast_bootstrap(sub_cells, np.eye(len(sub_keys)), strata=lang[ok],
+                                          run_strata=sub_strata, n_resamples=n_resamples,
+                                          seed=seed)
+        target.update({(metric, key): e for key, e in _cell_estimates(result, sub_keys).items()})
+    for name in checks:
+      strategy, k = info[name][:2]
+      if (strategy, k) not in cells:
+        notes.append(f"{name}: no {STRATEGY_NAMES[strategy]} k={k} runs at the common budget "
+                     "to compare it with.")
+        continue
+      result = stats.contrast_bootstrap(
+          [vecs[name][metric][ok][None], matrices[keys.index((strategy, k))]], [[1.0, -1.0]],
+          strata=lang[ok], n_resamples=n_resamples, seed=seed)
+      out.budget_checks[(name, metric)] = Estimate(
+          float(result.estimate[0]), float(result.ci_low[0]), float(result.ci_high[0]),
+          float(result.p_value[0]))
+  out.notes = list(dict.fromkeys(notes))  # budget-check notes repeat once per metric
+  return out
+
+
+def _est(e: Estimate | None, k: str, signed: bool = False) -> str:
+  if e is None:
+    return "—"
+  if signed:
+    d = 1 if k == "rank_distance" else 3
+    return (f"{e.value:+.{d}f} [{e.low:+.{d}f}, {e.high:+.{d}f}]"
+            + (f" p={e.p:.3g}" if e.p is not None else ""))
+  sd = f" ± {_fmt(e.sd, k)}" if e.sd is not None else ""
+  return f"{_fmt(e.value, k)}{sd} [{_fmt(e.low, k)}, {_fmt(e.high, k)}]"
+
+
+def _verdict(e: Estimate, metric: str, baseline: str) -> str:
+  """Plain words for a slope difference hybrid - baseline (lower rank distance is better)."""
+  if e.low <= 0 <= e.high:
+    return (f"no change of hybrid's edge over {STRATEGY_NAMES[baseline]} with k is detectable "
+            "(the CI covers 0; its ends bound the change the data allow)")
+  better = (e.value > 0) != (metric == "rank_distance")
+  return f"hybrid's edge over {STRATEGY_NAMES[baseline]} {'grows' if better else 'shrinks'} with k"
+
+
+def scaling_markdown(a: ScalingAnalysis, runs: dict[str, dict], png: str | None) -> str:
+  """The report section of one evaluation set: design, every cell, seen/unseen, the interaction,
+  the budget check, the plot, and what the data can and cannot show."""
+  steps, batch = a.budget
+  lines = [f"## Evaluated on {a.dataset}", "",
+           f"Budget: {steps} steps × batch {batch} = {steps * batch} training queries per run "
+           "at every k, so each of k training languages gets about 1/k of them. Cells are one "
+           "strategy at one k; their runs are language sets (k < all) or training seeds "
+           f"(k = all). 95% CIs: two-level bootstrap (runs within each cell, then queries "
+           f"stratified by language, shared by every cell), {N_RESAMPLES} resamples.", ""]
+  if a.notes:
+    lines += [f"- {n}" for n in a.notes] + [""]
+  lines += ["### Every run", "", "| run | strategy | k | train langs | seed | steps | "
+            + " | ".join(HEADERS[k] for k in TESTED) + " |", "|---|---|---|---|---|---|"
+            + "---|" * len(TESTED)]
+  members = [n for names in a.cells.values() for n in names]
+  members += sorted({n for n, _ in a.budget_checks})
+  for n in members:
+    r = runs[n]
+    m = r["datasets"][a.dataset]["metrics"]
+    seed = r["args"].get("seed", grids.DEFAULTS["seed"])  # saved args hold what the run set
+    lines.append(f"| {n} | {STRATEGY_NAMES[_strategy_of(n, r['args'])]} | "
+                 f"{len(r['train_langs'])} | {'+'.join(r['train_langs'])} | {seed} | "
+                 f"{r['args']['steps']} | " + " | ".join(_fmt(m[k], k) for k in TESTED) + " |")
+  lines += ["", "### Every cell: mean ± sd over its runs [95% CI]", "",
+            "| strategy | k | runs | " + " | ".join(HEADERS[k] for k in TESTED) + " |",
+            "|---|---|---|" + "---|" * len(TESTED)]
+  for (s, k), names in a.cells.items():
+    lines.append(f"| {STRATEGY_NAMES[s]} | {k} | {len(names)} | "
+                 + " | ".join(_est(a.cell.get((m, (s, k))), m) for m in TESTED) + " |")
+  lines += ["", "### Seen vs unseen query languages: mean ± sd over runs [95% CI]", "",
+            "A run's seen group is the query languages it trained on, its unseen group the rest; "
+            "which languages those are differs from run to run and shrinks (unseen) with k, so "
+            "compare strategies within a row, not rows down a column. An empty group is '—'.", "",
+            "| strategy | k | " + " | ".join(f"seen: {HEADERS[m]}" for m in TESTED) + " | "
+            + " | ".join(f"unseen: {HEADERS[m]}" for m in TESTED) + " |",
+            "|---|---|" + "---|" * (2 * len(TESTED))]
+  for s, k in a.cells:
+    lines.append(f"| {STRATEGY_NAMES[s]} | {k} | "
+                 + " | ".join(_est(a.seen.get((m, (s, k))), m) for m in TESTED) + " | "
+                 + " | ".join(_est(a.unseen.get((m, (s, k))), m) for m in TESTED) + " |")
+  lines += ["", "### Hybrid's edge at each k: hybrid − baseline [95% CI] p", "",
+            "| k | baseline | " + " | ".join(f"Δ {HEADERS[m]}" for m in TESTED) + " |",
+            "|---|---|" + "---|" * len(TESTED)]
+  for k in sorted({k for _, k in a.cells}):
+    for b in ("mono", "cross"):
+      if (TESTED[0], (k, b)) in a.edges:
+        lines.append(f"| {k} | {STRATEGY_NAMES[b]} | "
+                     + " | ".join(_est(a.edges[(m, (k, b))], m, True) for m in TESTED) + " |")
+  lines += ["", "### The interaction: slopes in log2 k (change per doubling of the number of "
+            "training languages) [95% CI] p", "",
+            "OLS of the cell means on log2 k; p is the two-sided bootstrap p of slope = 0 (or of "
+            "no slope difference). A positive difference means hybrid's value rises faster with "
+            "k than the baseline's (for rank distance, lower is better).", "",
+            "| metric | " + " | ".join(STRATEGY_NAMES[s] for s in grids.STRATEGIES) + " | "
+            + " | ".join(f"{STRATEGY_NAMES[x]} − {STRATEGY_NAMES[y]}"
+                         for x, y in SLOPE_DIFFERENCES) + " |",
+            "|---|" + "---|" * (len(grids.STRATEGIES) + len(SLOPE_DIFFERENCES))]
+  for m in TESTED:
+    cells = [_est(a.slopes[(m, s)][0], m, True) + f" (k={','.join(map(str, a.slopes[(m, s)][1]))})"
+             if (m, s) in a.slopes else "—" for s in grids.STRATEGIES]
+    cells += [_est(a.slope_differences[(m, d)][0], m, True) if (m, d) in a.slope_differences
+              else "—" for d in SLOPE_DIFFERENCES]
+    lines.append(f"| {HEADERS[m]} | " + " | ".join(cells) + " |")
+  verdicts = [f"- {HEADERS[m]}, hybrid − {STRATEGY_NAMES[b]}: "
+              f"{_est(a.slope_differences[(m, (h, b))][0], m, True)} per doubling: "
+              + _verdict(a.slope_differences[(m, (h, b))][0], m, b) + "."
+              for m in TESTED for h, b in SLOPE_DIFFERENCES if (m, (h, b)) in a.slope_differences]
+  if verdicts:
+    lines += ["", "What the slope differences say:", ""] + verdicts
+  if a.budget_checks:
+    lines += ["", f"### Budget check: runs at another budget − their cell at {steps} steps "
+              "[95% CI] p", "",
+              "| run | " + " | ".join(f"Δ {HEADERS[m]}" for m in TESTED) + " |",
+              "|---|" + "---|" * len(TESTED)]
+    for n in sorted({n for n, _ in a.budget_checks}):
+      lines.append(f"| {n} | " + " | ".join(_est(a.budget_checks.get((n, m)), m, True)
+                                            for m in TESTED) + " |")
+  if png:
+    lines += ["", f"![mAP and rank distance against k]({png})"]
+  lines += ["", "What these runs cannot show:", "",
+            "- The budget is fixed, so a slope mixes \"more languages\" with \"fewer examples per "
+            "language\"; the budget check (one hybrid run at k = all) is the only look at whether "
+            "the budget limits the large-k end.",
+            "- The run level has few runs per cell: at k < all it is two language sets (how much "
+            "a cell depends on which languages it holds, estimated from two draws); at k = all "
+            "it is training seeds, another source of variance. A bootstrap of two runs "
+            "understates their variance, so where a cell's runs disagree (its ± sd) read its CIs "
+            "and p-values as optimistic; more language sets or seeds make them trustworthy.",
+            "- The slope is a straight line in log2 k through at most four sizes: curvature "
+            "(e.g. a plateau after a few languages) is not tested.",
+            "- One model, one recipe and one evaluation set per direction: the answer may differ "
+            "for other encoders or budgets.", ""]
+  return "\n".join(lines)
+
+
+def plot_scaling(a: ScalingAnalysis, path: pathlib.Path) -> None:
+  """Four panels (Mo, Cr, Mul mAP, rank distance) against k on a log axis: one line per strategy
+  with its 95% CI band; runs at another budget as single marked points."""
+  plt = _plt()
+  fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+  ks = sorted({k for _, k in a.cells})
+  for ax, m in zip(axes, TESTED):
+    for i, s in enumerate(grids.STRATEGIES):
+      pts = [(k, a.cell[(m, (s, k))]) for k in ks if (m, (s, k)) in a.cell]
+      if not pts:
+        continue
+      x = [k for k, _ in pts]
+      ax.plot(x, [e.value for _, e in pts], "o-", color=f"C{i}", label=STRATEGY_NAMES[s])
+      ax.fill_between(x, [e.low for _, e in pts], [e.high for _, e in pts], color=f"C{i}",
+                      alpha=0.2, lw=0)
+    for (name, metric), e in a.budget_checks.items():
+      s, k = a.check_cells[name]
+      if metric == m and (m, (s, k)) in a.cell:  # its value: its cell's mean + its difference
+        ax.plot([k], [a.cell[(m, (s, k))].value + e.value], "*", ms=11, color="k",
+                label=f"{name} ({STRATEGY_NAMES[s]})")
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set(xlabel="training languages k (log axis)", title=HEADERS[m])
+  axes[0].set_ylabel(f"{a.dataset} (95% CI band)")
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_scaling_report(directory: pathlib.Path, n_resamples: int = N_RESAMPLES) -> str:
+  """Writes `<directory>/report.md` and `scaling_<dataset>.png` of the languages_v2 grid from the
+  run summaries there (`scaling_analysis` per evaluation set); returns the markdown."""
+  runs = load_runs(directory)
+  parts = ["# Experiment: languages_v2 (strategy × number of training languages)", ""]
+  for dataset in sorted({d for r in runs.values() for d in r["datasets"]}):
+    a = scaling_analysis(runs, dataset, n_resamples)
+    png = directory / f"scaling_{dataset}.png"
+    plot_scaling(a, png)
+    parts.append(scaling_markdown(a, runs, png.name))
+  text = "\n".join(parts)
+  (directory / "report.md").write_text(text)
+  return text
+
+
+# ------------------------------------------------------------------------------------------------
 # Reports.
 # ------------------------------------------------------------------------------------------------
 
@@ -526,7 +897,13 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
   """Writes `<directory>/report.md` and PNGs from the run summaries there; returns the markdown.
 
   seed_sd_from: '<dir>/<run name>' of runs with several training seeds; one-seed comparisons
-  then also get CIs widened by their seed sd (`seed_widened_table`)."""
+  then also get CIs widened by their seed sd (`seed_widened_table`). languages_v2 has a report of
+  its own (`write_scaling_report`), whose cells carry their own run-level variance."""
+  if experiment == "languages_v2":
+    if seed_sd_from:
+      raise ValueError("--seed_sd_from is not used by languages_v2: its cells hold several runs "
+                       "(language sets or seeds) whose spread the CIs cover already")
+    return write_scaling_report(directory)
   runs = _in_grid_order(load_runs(directory), experiment)
   parts = [f"# Experiment: {experiment}", ""]
   datasets = sorted({d for r in runs.values() for d in r["datasets"]})

@@ -65,3 +65,20 @@ def test_seed_grid_miniature_pools_seeds_in_the_report(grids):
     assert any(l.startswith(f"| {name} | 0,1 |") for l in text.splitlines()), text
   paired = [l for l in text.splitlines() if l.startswith("| xquad-r-hybrid |") and "p=" in l]
   assert paired and "±" not in paired[-1]  # the across-seeds comparison with mono
+
+
+def test_languages_v2_miniature_reaches_the_scaling_report(tmp_path):
+  # Hybrid at k = 2 and 11 (set 0, seed 0; two runs keep it short): the runner's own summaries
+  # give one slope, and the report says what the rest of the grid lacks.
+  grid = [r for r in experiments.runs("languages_v2", ("xquad-r",))[:6] if "-hybrid-" in r.name]
+  text, out_dir = _run_grid("languages_v2", tmp_path, grid)
+  for run in grid:
+    summary = json.loads((out_dir / f"{run.name}.json").read_text())
+    assert summary["args"]["temp"] == 0.02 and summary["args"]["pack"] == 1
+    assert f"| {run.name} |" in text
+  assert "| hybrid | 2 | 1 |" in text and "| hybrid | 11 | 1 |" in text
+  assert "Partial grid: 23 of the 25 runs" in text
+  assert "X-Y: 0 value(s) of k (none); no slope." in text
+  mul = next(l for l in text.splitlines() if l.startswith("| Mul mAP |"))
+  assert mul.count(" p=") == 1 and "(k=2,11)" in mul  # hybrid's slope alone
+  assert (out_dir / "scaling_mlqa-r.png").stat().st_size > 0

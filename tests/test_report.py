@@ -1,0 +1,230 @@
+"""The languages_v2 analysis (strategy x number of training languages) on synthetic runs whose
+answer is known: per-query scores with planted slopes in log2 k, written as the run summaries
+`hybrid_ir.experiments` saves, then read back by `hybrid_ir.report` alone."""
+import json
+
+import numpy as np
+import pytest
+
+from hybrid_ir import grids
+from hybrid_ir import report
+from hybrid_ir.data import lareqa as lareqa_data
+from hybrid_ir.evaluators import stats
+
+EVAL_LANGS = lareqa_data.LANGS["mlqa-r"]  # the XQuAD-R grid is evaluated on MLQA-R
+PER_LANG = 40  # queries per evaluation language
+COMMON = dict(model="e5-small", steps=300, batch=32, size="full")  # what the runner's flags give
+MAP_METRICS = ("mo_map", "cr_map", "mul_map")
+
+
+def _summary(run: grids.Run, values: np.ndarray, lang: np.ndarray) -> dict:
+  """A run summary as `experiments.execute` writes it (report.summarize_run + the run's args),
+  with `values` as the per-query scores of every mAP metric; rank distance falls as they rise."""
+  per_query = {"lang": lang.tolist(), **{k: [round(float(v), 6) for v in values]
+                                         for k in MAP_METRICS},
+               "rank_distance": [int(round(1000 * (1 - v))) for v in values]}
+  by_lang = {l: {k: float(np.mean(np.array(per_query[k], float)[lang == l]))
+                 for k in (*MAP_METRICS, "rank_distance")} for l in EVAL_LANGS}
+  metrics = {k: float(np.mean([by_lang[l][k] for l in EVAL_LANGS]))
+             for k in (*MAP_METRICS, "rank_distance")}
+  metrics.update(mo_r1=metrics["mo_map"], cr_r1=metrics["cr_map"], mul_r10=metrics["mul_map"])
+  args = {**COMMON, **run.args}
+  config = ",".join(f"{k}={v}" for k, v in args.items())
+  return {"model": "e5-small", "tag": f"step_{args['steps']}", "uncovered_langs": [],
+          "datasets": {"mlqa-r": {
+              "dataset": "mlqa-r", "langs": list(EVAL_LANGS),
+              "counts": {"num_questions": lang.size}, "metrics": metrics, "languages": by_lang,
+              "matrix_map": [[by_lang[l]["mul_map"]] * len(EVAL_LANGS) for l in EVAL_LANGS],
+              "per_query": per_query}},
+          "loss_curve": [{"step": args["steps"], "train/loss": 0.1}], "parallel_curve": [],
+          "run": run.name, "experiment": "languages_v2",
+          "config": f"configs/experiments/base.py:{config}", "args": args,
+          "wall_seconds": 60.0, "hardware": "synthetic"}
+
+
+def _write_grid(directory, slopes: dict[str, float], *, run_sd=0.0, query_sd=0.0, seen_bonus=0.0,
+                long_bonus=0.0, seed=0, skip=()) -> dict[str, grids.Run]:
+  """Writes every XQuAD-R run of the grid (except `skip`): each query's score is a shared base
+  + slopes[strategy] * log2 k + a run offset N(0, run_sd) + query noise N(0, query_sd)
+  + seen_bonus on query languages the run trained on + long_bonus for the longer-budget run."""
+  rng = np.random.default_rng(seed)
+  lang = np.repeat(np.array(EVAL_LANGS), PER_LANG)
+  base = rng.uniform(0.3, 0.5, lang.size)
+  directory.mkdir(parents=True, exist_ok=True)
+  written = {}
+  for run in grids.runs("languages_v2", ("xquad-r",)):
+    strategy = report._strategy_of(run.name, run.args)
+    langs = run.args["langs"].split("+")
+    values = (base + slopes[strategy] * np.log2(len(langs)) + rng.normal(0, run_sd)
+              + rng.normal(0, query_sd, lang.size) + seen_bonus * np.isin(lang, langs)
+              + (long_bonus if "steps" in run.args else 0.0))
+    if run.name in skip:
+      continue
+    (directory / f"{run.name}.json").write_text(json.dumps(_summary(run, values, lang)))
+    written[run.name] = run
+  return written
+
+
+def _analysis(directory, n_resamples=1000):
+  return report.scaling_analysis(report.load_runs(directory), "mlqa-r", n_resamples)
+
+
+def test_ols_slope_weights_give_the_least_squares_slope():
+  x = np.log2([2, 4, 7, 11])
+  y = np.array([0.40, 0.43, 0.47, 0.48])
+  assert stats.ols_slope_weights(x) @ y == pytest.approx(np.polyfit(x, y, 1)[0])
+  with pytest.raises(ValueError, match="two distinct x"):
+    stats.ols_slope_weights([1.0, 1.0])
+
+
+def test_contrast_bootstrap_of_two_cells_is_the_seed_bootstrap():
+  # hybrid - mono over seeds: the two-cell contrast is seed_bootstrap's difference.
+  rng = np.random.default_rng(0)
+  strata = np.repeat(np.arange(5), 300)
+  a = 0.5 + rng.normal(0, 0.02, (3, 1)) + rng.normal(0, 0.2, (3, strata.size))
+  b = 0.48 + rng.normal(0, 0.02, (2, 1)) + rng.normal(0, 0.2, (2, strata.size))
+  ref = stats.seed_bootstrap(a, b, strata=strata, n_resamples=4000)
+  got = stats.contrast_bootstrap([a, b], [[1.0, -1.0]], strata=strata, n_resamples=4000)
+  assert got.estimate[0] == pytest.approx(ref.mean)
+  assert got.ci_low[0] == pytest.approx(ref.ci_low, abs=0.004)
+  assert got.ci_high[0] == pytest.approx(ref.ci_high, abs=0.004)
+  assert got.run_values[0] == pytest.approx(ref.seed_means)
+  # A run's value over a subset of strata: the macro average over those only.
+  sub = stats.contrast_bootstrap([a], [[1.0]], strata=strata, run_strata=[[{0, 1}] * 3],
+                                 n_resamples=10)
+  assert sub.run_values[0][0] == pytest.approx((a[0, :300].mean() + a[0, 300:600].mean()) / 2)
+  with pytest.raises(ValueError, match="cell 0 run 1: none of its strata"):
+    stats.contrast_bootstrap([a], [[1.0]], strata=strata, run_strata=[[{0}, {9}, {0}]])
+  with pytest.raises(ValueError, match="2 columns for 1 cells"):
+    stats.contrast_bootstrap([a], [[1.0, -1.0]], strata=strata)
+
+
+def test_noiseless_planted_slopes_are_recovered_exactly(tmp_path):
+  # Every run is the shared base + slope x log2 k: the slopes and their differences are exact
+  # and no resample of queries or runs can move them (each contrast's weights sum to 0).
+  _write_grid(tmp_path, {"mono": 0.01, "cross": 0.02, "hybrid": 0.035})
+  a = _analysis(tmp_path, n_resamples=200)
+  assert a.budget == (300, 32)
+  assert {key: len(names) for key, names in a.cells.items()} == {
+      (s, k): 2 for s in grids.STRATEGIES for k in (2, 4, 7, 11)}
+  for metric in MAP_METRICS:
+    for s, slope in (("mono", 0.01), ("cross", 0.02), ("hybrid", 0.035)):
+      e, ks = a.slopes[(metric, s)]
+      assert ks == (2, 4, 7, 11)
+      assert e.value == pytest.approx(slope, abs=1e-5)
+      assert e.high - e.low == pytest.approx(0, abs=1e-5)
+    assert a.slope_differences[(metric, ("hybrid", "mono"))][0].value == pytest.approx(0.025,
+                                                                                      abs=1e-5)
+    assert a.slope_differences[(metric, ("hybrid", "cross"))][0].value == pytest.approx(0.015,
+                                                                                       abs=1e-5)
+  # At k = 4 hybrid leads X-X-mono by (.035 - .01) x 2.
+  assert a.edges[("mo_map", (4, "mono"))].value == pytest.approx(0.05, abs=1e-5)
+
+
+def test_planted_slope_difference_is_recovered_inside_its_ci_under_run_and_query_noise(tmp_path):
+  # Language sets / seeds move a whole run by N(0, .005); queries add N(0, .1) noise. Hybrid
+  # rises .03 per doubling of k, X-X-mono .01 and X-Y .025.
+  _write_grid(tmp_path, {"mono": 0.01, "cross": 0.025, "hybrid": 0.03}, run_sd=0.005,
+              query_sd=0.1)
+  a = _analysis(tmp_path)
+  for metric in MAP_METRICS:
+    for s, slope in (("mono", 0.01), ("cross", 0.025), ("hybrid", 0.03)):
+      e = a.slopes[(metric, s)][0]
+      assert e.low < slope < e.high, (metric, s, e)
+    e = a.slope_differences[(metric, ("hybrid", "mono"))][0]
+    assert e.low < 0.02 < e.high and e.low > 0 and e.p < 0.01, (metric, e)
+    e = a.slope_differences[(metric, ("hybrid", "cross"))][0]
+    assert e.low < 0.005 < e.high, (metric, e)
+  # Rank distance falls as the scores rise: hybrid's falls faster, its edge grows.
+  e = a.slope_differences[("rank_distance", ("hybrid", "mono"))][0]
+  assert e.high < 0
+  assert "hybrid's edge over X-X-mono grows with k" in report._verdict(e, "rank_distance", "mono")
+
+
+def test_null_case_equal_slopes_ci_covers_zero_and_the_run_level_widens_it(tmp_path):
+  _write_grid(tmp_path, {"mono": 0.02, "cross": 0.02, "hybrid": 0.02}, run_sd=0.01,
+              query_sd=0.1, seed=1)
+  a = _analysis(tmp_path)
+  for metric in MAP_METRICS:
+    for pair in report.SLOPE_DIFFERENCES:
+      e = a.slope_differences[(metric, pair)][0]
+      assert e.low < 0 < e.high and e.p > 0.05, (metric, pair, e)
+      assert "no change of hybrid's edge" in report._verdict(e, metric, pair[1])
+  # Runs that differ by N(0, .03) as a whole against the same runs without those offsets (query
+  # noise only): the run level (language sets, seeds) widens the CI.
+  widths = []
+  for run_sd in (0.03, 0.0):
+    _write_grid(tmp_path / f"run_sd{run_sd}", {"mono": 0.02, "cross": 0.02, "hybrid": 0.02},
+                run_sd=run_sd, query_sd=0.05, seed=2)
+    e = _analysis(tmp_path / f"run_sd{run_sd}").slope_differences[("mul_map", ("hybrid", "mono"))]
+    widths.append(e[0].high - e[0].low)
+  assert widths[1] < 0.5 * widths[0]
+
+
+def test_seen_and_unseen_query_languages_and_the_longer_budget_run(tmp_path):
+  # Queries in a language the run trained on score +.1; the longer run scores +.05 over its cell.
+  _write_grid(tmp_path, {"mono": 0.0, "cross": 0.0, "hybrid": 0.0}, seen_bonus=0.1,
+              long_bonus=0.05)
+  a = _analysis(tmp_path, n_resamples=200)
+  for s in grids.STRATEGIES:
+    for k in (2, 4, 7):
+      seen, unseen = a.seen[("mul_map", (s, k))], a.unseen[("mul_map", (s, k))]
+      assert seen.value - unseen.value == pytest.approx(0.1, abs=0.03), (s, k)
+    # Every MLQA-R language is among XQuAD-R's 11: nothing is unseen at k = 11.
+    assert ("mul_map", (s, 11)) not in a.unseen and ("mul_map", (s, 11)) in a.seen
+  assert list(a.check_cells) == ["xquad-r-hybrid-k11-steps600"]
+  check = a.budget_checks[("xquad-r-hybrid-k11-steps600", "mo_map")]
+  assert check.value == pytest.approx(0.05, abs=1e-5)
+  assert ("hybrid", 11) in a.cells and "xquad-r-hybrid-k11-steps600" not in a.cells[("hybrid", 11)]
+
+
+def test_report_from_saved_runs_has_every_cell_the_interaction_and_the_plot(tmp_path, capsys):
+  grid = _write_grid(tmp_path / "languages_v2", {"mono": 0.01, "cross": 0.02, "hybrid": 0.03},
+                     run_sd=0.005, query_sd=0.05)
+  report.main(["report", "languages_v2", "--results", str(tmp_path)])
+  text = capsys.readouterr().out
+  assert text == (tmp_path / "languages_v2" / "report.md").read_text() + "\n"
+  assert (tmp_path / "languages_v2" / "scaling_mlqa-r.png").stat().st_size > 0
+  assert "![mAP and rank distance against k](scaling_mlqa-r.png)" in text
+  assert "Partial grid" not in text
+  for name in grid:
+    assert f"| {name} |" in text
+  cells = text.split("### Every cell")[1].split("###")[0]
+  rows = [l.split("|")[1:4] for l in cells.splitlines()
+          if l.startswith("| ") and "strategy" not in l]
+  assert [(s.strip(), int(k), int(n)) for s, k, n in rows] == [
+      (report.STRATEGY_NAMES[s], k, 2) for s in grids.STRATEGIES for k in (2, 4, 7, 11)]
+  slopes = text.split("### The interaction")[1]
+  mul = next(l for l in slopes.splitlines() if l.startswith("| Mul mAP |"))
+  assert mul.count(" p=") == 5  # three slopes, two differences
+  assert "- Mul mAP, hybrid − X-X-mono: +0.020 [" in slopes
+  assert "xquad-r-hybrid-k11-steps600" in text.split("### Budget check")[1]
+  with pytest.raises(SystemExit, match="--seed_sd_from is not used by languages_v2"):
+    report.main(["report", "languages_v2", "--results", str(tmp_path), "--seed_sd_from", "x/y"])
+
+
+def test_partial_grid_reports_what_exists_and_says_what_is_missing(tmp_path):
+  # Interrupted after the first phase (k = 2 and 11, set 0 / seed 0), minus X-Y at k = 11.
+  first = [r.name for r in grids.runs("languages_v2", ("xquad-r",))][:6]
+  skip = {r.name for r in grids.runs("languages_v2", ("xquad-r",))} - set(first)
+  skip.add("xquad-r-cross-k11")
+  _write_grid(tmp_path, {"mono": 0.01, "cross": 0.02, "hybrid": 0.03}, skip=skip)
+  a = _analysis(tmp_path, n_resamples=200)
+  assert set(a.cells) == {("mono", 2), ("mono", 11), ("cross", 2), ("hybrid", 2), ("hybrid", 11)}
+  assert a.slopes[("mul_map", "hybrid")][0].value == pytest.approx(0.03, abs=1e-5)
+  assert a.slopes[("mul_map", "hybrid")][1] == (2, 11)
+  assert ("mul_map", "cross") not in a.slopes
+  assert ("mul_map", ("hybrid", "cross")) not in a.slope_differences
+  assert a.slope_differences[("mul_map", ("hybrid", "mono"))][0].value == pytest.approx(0.02,
+                                                                                       abs=1e-5)
+  notes = " ".join(a.notes)
+  assert "Partial grid: 20 of the 25 runs" in notes and "xquad-r-cross-k11," in notes
+  assert "X-Y: 1 value(s) of k (2); no slope." in notes
+  assert "hybrid − X-Y: 1 shared value(s) of k; no slope difference." in notes
+  assert "One run only" in notes
+  text = report.write_report("languages_v2", tmp_path)
+  assert "- Partial grid: 20 of the 25 runs" in text
+  line = next(l for l in text.splitlines() if l.startswith("| Mul mAP |"))
+  cells = [c.strip() for c in line.split("|")[2:-1]]  # X-X-mono, X-Y, hybrid, the differences
+  assert cells[1] == "—" and cells[4] == "—"
+  assert cells[0].startswith("+0.010 [") and cells[0].endswith("(k=2,11)")
