@@ -11,6 +11,16 @@ r"""The paper's experiments as grids of runs: `python -m hybrid_ir.experiments <
   recipe      hybrid batches with the recipe's ingredients added one at a time (an ablation).
   ingredients each ingredient alone on top of the base hybrid run, paired against it.
   table       the token-embedding table trained densely, lazily or not at all (its mAP cost).
+  languages_v2 X-X-mono, X-Y and hybrid at 2, 4, 7 and 11 training languages, two language sets
+              or training seeds each, at one budget (the e5 recipe's 300 steps of 32, its
+              temperature and packing, no bitext); then MLQA-R -> XQuAD-R at 2, 4 and 7
+              (--directions xquad-r leaves those out). Its report (hybrid_ir.report's
+              languages_v2 command) is the scaling analysis: slopes in log k per strategy and
+              their differences.
+
+  python -m hybrid_ir.experiments languages_v2 --model e5-small --steps 300 --batch 32 \
+      --results results/e5_small
+
 --set key=value,... gives every run of a grid more grid args (e.g. negatives=3,table=lazy).
 The grids themselves are `hybrid_ir.grids.runs`. Each run is the config file
 configs/experiments/base.py (part of the repository, not of the pip package: run from a checkout,
@@ -54,7 +64,8 @@ def define_flags() -> None:
                     "-seed<k> for k > 0); the report gives mean +- sd over seeds and CIs that "
                     "cover seed and query variance.")
   flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
-                    "Training sets for `strategies` (evaluation is on the other).")
+                    "Training sets for `strategies` and `languages_v2` (evaluation is on the "
+                    "other).")
   flags.DEFINE_list("set", [], "Grid-arg key=values given to every run of the grid (keys of "
                     "hybrid_ir.grids.DEFAULTS, e.g. negatives=3,table=lazy: a recipe under another "
                     "experiment; a run's own args win); they key the workdirs, so use a "
