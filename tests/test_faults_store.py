@@ -84,6 +84,12 @@ def test_a_user_folder_or_file_at_the_store_path_is_refused_and_kept(tmp_path, o
   with pytest.raises(store_lib.StoreError) as e:
     data.open_store(source(src, store=str(a_file)), tmp_path / 'stores', overwrite=overwrite)
   assert_one_line(str(e.value), a_file, 'is a file')
+  # A folder of the user's with a meta.json of its own is no store either.
+  (folder / 'meta.json').write_text('{"format": "my notes"}')
+  before['thesis/meta.json'] = (folder / 'meta.json').read_bytes()
+  with pytest.raises(store_lib.StoreError) as e:
+    data.open_store(source(src, store=str(folder)), tmp_path / 'stores', overwrite=overwrite)
+  assert_one_line(str(e.value), folder, 'not a hybrid_ir store')
   after = snapshot(tmp_path)
   assert {k: v for k, v in after.items() if not k.startswith('stores/')} == before
   assert not list(tmp_path.glob('**/*.tmp-*'))
@@ -213,6 +219,12 @@ def edit_meta(store):
   return 'meta.json', 'was changed after preparation'
 
 
+def garble_meta(store):
+  path = store.directory / 'meta.json'
+  path.write_text(path.read_text()[:100])
+  return 'meta.json', 'is not a JSON object'
+
+
 def corrupt_small_text(store):
   path = store.directory / 'texts' / 'en.array_record'
   raw = bytearray(path.read_bytes())
@@ -222,7 +234,7 @@ def corrupt_small_text(store):
 
 
 @pytest.mark.parametrize('damage', [zero_index_bytes, truncate_text, delete_index, edit_meta,
-                                    corrupt_small_text])
+                                    garble_meta, corrupt_small_text])
 def test_a_damaged_store_is_one_message_and_prepare_overwrite_rebuilds_it(tmp_path, damage):
   src = write_jsonl(tmp_path / 'r.jsonl')
   clean = data.open_store(source(src), tmp_path / 'stores')

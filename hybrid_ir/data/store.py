@@ -184,6 +184,13 @@ def is_complete(directory: str | os.PathLike) -> bool:
   return (epath.Path(directory) / 'meta.json').exists()
 
 
+def _made_here(path: epath.Path) -> bool:
+  """A store, or one whose meta.json is damaged: this layout is this code's alone."""
+  return is_store(path) or ((path / 'meta.json').exists() and
+                            (path / 'groups.array_record').exists() and
+                            (path / 'index' / 'group_identity.npy').exists())
+
+
 def _holds_no_files(path: epath.Path) -> bool:
   """True for a folder tree with no file in it (an empty folder, or empty texts/ and index/):
   removing it loses nothing."""
@@ -213,12 +220,9 @@ def check_replaceable(directory: str | os.PathLike) -> None:
   path = epath.Path(directory)
   if not (os.path.lexists(path) if not _is_remote(path) else path.exists()):
     return
-  if is_store(path) or _holds_no_files(path) or (
+  if _made_here(path) or _holds_no_files(path) or (
       _is_remote(path) and (path / WRITER).exists() and not (path / 'meta.json').exists()):
     return
-  if ((path / 'groups.array_record').exists() and (path / 'index' / 'group_identity.npy').exists()
-      and (path / 'meta.json').exists()):
-    return  # a store whose meta.json is damaged: this layout is this code's alone
   what = 'a file' if path.is_file() else 'a folder that is not a hybrid_ir store'
   raise StoreError(f'{path} is {what} (no meta.json of format {FORMAT}); nothing there was '
                    'changed. Move it away, or give the source another name, `store` or '
@@ -261,7 +265,7 @@ def remove_stale_temporaries(parent: str | os.PathLike) -> None:
                       'process is gone', p, writer.get('pid'), writer.get('host'),
                       time.strftime('%Y-%m-%d %H:%M', time.localtime(writer.get('started', 0))))
   for p in sorted(parent.glob('*.old-*')):
-    if p.is_dir() and not os.path.islink(p) and is_store(p):
+    if p.is_dir() and not os.path.islink(p) and _made_here(p):
       shutil.rmtree(str(p), ignore_errors=True)
       logging.warning('removed %s: a store replaced by an interrupted overwrite', p)
 
@@ -468,8 +472,8 @@ class Builder:
   def _publish(self) -> None:
     """Renames the finished temporary store into place, replacing only what it may."""
     path = str(self.directory)
-    if is_store(path):
-      if not self.overwrite:
+    if _made_here(self.directory):
+      if not self.overwrite and is_store(path):
         # Another process prepared the same store meanwhile: keep the first.
         shutil.rmtree(str(self.tmp))
         return
@@ -595,7 +599,10 @@ class Store:
     self.meta = _read_json(meta_path)
     if not isinstance(self.meta, dict):
       raise self._damaged('meta.json', 'is not a JSON object')
-    if self.meta.get('format') != FORMAT or self.meta.get('version') != VERSION:
+    if self.meta.get('format') != FORMAT:
+      raise StoreError(f'{self.directory} is not a hybrid_ir store (its meta.json has format '
+                       f'{self.meta.get("format")!r}, not {FORMAT!r})')
+    if self.meta.get('version') != VERSION:
       raise StoreError(f'store {self.directory}: format {self.meta.get("format")!r} version '
                        f'{self.meta.get("version")!r}; this code reads version {VERSION}: '
                        f'{PREPARE_AGAIN}')
