@@ -205,10 +205,8 @@ def _holds_no_files(path: epath.Path) -> bool:
 
 
 def _remove_empty_tree(path: epath.Path) -> None:
-  # rmdir, not rmtree: it fails rather than delete a file that appeared meanwhile.
-  if _is_remote(path):
-    shutil.rmtree(str(path))
-    return
+  # Local only (on gs:// a store is written in place). rmdir, not rmtree: it fails rather than
+  # delete a file that appeared meanwhile.
   for root, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
     os.rmdir(root)
 
@@ -418,11 +416,13 @@ class Builder:
         (self.tmp / 'meta.json').unlink()
     else:
       self.tmp = epath.Path(f'{self.directory}.tmp-{uuid.uuid4().hex[:8]}')
-    (self.tmp / 'texts').mkdir(parents=True, exist_ok=True)
-    (self.tmp / 'index').mkdir(parents=True, exist_ok=True)
+    # writer.json first: a sweep by another process (`remove_stale_temporaries`) sees whose it is.
+    self.tmp.mkdir(parents=True, exist_ok=True)
     (self.tmp / WRITER).write_text(json.dumps(
         {'format': f'{FORMAT}.writer', 'host': socket.gethostname(), 'pid': os.getpid(),
          'started': time.time()}))
+    (self.tmp / 'texts').mkdir(exist_ok=True)
+    (self.tmp / 'index').mkdir(exist_ok=True)
 
   def text_path(self, lang: str) -> epath.Path:
     return self.tmp / 'texts' / f'{lang}.array_record'
