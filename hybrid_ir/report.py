@@ -572,7 +572,9 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
   budget checks, each against its cell at the common budget. Missing cells are skipped and named
   in `notes`: slopes use the k that exist (two at least).
   Related: `write_scaling_report` (markdown + plot), `grids.runs('languages_v2')` (the grid)."""
-  group = {n: r for n, r in runs.items() if dataset in r["datasets"] and r.get("args")}
+  # Trained runs only (an untrained model's summary has no loss curve).
+  group = {n: r for n, r in runs.items()
+           if dataset in r["datasets"] and r.get("args") and r.get("loss_curve")}
   if not group:
     raise ValueError(f"no trained runs evaluated on {dataset}")
   budget = _scaling_budget(group)

@@ -209,6 +209,10 @@ def test_partial_grid_reports_what_exists_and_says_what_is_missing(tmp_path):
   skip = {r.name for r in grids.runs("languages_v2", ("xquad-r",))} - set(first)
   skip.add("xquad-r-cross-k11")
   _write_grid(tmp_path, {"mono": 0.01, "cross": 0.02, "hybrid": 0.03}, skip=skip)
+  # An untrained model's summary (no loss curve) in the folder is no cell of the grid.
+  untrained = json.loads((tmp_path / "xquad-r-hybrid-k11.json").read_text())
+  (tmp_path / "pretrained.json").write_text(json.dumps(dict(untrained, run="pretrained",
+                                                            loss_curve=[])))
   a = _analysis(tmp_path, n_resamples=200)
   assert set(a.cells) == {("mono", 2), ("mono", 11), ("cross", 2), ("hybrid", 2), ("hybrid", 11)}
   assert a.slopes[("mul_map", "hybrid")][0].value == pytest.approx(0.03, abs=1e-5)
