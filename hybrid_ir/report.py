@@ -514,12 +514,13 @@ class Estimate:
 class ScalingAnalysis:
   """`scaling_analysis`'s numbers for one evaluation set (what report.md and the plot show).
 
-  cells: {(strategy, k): run names} at the common budget; budget: (steps, batch) of those runs;
-  per metric (TESTED): cell / seen / unseen: {(strategy, k): Estimate}; slopes: {strategy:
-  (Estimate, ks)}, change per doubling of k; slope_differences: {(a, b): (Estimate, ks)};
-  edges: {(k, baseline): Estimate of hybrid - baseline at that k}; budget_checks: {(run, metric):
-  Estimate of that run - its cell at the common budget}; check_cells: {budget-check run:
-  (strategy, k)}; notes: what a partial grid lacks."""
+  cells: {(strategy, k): run names} at the common budget; budget: (steps, batch) of those runs.
+  Keyed by metric (one of TESTED) first: cell / seen / unseen: {(metric, (strategy, k)):
+  Estimate}; slopes: {(metric, strategy): (Estimate, ks)}, change per doubling of k;
+  slope_differences: {(metric, (a, b)): (Estimate, ks)}; edges: {(metric, (k, baseline)):
+  Estimate of hybrid - baseline at that k}. budget_checks: {(run, metric): Estimate of that run
+  - its cell at the common budget}; check_cells: {budget-check run: (strategy, k)}; notes: what
+  a partial grid lacks."""
   dataset: str
   budget: tuple[int, int]
   cells: dict
@@ -549,12 +550,13 @@ def _scaling_budget(runs: dict[str, dict]) -> tuple[int, int]:
   return max(sorted(set(budgets)), key=budgets.count)
 
 
-def _cell_estimates(result: stats.ContrastResult, keys: list, offset: int = 0) -> dict:
+def _cell_estimates(result: stats.ContrastResult, keys: list) -> dict:
+  """{key: Estimate} of the first len(keys) contrasts, one cell's mean each, with its runs' sd."""
   out = {}
   for i, key in enumerate(keys):
     values = result.run_values[i]
-    out[key] = Estimate(float(result.estimate[offset + i]), float(result.ci_low[offset + i]),
-                        float(result.ci_high[offset + i]),
+    out[key] = Estimate(float(result.estimate[i]), float(result.ci_low[i]),
+                        float(result.ci_high[i]),
                         sd=float(np.std(values, ddof=1)) if values.size > 1 else None)
   return out
 
@@ -646,9 +648,14 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
         labels.append(("edge", (k, b)))
   out = ScalingAnalysis(dataset, budget, cells, {}, {}, {}, {}, {}, {}, {},
                         {n: info[n][:2] for n in checks}, notes)
+  vecs = {n: _vectors(group[n]["datasets"][dataset]) for n in group}
+  first = next(iter(vecs))
+  lang = vecs[first]["lang"]
+  for n, v in vecs.items():  # per-query values are paired by position
+    if v["lang"].shape != lang.shape or (v["lang"] != lang).any():
+      raise ValueError(f"runs {first} and {n} hold different {dataset} queries (per_query.lang "
+                       "differs): they were not evaluated on the same data")
   for metric in TESTED:
-    vecs = {n: _vectors(group[n]["datasets"][dataset]) for n in group}
-    lang = next(iter(vecs.values()))["lang"]
     ok = ~np.any([np.isnan(v[metric]) for v in vecs.values()], axis=0)
     matrices = [np.stack([vecs[n][metric][ok] for n in cells[key]]) for key in keys]
     result = stats.contrast_bootstrap(matrices, np.stack(rows), strata=lang[ok],
@@ -750,7 +757,8 @@ def scaling_markdown(a: ScalingAnalysis, runs: dict[str, dict], png: str | None)
   lines += ["", "### Seen vs unseen query languages: mean ± sd over runs [95% CI]", "",
             "A run's seen group is the query languages it trained on, its unseen group the rest; "
             "which languages those are differs from run to run and shrinks (unseen) with k, so "
-            "compare strategies within a row, not rows down a column. An empty group is '—'.", "",
+            "compare strategies within a row, not rows down a column. A cell averages the runs "
+            "whose group is not empty; '—' where none is.", "",
             "| strategy | k | " + " | ".join(f"seen: {HEADERS[m]}" for m in TESTED) + " | "
             + " | ".join(f"unseen: {HEADERS[m]}" for m in TESTED) + " |",
             "|---|---|" + "---|" * (2 * len(TESTED))]

@@ -232,3 +232,16 @@ def test_partial_grid_reports_what_exists_and_says_what_is_missing(tmp_path):
   cells = [c.strip() for c in line.split("|")[2:-1]]  # X-X-mono, X-Y, hybrid, the differences
   assert cells[1] == "—" and cells[4] == "—"
   assert cells[0].startswith("+0.010 [") and cells[0].endswith("(k=2,11)")
+
+
+def test_runs_evaluated_on_other_queries_are_named_not_paired(tmp_path):
+  _write_grid(tmp_path, {"mono": 0.0, "cross": 0.0, "hybrid": 0.0},
+              skip={r.name for r in grids.runs("languages_v2", ("xquad-r",))[2:]})
+  path = tmp_path / "xquad-r-cross-k2-set0.json"
+  summary = json.loads(path.read_text())
+  pq = summary["datasets"]["mlqa-r"]["per_query"]
+  pq["lang"] = pq["lang"][::-1]
+  path.write_text(json.dumps(summary))
+  with pytest.raises(ValueError, match="runs xquad-r-cross-k2-set0 and xquad-r-mono-k2-set0 hold "
+                                       "different mlqa-r queries"):
+    _analysis(tmp_path, n_resamples=10)
