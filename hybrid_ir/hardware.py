@@ -21,3 +21,42 @@ def describe() -> str:
   device = jax.devices()[0]
   accel = "" if device.platform == "cpu" else f"{jax.device_count()} x {device.device_kind}, "
   return f"{accel}{cpu_model()}, {os.cpu_count()} cores"
+
+
+def host_memory() -> dict[str, float]:
+  """This process's resident memory now and its peak since the last `reset_peak_memory`, in GiB
+  (Linux /proc; empty elsewhere)."""
+  out = {}
+  try:
+    for line in open("/proc/self/status"):
+      key, _, value = line.partition(":")
+      if key in ("VmRSS", "VmHWM"):
+        out["rss" if key == "VmRSS" else "peak"] = int(value.split()[0]) / 2**20
+  except OSError:
+    pass
+  return out
+
+
+def reset_peak_memory() -> None:
+  """Restarts the peak that `host_memory` reports (Linux: clear_refs 5), so that a peak can be
+  read per phase of a program."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
+def log_memory(phase: str) -> dict[str, float]:
+  """Logs `host_memory` (and the device's bytes in use where its backend reports them) as
+  'memory <phase>: ...', then restarts the peak; returns what it logged. benchmarks/bench_memory.py
+  reads these lines from a trainer's log."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  mem = host_memory()
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    mem["device_peak"] = stats["peak_bytes_in_use"] / 2**30
+  logging.info("memory %s: %s", phase, " ".join(f"{k} {v:.2f} GiB" for k, v in mem.items()))
+  reset_peak_memory()
+  return mem

@@ -59,6 +59,7 @@ import optax
 
 from hybrid_ir import checkpoint as ckpt_lib
 from hybrid_ir import config_flags
+from hybrid_ir import hardware
 from hybrid_ir import losses
 from hybrid_ir import run_dir
 from hybrid_ir import sharding
@@ -435,6 +436,7 @@ def train(config, workdir: str | os.PathLike, *,
 def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | None,
            lease: run_dir.Lease | None) -> dict[str, Any]:
   console = run_dir.Console(jax.process_index() == 0)
+  hardware.log_memory("at start")  # the log's memory lines: benchmarks/bench_memory.py
   if lease is not None and lease.took_over:
     console.say(f"took over the stale lease of {lease.path} ({lease.took_over})")
   logging.info("config:\n%s", config)
@@ -480,6 +482,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
   encoder = models.load_encoder(config.model)
   logging.info("encoder %s: %.1fM params, loaded in %.1fs", encoder.name,
                sum(x.size for x in jax.tree.leaves(encoder.params)) / 1e6, time.time() - t0)
+  hardware.log_memory("model loaded")
   tokenize = training_tokenizer(encoder, config, mesh)
   train_step = make_train_step(encoder, config, mesh)
   update = train_step.update
@@ -494,6 +497,8 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
   with contextlib.ExitStack() as cleanup:  # closed in reverse, on any exit
     cleanup.callback(manager.close)
     state = train_step.init(encoder.params)
+    # The state holds the weights now; the encoder keeps only their shapes (no host copy).
+    encoder.params = ckpt_lib.abstract(encoder.params)
     data_state = None
     restored = ckpt_lib.restore_latest(
         manager, ckpt_lib.abstract(state),
@@ -506,6 +511,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
                                          f"checkpoint {restored.step}")
       state, data_state = restored.state, restored.data
     start = int(state["step"])
+    hardware.log_memory("state on device")
     if restored is None:
       console.say(f"starting at step 0 of {total}")
     elif start >= total:
@@ -525,6 +531,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
     if not _BINARY["exits_after"]:
       # The binary exits at once instead (see _exit_now): closing waits on tf.data's threads.
       cleanup.callback(pipeline.close)
+    hardware.log_memory("input pipeline")
     writer = run_dir.MetricWriter(workdir, start, say=console.say)
     cleanup.callback(writer.close)
 
@@ -601,7 +608,10 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
       with ckpt_lib.disk_full_named(manager, step):
         ckpt_lib.check_free_space(manager, step)
         started = ckpt_lib.save(manager, step, state, pipeline.get_state(), config, force=force)
-      writing["step"] = step
+      first, writing["step"] = writing["step"] is None, step
+      if first:  # once a run: what a save holds on the host, measured while nothing else runs
+        finish_saves()
+        hardware.log_memory("first checkpoint save")
       return started
 
     log_every = int(config.get("log_every", 10))
@@ -614,6 +624,8 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
     with run_dir.StopRequests() as stops:
       for step in range(start + 1, total + 1):
         batch = next(pipeline)
+        if step == start + 1:
+          hardware.log_memory("first batch")
         if lease is not None:
           lease.check()  # never write after another trainer took the workdir over
         if batch["step"] != step - 1:
@@ -624,6 +636,12 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
         if peak and (shape := jax.tree.map(np.shape, gbatch).__repr__()) not in flops_by_shape:
           flops_by_shape[shape] = step_flops(update.lower(state, gbatch).compile())
         state, m = update(state, gbatch)
+        if step == start + 1:
+          jax.block_until_ready(m)
+          hardware.log_memory("first step (compile)")
+        elif step == start + 2:
+          jax.block_until_ready(m)
+          hardware.log_memory("second step")
         pending.append((step, m))
         masks = [batch[k]["attention_mask"] for k in ("query", "passage", "negative")
                  if k in batch]
@@ -665,6 +683,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
           break
     # Said only once the (async) save is final: a checkpoint announced is one that exists.
     finish_saves()
+    hardware.log_memory("end")
   where = ckpt_lib.checkpoint_dir(workdir) / str(step)
   if step < total:
     latest = ckpt_lib.latest_finished_step(workdir)

@@ -34,3 +34,35 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _release_host_memory() -> None:
+  """Drops jax's compiled functions and the garbage of a finished module, and hands the freed
+  heap back to the OS (glibc keeps it otherwise, and a worker's RSS only grows)."""
+  import ctypes
+  import gc
+  import jax
+  jax.clear_caches()
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_memory_after_each_module(request):
+  """A worker holds one test module's models and executables at a time, not the sum of all the
+  modules it ran. With HYBRID_IR_TEST_MEMORY=<file>, each module's peak RSS is appended there
+  (benchmarks/bench_memory.py --suite reads it)."""
+  from hybrid_ir import hardware
+  hardware.reset_peak_memory()
+  yield
+  _release_host_memory()
+  path = os.environ.get("HYBRID_IR_TEST_MEMORY")
+  if path:
+    import json
+    mem = hardware.host_memory()
+    with open(path, "a") as f:
+      f.write(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                          "module": request.module.__name__, **mem}) + "\n")
