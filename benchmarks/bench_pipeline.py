@@ -13,8 +13,8 @@ Prints, each as the best of --reps runs on this (shared) machine:
   tokenize   the tokenizer alone on the same texts, examples/s
   pipeline   the full tf.data Pipeline (sampler -> read + tokenize map -> prefetch), examples/s
   restore    setting a saved state on another host (O(streams), no replay), ms
-and the pipeline's ratio to the trainer's consumption: USE-m3 ~1.2 s/step at batch 32
-(DESIGN.md, ~27 examples/s; target >= 20x) and e5-small ~6 s/step.
+and the pipeline's ratio to the trainer's consumption: USE-m3 ~1.2 s/step at batch 32 on a
+2-core CPU (~27 examples/s; the target is a pipeline >= 20x faster) and e5-small ~6 s/step.
 An example is one (query, positive) pair; a batch holds --batch of them.
 """
 import argparse
@@ -30,7 +30,7 @@ from hybrid_ir.models import tokenizers as tokenizers_lib
 from hybrid_ir.models import weights
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
-TRAIN_STEP_S = {'use-m3': 1.2, 'e5-small': 6.0}  # DESIGN.md, batch 32, this CPU
+TRAIN_STEP_S = {'use-m3': 1.2, 'e5-small': 6.0}  # the trainer's s/step at batch 32 on 2 CPU cores
 
 
 def best_rate(fn, reps: int) -> float:

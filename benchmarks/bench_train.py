@@ -9,7 +9,7 @@ compiled step, and MFU (`train.mfu`, the trainer's formula: one device's share o
 / step time / one device's peak). The default peak, 256 GFLOP/s, is this 2-core CPU's f32 limit
 (2 cores x 2 FMA units x 8 f32 lanes (AVX2) x 2 flops x ~4 GHz); pass the accelerator's
 peak (e.g. H100 and H200 bf16 dense: 989000) when run on one.
-Batch as in DESIGN.md: B queries of q_len tokens + B passages of p_len (default 32 and 64).
+Batch: B queries of q_len tokens + B passages of p_len (default 32 and 64).
 --models takes configs/common.py's presets, among them e5-small-shape and xlmr-base-shape: random
 weights of those models' shapes, which need no bundled weights (benchmarks/accelerator.sh).
 """

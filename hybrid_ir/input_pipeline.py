@@ -1,6 +1,6 @@
 """Hybrid-batch input pipeline: stores -> global batch indices -> this host's texts -> tokens.
 
-Shape (DESIGN.md "data flow"):
+Shape (docs/design.md, "The data flow"):
   each source's prepared store (`hybrid_ir.data.open_store`; prepared on first use when
   `input.prepare` is 'auto')
   -> `sampler.Sampler`: the global batch of step s (type, source, languages, groups), the same

@@ -1,6 +1,6 @@
 """The global batch of step s: which examples (group, query language, passage language) it holds.
 
-Shape (DESIGN.md "data flow"): stores -> one *stream* per (source, query_lang, passage_lang)
+Shape (docs/design.md, "The data flow"): stores -> one *stream* per (source, query_lang, passage_lang)
 over the groups that have both languages -> `schedule.batch_plan(seed, step)` says which streams
 fill the slots of global batch `step` -> the slots draw from their streams, never two examples
 of one passage identity in a batch.

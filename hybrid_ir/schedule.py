@@ -4,7 +4,7 @@
 generator from (seed, step), so step s costs O(batch) whatever s is, every host computes the
 same plan with no communication, and resuming at step k needs no schedule state at all.
 
-Batch types (PAPER.md, "Batches"):
+Batch types (the paper, arXiv 2408.10536, section 3):
   'mono'  X-X-mono: one language for the whole batch; every slot is (X, X).
   'cross' X-Y: every slot has query language != passage language; the pair is drawn per slot
           (the paper, after LAReQA's X-Y) or once per batch (`cross_pairs='per_batch'`).

@@ -1,6 +1,6 @@
 """LAReQA evaluation (XQuAD-R, MLQA-R): Mo / Cr / Mul mAP, R@1, R@10 and rank distance.
 
-Settings (PAPER.md, after Roy et al. 2020):
+Settings (the paper, arXiv 2408.10536, after Roy et al. 2020):
   Mo  (X->X): queries in X ranked against X's candidates only (11 / 7 settings).
   Cr  (X->Y, X != Y): queries in X against Y's candidates only (110 / 42 settings); the one relevant
       item is the answer sentence of the question id's Y version.
@@ -160,7 +160,7 @@ class LareqaResult:
     return np.asarray(table[metric], np.float64)
 
   def table(self, label: str | None = None) -> str:
-    """Markdown: the PAPER.md-shaped summary row (named `label`), then one row per language."""
+    """Markdown: the paper's summary row (named `label`), then one row per language."""
     return format_table({label or self.dataset: self}) + '\n\n' + format_language_table(self)
 
   def named_metrics(self, prefix: str | None = None) -> Iterator[tuple[str, float]]:
@@ -364,7 +364,7 @@ def _fmt(x: float, key: str) -> str:
 
 
 def format_table(results: Mapping[str, LareqaResult | Sequence[LareqaResult]]) -> str:
-  """Markdown table shaped like PAPER.md's: one row per run, per dataset Mo/Cr/Mul mAP, Mo/Cr R@1,
+  """Markdown table shaped like the paper's: one row per run, per dataset Mo/Cr/Mul mAP, Mo/Cr R@1,
   Mul R@10 and rank distance. `results` maps a run name to one result or several (datasets)."""
   rows = {name: ([r] if isinstance(r, LareqaResult) else list(r)) for name, r in results.items()}
   datasets = []

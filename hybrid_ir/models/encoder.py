@@ -176,7 +176,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------
-# The Encoder interface (shared contract: see common brief / DESIGN.md).
+# The Encoder interface: what every model family gives the trainer, evaluators and search.
 # ------------------------------------------------------------------------------------------------
 
 class Encoder:
