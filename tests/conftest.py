@@ -9,9 +9,13 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Prepared training stores go to a fresh folder per test process, never the user's cache.
-os.environ["HYBRID_IR_STORES"] = tempfile.mkdtemp(prefix="hybrid_ir_stores_")
-atexit.register(shutil.rmtree, os.environ["HYBRID_IR_STORES"], ignore_errors=True)
+# Everything a test process and its children write to a temporary folder (pytest's tmp_path,
+# TensorFlow's autograph files, prepared training stores) goes into one folder of this process,
+# removed when it exits: the suite leaves nothing in /tmp, and never touches the user's cache.
+_TMP = tempfile.mkdtemp(prefix="hybrid_ir_tests_")
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+os.environ["TMPDIR"] = tempfile.tempdir = _TMP
+os.environ["HYBRID_IR_STORES"] = os.path.join(_TMP, "stores")
 
 import pytest  # noqa: E402
 
