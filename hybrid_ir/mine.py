@@ -325,6 +325,35 @@ def mine_source(base, langs: Sequence[str], encode: Embedder, settings: Settings
   return store, counts
 
 
+def lareqa_false_negatives(store, data_dir: str | os.PathLike, dataset: str) -> dict[str, Any]:
+  """Audits a mined store of XQuAD-R or MLQA-R with the evaluator's relevance rule, which knows
+  nothing of passage identities: a negative of group g in language L is a false negative when
+  its text (normalised) is the answer sentence of g's question id in L (`data.lareqa`).
+  Returns {'negatives', 'false_negatives', 'rate', 'by_lang': {lang: false negatives}}."""
+  from hybrid_ir.data import lareqa  # pylint: disable=g-import-not-at-top
+  from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  ev = lareqa.load_lareqa(data_dir, dataset)
+  row_of_id = {}
+  for row, qid in enumerate(ev.question_ids):
+    row_of_id.setdefault(qid, row)
+  relevant = np.stack([ev.relevant_by_lang[row_of_id[q]]
+                       for q in store.group_ids(range(store.num_groups))])  # [G, L] (-1: none)
+  total, by_lang = 0, {}
+  for lang in store.langs:
+    idx = store.index(lang)
+    offsets, rows = np.asarray(idx.negative_offsets), np.asarray(idx.negative_rows)
+    texts = [store_lib.normalize_text(t) for t in store.texts(lang, rows)]
+    answer = relevant[:, ev.langs.index(lang)]
+    by_lang[lang] = sum(
+        texts[j] == store_lib.normalize_text(ev.cand_sentence[answer[g]])
+        for g in range(store.num_groups) if answer[g] >= 0
+        for j in range(int(offsets[g]), int(offsets[g + 1])))
+    total += len(rows)
+  false = sum(by_lang.values())
+  return {"dataset": dataset, "negatives": total, "false_negatives": false,
+          "rate": false / max(total, 1), "by_lang": by_lang}
+
+
 # ------------------------------------------------------------------------------------------------
 # The binary.
 # ------------------------------------------------------------------------------------------------

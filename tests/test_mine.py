@@ -257,3 +257,18 @@ def test_the_binary_mines_what_a_brute_force_ranking_of_the_same_model_gives(tmp
       if got != want:
         edge = s[i][np.searchsorted(pool, want)]
         assert np.allclose(np.sort(s[i][np.searchsorted(pool, got)]), np.sort(edge), atol=1e-5)
+  # The evaluator's relevance rule, which knows no identities, finds no false negative ...
+  audit = mine.lareqa_false_negatives(mined, shared_data, "xquad-r")
+  assert audit["negatives"] == 3 * sum((mined.index(l).group_query >= 0).sum() for l in ("en", "de"))
+  assert audit["false_negatives"] == 0
+  # ... and does find them where they are: the same store with each group's positive as its
+  # negative.
+  base = store_lib.Store(json.loads((pathlib.Path(row["store"]) / mine.MINED).read_text())
+                         ["source_store"])
+  parts = {}
+  for lang in ("en", "de"):
+    pos = base.index(lang).group_positive
+    parts[lang] = (*store_lib.csr([[int(p)] if p >= 0 else [] for p in pos]), {})
+  bad = mine.write_mined_store(base, mine.epath.Path(tmp_path / "bad"), parts, {})
+  audit = mine.lareqa_false_negatives(bad, shared_data, "xquad-r")
+  assert audit["false_negatives"] == audit["negatives"] > 0

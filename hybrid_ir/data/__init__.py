@@ -13,6 +13,9 @@ not by the preparation. The kinds, one module each, every module exposing
   jsonl    one JSON record per line (hybrid_ir.data.jsonl).
   bitext   id<TAB>lang<TAB>text files, same id = translations (hybrid_ir.data.bitext).
   tatoeba  the Tatoeba test sets' aligned <xxx>/eng line files (hybrid_ir.data.bitext).
+  tfds     a prepared TensorFlow Datasets dataset (per-language configs linked by a group id
+           feature), its features mapped to query, positive, language, group id and
+           negatives (hybrid_ir.data.tfds).
 
 A source's store is `<store_dir>/<name>-<fingerprint>` (`store_path`): the fingerprint is of
 the input files' contents, settings and kind, not their paths, so the same files reached
@@ -29,7 +32,7 @@ from etils import epath
 from hybrid_ir.data import store as store_lib
 
 KINDS = {'squad': 'squad', 'mmarco': 'mmarco', 'jsonl': 'jsonl', 'bitext': 'bitext',
-         'tatoeba': 'bitext'}
+         'tatoeba': 'bitext', 'tfds': 'tfds'}
 # Read by the input pipeline (which examples to draw), not by the preparation.
 SELECTION_KEYS = ('name', 'kind', 'langs', 'num_negatives', 'store')
 DEFAULT_STORE_DIR = os.environ.get(

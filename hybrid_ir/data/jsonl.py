@@ -101,23 +101,38 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
           if len(bad) > max_bad:
             raise
           continue
-        key = (r['group_id'], r['lang'])
-        lang_lines[r['lang']].append(where)
-        if key in items:
-          first = items[key]
-          if (first[0], first[1]) != (r['query'], r['positive']):
-            raise ValueError(f'{where}: group {key[0]!r} lang {key[1]!r} has another query or '
-                             f'positive than at {first[4]}; give each (query, positive) pair '
-                             'its own group_id')
-          first[3].extend(r['negatives'])
-        else:
-          items[key] = [r['query'], r['positive'], r.get('positive_id'), list(r['negatives']),
-                        where]
+        add_record(items, lang_lines, r, where)
         counts['records'] += 1
   if not items:
     raise ValueError(f'source {cfg.get("name")!r}: no records in {_paths(cfg)}')
-  store_lib.check_language_shares(cfg.get('name'), lang_lines, s['min_lang_share'])
   counts['bad lines (skipped)'] = len(bad)
+  counts['first bad lines'] = bad[:10]
+  return write_records(cfg, builder, items, lang_lines, counts)
+
+
+def add_record(items: dict, lang_lines: dict, r: dict[str, Any], where: str) -> None:
+  """Adds a record checked by `parse_record` to `items` ((group, lang) -> [query, positive,
+  positive_id, negatives, where]); a repeated (group, lang) pools its negatives and must repeat
+  its query and positive (ValueError naming both places otherwise)."""
+  key = (r['group_id'], r['lang'])
+  lang_lines[r['lang']].append(where)
+  if key in items:
+    first = items[key]
+    if (first[0], first[1]) != (r['query'], r['positive']):
+      raise ValueError(f'{where}: group {key[0]!r} lang {key[1]!r} has another query or '
+                       f'positive than at {first[4]}; give each (query, positive) pair '
+                       'its own group_id')
+    first[3].extend(r['negatives'])
+  else:
+    items[key] = [r['query'], r['positive'], r.get('positive_id'), list(r['negatives']), where]
+
+
+def write_records(cfg: Any, builder: store_lib.Builder, items: dict, lang_lines: dict,
+                  counts: dict) -> store_lib.Store:
+  """Writes records gathered by `add_record` into the store (also used by the tfds kind):
+  one row per distinct text of a language; identities by positive_id, else normalised text."""
+  store_lib.check_language_shares(cfg.get('name'), lang_lines,
+                                  float(cfg.get('min_lang_share', store_lib.MIN_LANG_SHARE)))
   group_ids = sorted({g for g, _ in items})
   langs = sorted({l for _, l in items})
   gi = {g: i for i, g in enumerate(group_ids)}
@@ -142,7 +157,6 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
     if pid is not None:
       by_pid[pid].append((l, int(gp[l][i])))
   edges = [(nodes[0], n) for nodes in by_pid.values() for n in nodes[1:]]
-  counts['first bad lines'] = bad[:10]
   return store_lib.write_tables(
       builder, langs=langs, group_ids=group_ids, texts=texts, group_query=gq,
       group_positive=gp, negatives=negs, same_text=True, extra_edges=edges,
