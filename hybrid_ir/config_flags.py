@@ -28,10 +28,43 @@ from ml_collections import config_flags as mlc_flags
 _OVERRIDE = re.compile(r"^--?(?:no)?(?P<name>[A-Za-z_]\w*)\.(?P<key>[\w.]+)(?:=.*)?$")
 
 
-def define_config(name: str = "config", help_string: str = "Config file, path[:arg]."
-                  ) -> flags.FlagHolder:
-  """DEFINE_config_file, locking the config (no new keys may appear via overrides)."""
-  return mlc_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+def define_config(name: str = "config", help_string: str = "the config: model, data, "
+                  "schedule (configs/*.py).") -> flags.FlagHolder:
+  """DEFINE_config_file, locking the config (no new keys may appear via overrides), listed
+  first in the binary's --help as `--config: file[:arg] (required): <help_string> ...`.
+
+  ml_collections defines the flag in its own module, which --help leaves out (only --helpfull
+  showed it): it is declared a key flag of the program, and the help lists it first.
+  """
+  holder = mlc_flags.DEFINE_config_file(
+      name, None, f"file[:arg] (required): {help_string} The optional :arg goes to the file's "
+      f"get_config(arg), e.g. configs/recipe.py:seed=1; any key is overridden with "
+      f"--{name}.<key>=<value>.", lock_config=True)
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  _list_first_in_help(name)
+  return holder
+
+
+def _list_first_in_help(name: str) -> None:
+  """Makes --help (absl's main_module_help, which sorts a module's flags by name) show --<name>
+  first."""
+  cls = flags.FlagValues
+  original = getattr(cls.main_module_help, "original", cls.main_module_help)
+
+  def main_module_help(self) -> str:
+    lines = original(self).split("\n")
+    start = next((i for i, l in enumerate(lines) if l.startswith(f"  --{name}:")), None)
+    if start is None:
+      return "\n".join(lines)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("  -")),
+               len(lines))
+    block = lines[start:end]
+    rest = lines[:start] + lines[end:]
+    header = next(i for i, l in enumerate(rest) if l.strip()) + 1  # the "<program>:" line
+    return "\n".join(rest[:header] + block + rest[header:])
+
+  main_module_help.original = original
+  cls.main_module_help = main_module_help
 
 
 def load_config_file(spec: str, overrides: Mapping[str, Any] | None = None

@@ -30,10 +30,11 @@ USE-m3 is not a HF architecture (DAN + CNN n-gram encoder), so exporting it rais
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -128,12 +129,15 @@ def write_tokenizer(tokenizer, out_dir: pathlib.Path) -> dict[str, str]:
 
 
 def export_encoder(encoder, params: Any, out_dir: str | pathlib.Path, *,
-                   provenance: str = "") -> pathlib.Path:
+                   provenance: str = "", card: Callable[..., str] | None = None
+                   ) -> pathlib.Path:
   """Writes `encoder` with `params` as a sentence-transformers directory (see module docstring).
 
   Inputs: encoder, a BERT-family `hybrid_ir.models.Encoder`; params, its params pytree (e.g. from
   `checkpoint.restore_params`); out_dir, created if missing (must be empty if it exists);
-  provenance, one line for the README. Returns out_dir. Raises ValueError for non-BERT encoders.
+  provenance, one line for a plain README; card, instead, `model_card` with all but the
+  encoder's own fields (prefixes, pooling, max_len, has_pooler) bound. Returns
+  out_dir. Raises ValueError for non-BERT encoders.
   """
   import safetensors.numpy
   from hybrid_ir.models import encoder as encoder_lib
@@ -178,33 +182,167 @@ def export_encoder(encoder, params: Any, out_dir: str | pathlib.Path, *,
   _write_json(out / "modules.json", [
       {"idx": i, "name": str(i), "path": path, "type": typ}
       for i, (typ, path) in enumerate(modules)])
-  _write_json(out / "sentence_bert_config.json",
-              {"max_seq_length": tok.max_len, "do_lower_case": False})
+  bert_config = {"max_seq_length": tok.max_len, "do_lower_case": False}
+  if "pooler.dense.weight" not in tensors:
+    # No pooler was trained (mean or CLS pooling): without this, transformers builds one with
+    # random weights and sentence-transformers reports them as "MISSING ... newly initialized".
+    bert_config["model_args"] = {"add_pooling_layer": False}
+  _write_json(out / "sentence_bert_config.json", bert_config)
   _write_json(out / "config_sentence_transformers.json", {
       "prompts": dict(tok.prefixes), "default_prompt_name": None,
       "similarity_fn_name": "cosine"})
+  has_pooler = "pooler.dense.weight" in tensors
   (out / "README.md").write_text(
-      f"# {encoder.name} (exported by hybrid_ir)\n\n{provenance}\n\n"
-      "```python\nfrom sentence_transformers import SentenceTransformer\n"
-      f"model = SentenceTransformer({str(out)!r})\n"
-      'q = model.encode(["..."], prompt_name="query")\n'
-      'p = model.encode(["..."], prompt_name="passage")\n```\n\n'
-      f"Pooling: {cfg.pooling}; max_seq_length {tok.max_len}; prompts {dict(tok.prefixes)}.\n")
+      card(prefixes=tok.prefixes, pooling=cfg.pooling, max_len=tok.max_len, has_pooler=has_pooler)
+      if card else f"# {encoder.name} (exported by hybrid_ir)\n\n{provenance}\n\n"
+      + how_to_load(out.name, tok.prefixes, has_pooler))
+  make_world_readable(out)
   logging.info("exported %s (%d tensors, pooling %s) to %s", encoder.name, len(tensors),
                cfg.pooling, out)
   return out
 
 
+def make_world_readable(out: pathlib.Path) -> None:
+  """Files 0644 and folders 0755: an export is shared (safetensors writes its file 0600)."""
+  for path in [out, *out.rglob("*")]:
+    path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model card (README.md).
+# ------------------------------------------------------------------------------------------------
+
+# Hugging Face names of the bundled models (the card's base_model).
+HF_NAMES = {"bundled:e5-small": "intfloat/multilingual-e5-small"}
+# Headline metrics of each evaluation type, as eval.py's JSON names them.
+HEADLINE = {"lareqa": (("mo_map", "Mo mAP"), ("cr_map", "Cr mAP"), ("mul_map", "Mul mAP"),
+                       ("mo_r1", "Mo R@1"), ("cr_r1", "Cr R@1"), ("mul_r10", "Mul R@10"),
+                       ("num_questions", "questions")),
+            "miracl": (("ndcg@10", "nDCG@10"), ("recall@100", "R@100"),
+                       ("num_judged", "judged queries"))}
+PROTOCOL = {
+    "lareqa": "LAReQA (Roy et al., 2020), as `hybrid_ir.evaluators.lareqa` computes it: the "
+              "candidates are every sentence of every paragraph in every language; a question's "
+              "relevant set is its answer sentence in each language. Mo = X→X, Cr = X→Y (X ≠ Y), "
+              "each macro-averaged over its language settings; Mul = one pool of all languages, "
+              "macro-averaged over query languages; AP over the full ranking, ties by candidate "
+              "index; exact search on L2-normalised embeddings.",
+    "miracl": "MIRACL-style (`hybrid_ir.evaluators.miracl`): exact dense retrieval over the local "
+              "corpus; nDCG@10 with linear gains (trec_eval's ndcg_cut_10) and Recall@100 over the "
+              "judged topics.",
+}
+
+
+def how_to_load(name: str, prefixes: dict, has_pooler: bool) -> str:
+  """The card's "How to load" section."""
+  pooler = "" if has_pooler else ", add_pooling_layer=False"
+  return (
+      "## How to load\n\n"
+      "```python\nfrom sentence_transformers import SentenceTransformer\n"
+      f"model = SentenceTransformer({name!r})  # this folder\n"
+      'q = model.encode(["..."], prompt_name="query")\n'
+      'p = model.encode(["..."], prompt_name="passage")\n'
+      "scores = model.similarity(q, p)  # cosine\n```\n\n"
+      f"The prompts are {dict(prefixes)}. With transformers alone: "
+      f"`AutoModel.from_pretrained(folder{pooler})` and `AutoTokenizer`, prepend the prompt, "
+      "apply the pooling of `1_Pooling/config.json`, then L2-normalise.\n")
+
+
+def _metrics_section(report: dict[str, Any], source: str) -> list[str]:
+  lines = []
+  for dataset, kind in sorted((report.get("types") or {}).items()):
+    cols = [(k, label) for k, label in HEADLINE.get(kind, ())
+            if f"{dataset}/{k}" in report.get("metrics", {})]
+    if not cols:
+      continue
+    m = report["metrics"]
+    fmt = lambda k: (f"{m[f'{dataset}/{k}']:.4f}" if not k.startswith("num_")  # noqa: E731
+                     else str(int(m[f"{dataset}/{k}"])))
+    lines += [f"### {dataset}\n", "| " + " | ".join(label for _, label in cols) + " |",
+              "|" + "---|" * len(cols), "| " + " | ".join(fmt(k) for k, _ in cols) + " |", "",
+              f"Protocol: {PROTOCOL.get(kind, kind)} From `{source}`.\n"]
+  return lines
+
+
+def model_card(saved: dict[str, Any], *, name: str, checkpoint: str, workdir: str | None,
+               report: dict[str, Any] | None, report_path: str | None, prefixes: dict,
+               pooling: str, max_len: int, has_pooler: bool) -> str:
+  """README.md of an export: what the model is, what it was trained on and how, what it scored,
+  and how to load it.
+
+  Inputs: saved, the config saved with the checkpoint (`checkpoint.saved_config`; the --config
+  given for a pretrained export); checkpoint, 'step_<N>' or 'pretrained'; report, the eval JSON of
+  that checkpoint (`<workdir>/eval/<checkpoint>.json`, written by hybrid_ir.eval) or None.
+  """
+  model = saved.get("model") or {}
+  base = model.get("name", "?")
+  base_hf = HF_NAMES.get(base, base[3:] if base.startswith("hf:") else None)
+  inp = saved.get("input") or {}
+  sources = inp.get("sources") or []
+  langs = sorted({l for src in sources for l in (src.get("langs") or [])})
+  front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
+           "tags: [sentence-transformers, feature-extraction, sentence-similarity, hybrid_ir]"]
+  if base_hf:
+    front.append(f"base_model: {base_hf}")
+  if langs and checkpoint != "pretrained":
+    front.append(f"language: [{', '.join(langs)}]")
+  front.append("---")
+  state = "pretrained" if checkpoint == "pretrained" else f"fine-tuned, {checkpoint}"
+  lines = front + ["", f"# {base} ({state}), exported by hybrid_ir", ""]
+  lines += ["## Model", "",
+            f"- Base model: `{base}`" + (f" ([{base_hf}](https://huggingface.co/{base_hf}))"
+                                         if base_hf else ""),
+            f"- Pooling: {pooling}, then L2 normalisation; max_seq_length {max_len}; "
+            f"prompts {dict(prefixes)}; similarity: cosine", ""]
+  if checkpoint == "pretrained":
+    lines += ["## Training", "", "Not fine-tuned: the base model as hybrid_ir loads it.", ""]
+  else:
+    tp = inp.get("type_probs") or {}
+    total = saved.get("total_steps")
+    opt, loss = saved.get("optimizer") or {}, saved.get("loss") or {}
+    lines += ["## Training", "",
+              f"- Checkpoint: {checkpoint.replace('_', ' ')} of `{workdir}`"
+              + (f" (of {total} training steps)" if total else ""),
+              f"- Batch strategy: each batch is monolingual X-X with probability α = "
+              f"{tp.get('mono', 0)}, cross-lingual X-Y with {tp.get('cross', 0)}, mixed with "
+              f"{tp.get('mixed', 0)} (`input.type_probs`); global batch "
+              f"{inp.get('batch_size')}, seed {saved.get('seed')}",
+              f"- Loss: InfoNCE over in-batch negatives ({loss.get('variant', '?')}, temperature "
+              f"{loss.get('temperature', '?')}); AdamW, lr {opt.get('lr', '?')}",
+              "- Training sources:", "",
+              "| source | kind | languages | hard negatives per example |", "|---|---|---|---|"]
+    for src in sources:
+      lines.append(f"| {src.get('name')} | {src.get('kind')} | "
+                   f"{', '.join(src.get('langs') or []) or 'all'} | "
+                   f"{src.get('num_negatives', 0) or 0} |")
+    lines.append("")
+  lines += ["## Evaluation", ""]
+  if report:
+    lines += _metrics_section(report, report_path) or ["The eval JSON holds no LAReQA or MIRACL "
+                                                       "metrics.", ""]
+  else:
+    lines += [f"No evaluation of {checkpoint} was found"
+              + (f" (`{workdir}/eval/{checkpoint}.json`; run `python -m hybrid_ir.eval`)"
+                 if workdir else "") + ".", ""]
+  return "\n".join(lines) + "\n" + how_to_load(name, prefixes, has_pooler)
+
+
 def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path | None = None,
-           step: int | None = None, pretrained: bool = False) -> pathlib.Path:
+           step: int | None = None, pretrained: bool = False,
+           log_file: bool = False) -> pathlib.Path:
   """Loads `config.model`, takes params from `workdir`'s checkpoint `step` (None: the latest
-  finished one) or, with `pretrained=True`, as loaded, and exports them (`export_encoder`).
+  finished one) or, with `pretrained=True`, as loaded, and exports them (`export_encoder`) with a
+  model card (`model_card`) from the checkpoint's saved config and its `<workdir>/eval/step_<N>.json`
+  when hybrid_ir.eval wrote one.
 
   Recommended after `hybrid_ir.train` on the same config. Raises ValueError for a USE-m3 config
   (before loading anything) and FileNotFoundError naming the finished steps for a missing step.
+  log_file: the log (backend probe, Orbax) goes to `<out_dir's parent>/export.INFO` from before
+  the model loads (the binary), so the console shows only export's own line.
   """
   from hybrid_ir import checkpoint
   from hybrid_ir import models
+  from hybrid_ir import run_dir
   name = config.model.get("name")
   if pretrained == (workdir is not None):
     raise ValueError("export: give exactly one of workdir (a checkpoint) or pretrained=True; got "
@@ -214,14 +352,30 @@ def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path |
                      "architecture and cannot be exported; serve it with "
                      "hybrid_ir.models.load_encoder + checkpoint.restore_params, or train a "
                      "BERT-family model (e.g. configs/e5_small.py) to export")
-  encoder = models.load_encoder(config.model)
-  if pretrained:
-    params, provenance = encoder.params, f"Pretrained `{name}`, not fine-tuned."
-  else:
-    step = checkpoint.latest_finished_step(workdir) if step is None else step
-    params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
-    provenance = f"`{name}` fine-tuned: checkpoint step {step} of `{workdir}`."
-  return export_encoder(encoder, params, out_dir, provenance=provenance)
+  out = pathlib.Path(out_dir)
+  with run_dir.HeldLog() as log:
+    if log_file:
+      out.parent.mkdir(parents=True, exist_ok=True)
+      log.to_file("export", out.parent)
+    encoder = models.load_encoder(config.model)
+    if pretrained:
+      params, tag, saved = encoder.params, "pretrained", checkpoint.config_to_json(config)
+    else:
+      step = checkpoint.latest_finished_step(workdir) if step is None else step
+      params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
+      tag, saved = f"step_{step}", checkpoint.saved_config(workdir, step)
+  report_path = pathlib.Path(workdir, "eval", f"{tag}.json") if workdir else None
+  report = None
+  if report_path is not None and report_path.is_file():
+    try:
+      report = json.loads(report_path.read_text())
+    except ValueError as e:
+      raise ValueError(f"export: {report_path} is not valid JSON ({e}); run hybrid_ir.eval "
+                       "again or move it away") from None
+  card = functools.partial(model_card, saved, name=out.name, checkpoint=tag,
+                           workdir=str(workdir) if workdir else None, report=report,
+                           report_path=str(report_path) if report else None)
+  return export_encoder(encoder, params, out, card=card)
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
@@ -243,7 +397,7 @@ def main(argv) -> None:
                            "not deleting it")
     shutil.rmtree(out)
   export(_CONFIG.value, out, workdir=_WORKDIR.value or None, step=_STEP.value,
-         pretrained=_PRETRAINED.value)
+         pretrained=_PRETRAINED.value, log_file=True)
   print(f"exported to {out}", flush=True)
 
 

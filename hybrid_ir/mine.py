@@ -36,6 +36,11 @@ source store, the model, the checkpoint and the settings. It goes to
 source store's bytes, the model's parameters, the settings). Train on it by setting the
 source's `store` to that folder and its `num_negatives` (docs/own_data.md shows a config).
 
+Audit: a squad-kind source read from an `xquad-r` or `mlqa-r` folder is checked with the
+evaluator's own relevance rule, which knows nothing of identities (`lareqa_false_negatives`):
+its summary line gives the false negatives found (0 expected). `--summary FILE` writes the
+summaries to a JSON file as well.
+
 Resumable: each language's negatives are written atomically to `<store>.parts/<lang>.npz` and
 skipped when present, and a source whose mined store exists is skipped; the store is assembled
 when every language is done. Progress: one bar over the texts to encode.
@@ -49,6 +54,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import time
 from typing import Any, Callable, Sequence
@@ -360,10 +366,14 @@ def lareqa_false_negatives(store, data_dir: str | os.PathLike, dataset: str) -> 
 
 def run(config, *, workdir: str | None = None, step: int | None = None, pretrained: bool = False,
         out: str | None = None, sources: Sequence[str] = (), settings: Settings = Settings(),
-        overwrite: bool = False, batch_size: int | None = None, encoder=None) -> list[dict]:
+        overwrite: bool = False, batch_size: int | None = None, encoder=None,
+        log_file: bool = False, summary: str | None = None) -> list[dict]:
   """What the binary does, callable in-process: mines every chosen source, returns one summary
   per source ({'source', 'store', 'seconds', 'counts', ...}). encoder: an already built encoder
-  of `config.model` (tests); default: built here."""
+  of `config.model` (tests); default: built here. log_file: the log (backend probe, Orbax,
+  store preparation) goes to <out>/mine.INFO from before the model loads (the binary). summary:
+  a JSON file for the summaries as well. A squad-kind source read from an xquad-r or mlqa-r
+  folder is audited with `lareqa_false_negatives` (its row's 'lareqa_false_negatives')."""
   from hybrid_ir import run_dir  # pylint: disable=g-import-not-at-top
   from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top
   if pretrained == (workdir is not None):
@@ -380,6 +390,9 @@ def run(config, *, workdir: str | None = None, step: int | None = None, pretrain
   root = epath.Path(out) if out else epath.Path(
       config.input.get("store_dir") or data.DEFAULT_STORE_DIR) / "mined"
   with run_dir.HeldLog() as log:
+    if log_file:
+      root.mkdir(parents=True, exist_ok=True)
+      log.to_file("mine", root)
     from hybrid_ir import checkpoint, models  # pylint: disable=g-import-not-at-top  (heavy)
     from hybrid_ir.evaluators import embedding_cache  # pylint: disable=g-import-not-at-top
     encoder = encoder or models.load_encoder(config.model)
@@ -389,8 +402,6 @@ def run(config, *, workdir: str | None = None, step: int | None = None, pretrain
       step = checkpoint.latest_finished_step(workdir) if step is None else step
       params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
       tag = f"step_{step}"
-    root.mkdir(parents=True, exist_ok=True)
-    log.to_file("mine", root)
   params_sha = embedding_cache.params_fingerprint(params)
   batch = batch_size or config.get("eval_batch_size", 64)
   predict = lambda texts, kind: encoder.encode(params, texts, kind, batch_size=batch,  # noqa: E731
@@ -432,22 +443,33 @@ def run(config, *, workdir: str | None = None, step: int | None = None, pretrain
                 "workdir": str(workdir) if workdir else None, "params_sha256": params_sha,
                 "settings": dataclasses.asdict(settings), "langs": list(langs), "key": key}
         encode.queries.clear()
-        _, counts = mine_source(base, langs, encode, settings, directory, key, info, overwrite)
+        mined, counts = mine_source(base, langs, encode, settings, directory, key, info,
+                                    overwrite)
         row = {"source": base.name, "store": str(directory), "status": "mined", "counts": counts}
       row["seconds"] = round(time.time() - t0, 1)
+      lareqa_set = pathlib.Path(str(cfg.get("path") or ""))
+      if cfg.get("kind") == "squad" and lareqa_set.name in ("xquad-r", "mlqa-r"):
+        # A LAReQA set: audited with the evaluator's own relevance rule.
+        row["lareqa_false_negatives"] = lareqa_false_negatives(mined, lareqa_set.parent,
+                                                               lareqa_set.name)
       out_rows.append(row)
   finally:
     encode.bar.close()
   for row in out_rows:
     print(json.dumps(row), flush=True)
+  if summary:
+    pathlib.Path(summary).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(summary).write_text(json.dumps(
+        {"model": config.model.get("name"), "checkpoint": tag,
+         "settings": dataclasses.asdict(settings), "sources": out_rows}, indent=1) + "\n")
   print(f"train on them: set each source's store to its folder above and its num_negatives "
         f"(<= {settings.num_negatives}); docs/own_data.md#hard-negative-mining", flush=True)
   return out_rows
 
 
 def define_flags() -> None:
-  config_flags.define_config(help_string="Config file, path[:arg] (required): the training "
-                             "sources of its input.sources are mined.")
+  config_flags.define_config(help_string="the config whose input.sources are mined, with its "
+                             "model.")
   flags.DEFINE_string("workdir", None, "Training workdir whose checkpoint mines.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest finished one).")
   flags.DEFINE_bool("pretrained", False, "Mine with the config's model as loaded.")
@@ -468,6 +490,7 @@ def define_flags() -> None:
                     "queries in every trained language, not only its own.")
   flags.DEFINE_integer("batch_size", None, "Encoding batch (default: config.eval_batch_size).")
   flags.DEFINE_bool("overwrite", False, "Mine again, replacing a mined store with the same key.")
+  flags.DEFINE_string("summary", None, "Also write the printed summaries to this JSON file.")
 
 
 def main(argv) -> None:
@@ -480,7 +503,8 @@ def main(argv) -> None:
                       absolute_margin=f.absolute_margin, relative_margin=f.relative_margin,
                       cross_lingual=f.cross_lingual)
   run(f.config, workdir=f.workdir, step=f.step, pretrained=f.pretrained, out=f.out,
-      sources=f.sources, settings=settings, overwrite=f.overwrite, batch_size=f.batch_size)
+      sources=f.sources, settings=settings, overwrite=f.overwrite, batch_size=f.batch_size,
+      log_file=True, summary=f.summary)
 
 
 if __name__ == "__main__":

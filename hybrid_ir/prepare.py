@@ -34,8 +34,10 @@ from hybrid_ir import config_flags
 
 
 def define_flags() -> None:
-  config_flags.define_config(help_string="Config file, path[:arg] (required): its "
-                             "input.sources are prepared.")
+  config_flags.define_config(help_string="the config whose input.sources are prepared, each "
+                             "into <input.store_dir>/<name>-<fingerprint of its files' contents> "
+                             "(input.store_dir: $HYBRID_IR_STORES, else "
+                             "~/.cache/hybrid_ir/stores), or into the source's `store`.")
   flags.DEFINE_bool("overwrite", False, "Prepare again, replacing each source's store "
                     "(<input.store_dir>/<name>-<fingerprint>, or the source's `store`). Only a "
                     "store is ever replaced.")
@@ -76,13 +78,21 @@ def main(argv) -> None:
   if f.config is None:
     raise app.UsageError("--config is required: the config whose input.sources to prepare "
                          "(e.g. --config configs/demo.py)")
+  from hybrid_ir import data  # pylint: disable=g-import-not-at-top
+  from hybrid_ir import run_dir  # pylint: disable=g-import-not-at-top
   from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  # The console shows one line per source; what the preparation logs (and, on an error, its
+  # traceback) goes to <stores' folder>/prepare.INFO.
+  folder = epath.Path(f.config.input.get("store_dir") or data.DEFAULT_STORE_DIR)
+  with run_dir.HeldLog() as log:
+    if "://" not in str(folder):
+      folder.mkdir(parents=True, exist_ok=True)
+      log.to_file("prepare", folder)
   try:
     prepare(f.config, overwrite=f.overwrite, verify=f.verify, workers=f.workers or os.cpu_count())
   except (store_lib.StoreError, ValueError, FileNotFoundError) as e:
-    # Bad input or a damaged store: the message names the file and what to do; the traceback
-    # only with --verbosity=1.
-    logging.debug("prepare failed", exc_info=True)
+    # Bad input or a damaged store: one line that names the file and what to do.
+    logging.info("prepare failed", exc_info=True)
     sys.exit(f"hybrid_ir.prepare: error: {e}")
 
 

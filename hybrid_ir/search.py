@@ -46,12 +46,10 @@ import hashlib
 import json
 import os
 import pathlib
-import sys
 from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
 
 from hybrid_ir import config_flags
@@ -331,12 +329,15 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
         pretrained: bool = False, qrels: str | None = None, out: str | None = None, k: int = 100,
         measures: Sequence[str] = DEFAULT_MEASURES, cache_dir: str | None = None,
         tag: str = "hybrid_ir", batch_size: int | None = None, shard_size: int = 4096,
-        query_block: int = 256, cand_block: int = 8192, encoder=None) -> dict:
+        query_block: int = 256, cand_block: int = 8192, encoder=None,
+        log_file: bool = False) -> dict:
   """What the binary does, callable in-process. Returns {'run': path, 'cache': dir or None,
   'metrics': evaluate_run's dict or None, 'tag': step_<N> | pretrained}.
 
   cache_dir: None -> <workdir>/search/cache, or cache/search without a workdir; '' -> no cache.
   encoder: an already built encoder of `config.model` (tests, notebooks); default: built here.
+  log_file: the log (library INFO and warnings, tracebacks) goes to <run file's folder>/
+  search.INFO from before the model loads (the binary); the console shows only search's lines.
   """
   if not pretrained and workdir is None:
     raise ValueError("pass --workdir (a training run's checkpoints) or --pretrained")
@@ -346,18 +347,23 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
   qrels_d = read_qrels(qrels, queries_t, corpus_t) if qrels else None
   if qrels_d is not None:
     _ir_measures()  # fail before encoding, not after
-  from hybrid_ir import checkpoint, models
-  encoder = encoder or models.load_encoder(config.model)
-  if pretrained:
-    params, run_tag = encoder.params, "pretrained"
-  else:
-    step = step if step is not None else checkpoint.latest_finished_step(workdir)
-    params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
-    run_tag = f"step_{step}"
-  if out is None:
-    if workdir is None:
-      raise ValueError("--out is required without --workdir (where the run file goes)")
-    out = os.path.join(workdir, "search", f"{pathlib.Path(queries).name}.{run_tag}.trec")
+  from hybrid_ir import checkpoint, models, run_dir
+  with run_dir.HeldLog() as log:  # the backend probe and Orbax's INFO go to the log, not here
+    if not pretrained:
+      step = step if step is not None else checkpoint.latest_finished_step(workdir)
+    run_tag = "pretrained" if pretrained else f"step_{step}"
+    if out is None:
+      if workdir is None:
+        raise ValueError("--out is required without --workdir (where the run file goes)")
+      out = os.path.join(workdir, "search", f"{pathlib.Path(queries).name}.{run_tag}.trec")
+    if log_file:
+      pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+      log.to_file("search", pathlib.Path(out).parent)
+    encoder = encoder or models.load_encoder(config.model)
+    if pretrained:
+      params = encoder.params
+    else:
+      params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
   if cache_dir is None:
     cache_dir = os.path.join(workdir, "search", "cache") if workdir else os.path.join(
         "cache", "search")
@@ -379,7 +385,7 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
   metrics = None
   if qrels_d is not None:
     if k < 100 and any(str(m).startswith("R@") for m in measures):
-      logging.warning("k=%d: recall at a depth beyond k counts only the top %d", k, k)
+      print(f"note: k={k}: recall at a depth beyond k counts only the top {k}", flush=True)
     metrics = evaluate_run(run_dict, qrels_d, queries_t, measures)
     metrics.update(run=str(out), qrels=str(qrels), model=config.model.name, checkpoint=run_tag,
                    k=k)
@@ -420,14 +426,12 @@ def main(argv) -> None:
   for name in ("config", "corpus", "queries"):
     if not f[name].value:
       raise app.UsageError(f"--{name} is required (--help lists the flags)")
-  try:
-    run(f.config, corpus=f.corpus, queries=f.queries, workdir=f.workdir, step=f.step,
-        pretrained=f.pretrained, qrels=f.qrels, out=f.out, k=f.k, measures=f.measures,
-        cache_dir=f.cache_dir, tag=f.tag, batch_size=f.batch_size, query_block=f.query_block,
-        cand_block=f.cand_block)
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    # Bad input: the message names the file and line; a traceback would bury it.
-    sys.exit(f"hybrid_ir.search: error: {e}")
+  # Bad input ends in one line naming the file and line (config_flags.run); the traceback goes
+  # to the log.
+  run(f.config, corpus=f.corpus, queries=f.queries, workdir=f.workdir, step=f.step,
+      pretrained=f.pretrained, qrels=f.qrels, out=f.out, k=f.k, measures=f.measures,
+      cache_dir=f.cache_dir, tag=f.tag, batch_size=f.batch_size, query_block=f.query_block,
+      cand_block=f.cand_block, log_file=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ the docstrings of configs/ and hybrid_ir/, and launch/*.sh --help. `python -m hy
 one subprocess per module runs its real `__main__`, `absl.app.run` replaced by a loop over its
 commands: its parser takes the flags, `--config path[:arg]` loads, each `--config.x.y=v` is a key;
 `main` runs up to its heavy step (train: pre-model checks, optimizer, batch schedule; eval, search,
-export: up to `models.load_encoder`; experiments: every run config; report: CLI, `find_results`).
+export, mine: up to `models.load_encoder`; experiments: every run config; report: CLI, `find_results`).
 `launch/*.sh`: a `--dry-run` with a fake gcloud, each command of its plan checked as above.
 Placeholders come from the tables below; anything else that looks like one, or a path not in the
 repository, fails; other shell lines are in OTHER_COMMANDS, inline fragments in FRAGMENTS or
@@ -924,7 +924,7 @@ def _install_stubs(module: str, g: dict, calls: list) -> None:
     g["run"] = until_model(g["run"], after=lambda config, *a, **k: _check_evals(config))
   elif module == "hybrid_ir.export":
     g["export"] = until_model(g["export"])
-  elif module == "hybrid_ir.search":
+  elif module in ("hybrid_ir.search", "hybrid_ir.mine"):
     g["run"] = until_model(g["run"])
   elif module == "hybrid_ir.prepare":
     g["prepare"] = lambda config, **kw: calls.append(_check_sources(config))

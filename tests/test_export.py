@@ -5,6 +5,7 @@ an Orbax checkpoint (the checkpoint path, XLM-R position ids, CLS and LaBSE-styl
 the CLI, and the refusals (USE-m3, non-empty output, missing step).
 """
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -235,3 +236,70 @@ def test_hf_tensors_rejects_unmapped_params():
   params["extra"] = {"kernel": np.zeros((2, 2), np.float32)}
   with pytest.raises(ValueError, match="extra/kernel"):
     export.hf_tensors(cfg, params)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model card and the console, from a real training run, its evaluation and the binary.
+# ------------------------------------------------------------------------------------------------
+
+def test_model_card_from_a_trained_and_evaluated_checkpoint(tmp_path):
+  """The tiny test config trained 2 steps and evaluated on XQuAD-R en/de; the export's console,
+  files, card and load."""
+  config = tmp_path / "config.py"
+  config.write_text(
+      f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nsys.path.insert(0, {str(REPO)!r})\n"
+      "import configs_test_train as base\nfrom configs import common\n\n"
+      "def get_config(arg=None):\n  c = base.get_config(arg)\n  c.total_steps = 2\n"
+      "  c.log_every = 1\n  c.checkpoint.every = 2\n  c.eval_batch_size = 64\n"
+      "  c.evals = common.lareqa_evals('xquad-r', langs=('en', 'de'))\n  return c\n")
+  # As a user runs it: JAX probes its backends (the tests' conftest names the CPU).
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  wd, out = tmp_path / "w", tmp_path / "exported" / "tiny"
+  for args in (["hybrid_ir.train", "--workdir", str(wd)],
+               ["hybrid_ir.eval", "--workdir", str(wd), "--once"]):
+    r = subprocess.run([sys.executable, "-m", *args, "--config", str(config)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  report = json.loads((wd / "eval" / "step_2.json").read_text())
+  r = subprocess.run([sys.executable, "-m", "hybrid_ir.export", "--config", str(config),
+                      "--workdir", str(wd), "--out", str(out)], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  # The console: export's one line; the backend probe and Orbax went to the log.
+  assert r.stdout == f"exported to {out}\n"
+  assert r.stderr == ""
+  log = (out.parent / "export.INFO").read_text()
+  assert "Unable to initialize backend" in log and "exported random_init" in log
+  # Every file world-readable.
+  assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}
+  card = (out / "README.md").read_text()
+  m = report["metrics"]
+  for line in (
+      "# random_init (fine-tuned, step_2), exported by hybrid_ir",
+      "- Base model: `random_init`",
+      "- Pooling: mean, then L2 normalisation; max_seq_length 64; prompts {'query': '', "
+      "'passage': ''}; similarity: cosine",
+      f"- Checkpoint: step 2 of `{wd}` (of 2 training steps)",
+      "- Batch strategy: each batch is monolingual X-X with probability α = 0.5, cross-lingual "
+      "X-Y with 0.5, mixed with 0.0 (`input.type_probs`); global batch 16, seed 0",
+      "- Loss: InfoNCE over in-batch negatives (standard, temperature 0.05); AdamW, lr 0.003",
+      "| xquad | squad | en, de | 0 |",
+      "language: [de, en]",
+      "### xquad-r",
+      "| Mo mAP | Cr mAP | Mul mAP | Mo R@1 | Cr R@1 | Mul R@10 | questions |",
+      f"| {m['xquad-r/mo_map']:.4f} | {m['xquad-r/cr_map']:.4f} | {m['xquad-r/mul_map']:.4f} | "
+      f"{m['xquad-r/mo_r1']:.4f} | {m['xquad-r/cr_r1']:.4f} | {m['xquad-r/mul_r10']:.4f} | "
+      f"{int(m['xquad-r/num_questions'])} |",
+      "model = SentenceTransformer('tiny')  # this folder",
+  ):
+    assert line in card.splitlines(), (line, card)
+  assert f"Protocol: LAReQA" in card and f"From `{wd / 'eval' / 'step_2.json'}`." in card
+  # Loaded by sentence-transformers without the "pooler MISSING ... newly initialized" report.
+  r = subprocess.run([sys.executable, "-c", "import sentence_transformers as st; "
+                      f"m = st.SentenceTransformer({str(out)!r}, device='cpu'); "
+                      "print(m.encode(['a'], prompt_name='query').shape)"],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == "(1, 32)"
+  assert "MISSING" not in r.stderr and "newly initialized" not in r.stderr

@@ -8,6 +8,7 @@ tests/configs_test_train.py then mines through the binary, checked against a bru
 ranking with the same encoder.
 """
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -224,8 +225,13 @@ def test_the_binary_mines_what_a_brute_force_ranking_of_the_same_model_gives(tmp
   cmd = [sys.executable, "-m", "hybrid_ir.mine", "--config",
          str(REPO / "tests" / "configs_test_train.py"), "--pretrained", "--out", str(out),
          f"--config.input.store_dir={stores}", "--num_negatives", "3", "--range_min", "1"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # The console: the progress bar on stderr; the backend probe and store preparation in the log.
+  bars = [l for l in proc.stderr.replace("\r", "\n").splitlines() if l.strip()]
+  assert bars and all(l.startswith("mine: encode") for l in bars), bars
+  assert "Unable to initialize backend" in (out / "mine.INFO").read_text()
   lines = proc.stdout.strip().splitlines()
   row = json.loads(lines[0])
   assert lines[1].startswith("train on them: set each source's store")

@@ -2,6 +2,7 @@
 with ir_measures by hand), and end to end with a tiny random BERT and real Orbax checkpoints,
 including the embedding cache's invalidation when a checkpoint changes."""
 import json
+import os
 import math
 import pathlib
 import shutil
@@ -265,3 +266,44 @@ def test_cli_pretrained_with_qrels_and_a_bad_file(corpus_files, tmp_path):
   out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert f"{corpus_files / 'qrels.txt'}:2: docid 'nodoc'" in out.stderr
+
+
+def test_help_lists_config_first_with_its_form():
+  out = subprocess.run([sys.executable, "-m", "hybrid_ir.search", "--help"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stderr == ""
+  doc, _, flags_part = out.stdout.partition("\nflags:\n")
+  assert doc.strip() == search.__doc__.strip()
+  lines = flags_part.splitlines()
+  assert lines[:6] == [
+      "",
+      f"{REPO / 'hybrid_ir' / 'search.py'}:",
+      "  --config: file[:arg] (required): the config: model, data, schedule",
+      "    (configs/*.py). The optional :arg goes to the file's get_config(arg), e.g.",
+      "    configs/recipe.py:seed=1; any key is overridden with --config.<key>=<value>.",
+      "    (default: 'None')"]
+  names = [l.split(":")[0].strip().replace("--[no]", "--") for l in lines if l.startswith("  --")]
+  assert names == ["--config", "--batch_size", "--cache_dir", "--cand_block", "--corpus", "--k",
+                   "--measures", "--out", "--pretrained", "--qrels", "--queries", "--query_block",
+                   "--step", "--tag", "--workdir"]
+  assert lines[-1] == "Try --helpfull to get a list of all flags."
+
+
+def test_cli_console_shows_only_its_own_lines(corpus_files, tmp_path):
+  """No backend probe or library INFO on the console: they are in <run folder>/search.INFO."""
+  run_file = tmp_path / "out" / "run.trec"
+  cmd = [sys.executable, "-m", "hybrid_ir.search",
+         f"--config={REPO / 'tests' / 'configs_test_train.py'}", "--pretrained",
+         f"--corpus={corpus_files / 'corpus.jsonl'}", f"--queries={corpus_files / 'queries.jsonl'}",
+         f"--out={run_file}", "--k=3", "--cache_dir="]
+  # As a user runs it: JAX probes its backends (the tests' conftest names the CPU).
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")}
+  out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.splitlines() == [
+      "search: 3 queries x 7 documents, top 3, random_init (pretrained)", f"wrote {run_file}"]
+  # stderr: the encoder's progress bars only.
+  bars = [l for l in out.stderr.replace("\r", "\n").splitlines() if l.strip()]
+  assert bars and all(l.startswith(("encode passage (random_init)", "encode query (random_init)"))
+                      for l in bars), bars
+  assert "Unable to initialize backend" in (tmp_path / "out" / "search.INFO").read_text()
