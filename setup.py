@@ -16,6 +16,8 @@ setuptools.setup(
         # The prepared training store: texts in ArrayRecord files (random access, local or
         # gs://), see hybrid_ir.data.store.
         "array_record",
+        # The `tfds` training-source kind (hybrid_ir.data.tfds): TFDS datasets as sources.
+        "tensorflow-datasets",
         "ml-collections",
         "absl-py",
         "numpy",

@@ -294,7 +294,7 @@ def test_model_card_from_a_trained_and_evaluated_checkpoint(tmp_path):
       "model = SentenceTransformer('tiny')  # this folder",
   ):
     assert line in card.splitlines(), (line, card)
-  assert f"Protocol: LAReQA" in card and f"From `{wd / 'eval' / 'step_2.json'}`." in card
+  assert "Protocol: LAReQA" in card and f"From `{wd / 'eval' / 'step_2.json'}`." in card
   # Loaded by sentence-transformers without the "pooler MISSING ... newly initialized" report.
   r = subprocess.run([sys.executable, "-c", "import sentence_transformers as st; "
                       f"m = st.SentenceTransformer({str(out)!r}, device='cpu'); "
