@@ -105,9 +105,12 @@ def _adam_args(oc) -> dict:
               weight_decay=oc.get("weight_decay", 0.01))
 
 
-def make_optimizer(config, clip: bool = True) -> optax.GradientTransformation:
+def make_optimizer(config, clip: bool = True, clip_slot: bool = False
+                   ) -> optax.GradientTransformation:
   """AdamW (decay only on matrices, as BERT/HF do) with warm-up + decay and global-norm clipping
-  (clip=False: without it, for an update that clips a larger gradient itself).
+  (clip=False: without it, for an update that clips a larger gradient itself; with clip_slot
+  an optax.identity() stands where the clip was, so the state has the clipped optimizer's
+  structure, and checkpoints of the one restore into the other).
 
   loss.temperature_lr > 0 gives the loss's parameters (the learned temperature) that peak rate
   instead of optimizer.lr, same schedule shape (their AdamW steps are scaled by the ratio): Adam
@@ -123,19 +126,31 @@ def make_optimizer(config, clip: bool = True) -> optax.GradientTransformation:
     adamw = optax.chain(adamw, optax.stateless(lambda u, _: dict(
         u, loss_params=jax.tree.map(lambda x: x * ratio, u["loss_params"]))))
   max_norm = oc.get("grad_clip", 1.0)
-  return optax.chain(optax.clip_by_global_norm(max_norm), adamw) if clip and max_norm else adamw
+  if not max_norm:
+    return adamw
+  if clip:
+    return optax.chain(optax.clip_by_global_norm(max_norm), adamw)
+  return optax.chain(optax.identity(), adamw) if clip_slot else adamw
 
 
-def make_table_update(encoder, config) -> table_update.SparseTable | None:
-  """optimizer.embedding_update: 'dense' (default) -> None (plain AdamW on the whole tree);
-  'lazy' / 'frozen' -> the token table's update (hybrid_ir.table_update)."""
+def make_table_update(encoder, config
+                      ) -> table_update.SparseTable | table_update.DenseTable | None:
+  """How the train step updates the token-embedding table (hybrid_ir.table_update), from
+  optimizer.embedding_update: 'dense' (default) -> DenseTable, exactly `make_optimizer`'s AdamW
+  with the same optimizer state, or None (that AdamW on the whole tree) for a model that names no
+  token table (Encoder.token_table); 'lazy' / 'frozen' -> SparseTable."""
   oc = config.optimizer
   mode = oc.get("embedding_update", "dense")
   if mode not in table_update.MODES:
     raise ValueError(f"config.optimizer.embedding_update={mode!r}; valid: "
                      f"{', '.join(table_update.MODES)}")
   if mode == "dense":
-    return None
+    if encoder.token_table is None:
+      return None
+    return table_update.DenseTable(encoder.token_table,
+                                   make_optimizer(config, clip=False, clip_slot=True),
+                                   learning_rate(config), oc.get("grad_clip", 1.0),
+                                   **_adam_args(oc))
   if encoder.token_table is None:
     raise ValueError(f"config.optimizer.embedding_update={mode!r}, but model {encoder.name} "
                      "names no token-embedding table (Encoder.token_table)")
@@ -235,8 +250,9 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   """The update step train.py runs, for train.py and benchmarks/bench_train.py alike.
 
   Inputs: encoder (`models.load_encoder`), config (optimizer, loss, grad_cache_chunks,
-  total_steps), mesh; tx (default `make_optimizer(config)`, or under optimizer.embedding_update
-  'lazy'/'frozen' the table update of `make_table_update`, which a given tx cannot combine with).
+  total_steps), mesh; tx: an optimizer applied as is to the whole tree (a reference, or what a
+  benchmark compares; not with optimizer.embedding_update 'lazy'/'frozen'); by default the update
+  is `make_table_update`'s, or `make_optimizer(config)` for a model without a token table.
   State: {'params', 'loss_params': {'log_temperature'}, 'opt_state', 'step'}; params sharded by
   their annotations / the FSDP rule, optimizer moments alike, scalars replicated; the state is
   donated to `update`. `update` returns the loss's metrics plus loss, grad_norm, update_norm,
@@ -253,8 +269,10 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   benchmarks/bench_peer.py run), for a state that is never saved anyway.
   """
   sparse = make_table_update(encoder, config)
-  if sparse and tx is not None:
-    raise ValueError("make_train_step: pass tx or set optimizer.embedding_update, not both")
+  if tx is not None:
+    if isinstance(sparse, table_update.SparseTable):
+      raise ValueError("make_train_step: pass tx or set optimizer.embedding_update, not both")
+    sparse = None
   tx = None if sparse else tx or make_optimizer(config)
   opt_init = sparse.init if sparse else tx.init
   rep = sharding.replicated(mesh)
