@@ -16,13 +16,19 @@ What is written (the classic sentence-transformers layout, which sentence-transf
   tokenizer.json, tokenizer_config.json, special_tokens_map.json   the encoder's own tokenizer
   modules.json                     Transformer -> Pooling -> [Dense] -> Normalize
   sentence_bert_config.json        max_seq_length = the largest bucket (longer texts are truncated,
-                                   as our tokenizer does)
+                                   as our tokenizer does); model_args add_pooling_layer=False
+                                   where no pooler was trained, so that no random one is built
   1_Pooling/config.json            pooling 'mean' -> mean over tokens incl. the prompt; 'cls' -> [CLS]
   2_Dense/                         pooling 'pooler' only (LaBSE): CLS pooling + a Dense layer holding
                                    the pooler's weights with tanh, exactly how LaBSE ships in
                                    sentence-transformers (the pooler is also in model.safetensors)
   N_Normalize/                     L2 normalisation, as our `Encoder.apply`
   config_sentence_transformers.json   prompts {'query': query_prefix, 'passage': passage_prefix}
+  README.md                        the model card (`model_card`): base model, training sources and
+                                   languages, batch strategy and α, steps, the checkpoint's
+                                   LAReQA / MIRACL metrics (<workdir>/eval/step_<N>.json) with
+                                   their protocol, how to load it
+Every file is world-readable (0644). The binary's log goes to <out's parent>/export.INFO.
 
 Related: `hybrid_ir.checkpoint.restore_params` (what is read), `hybrid_ir.models.weights` (import).
 USE-m3 is not a HF architecture (DAN + CNN n-gram encoder), so exporting it raises; serve it with

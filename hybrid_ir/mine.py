@@ -192,6 +192,9 @@ def mine_language(store, lang: str, query_langs: Sequence[str], encode: Embedder
   from hybrid_ir import retrieval  # pylint: disable=g-import-not-at-top  (jax)
   idx = store.index(lang)
   pool = passage_pool(store, lang)
+  if not len(pool):
+    return [[] for _ in range(store.num_groups)], {"queries": 0, "pool": 0, "groups": 0,
+                                                   "negatives": 0}
   pool_identity = np.asarray(idx.row_identity)[pool]
   cand_emb = encode(store.texts(lang, pool), "passage")
   positive_row = np.asarray(idx.group_positive)

@@ -30,6 +30,9 @@ Outputs:
       and written to <out>.metrics.json. (trec_eval and ir_measures order exact score ties by
       docid, not corpus order; only exact ties can differ.)
 
+The console shows search's own lines and the encoder's progress; the log (JAX's backend probe,
+Orbax, warnings, an error's traceback) goes to search.INFO next to the run file.
+
 Cache: corpus embeddings are kept in --cache_dir/<corpus file>-<key>/ (shards + manifest; a
 killed encode resumes), key = sha256 of (model config, a sha256 of every parameter's bytes, the
 corpus file's sha256). Another checkpoint, a retrained step or an edited corpus gets a new entry;

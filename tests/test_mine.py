@@ -278,3 +278,33 @@ def test_the_binary_mines_what_a_brute_force_ranking_of_the_same_model_gives(tmp
   bad = mine.write_mined_store(base, mine.epath.Path(tmp_path / "bad"), parts, {})
   audit = mine.lareqa_false_negatives(bad, shared_data, "xquad-r")
   assert audit["false_negatives"] == audit["negatives"] > 0
+
+
+def test_an_aligned_store_is_mined_once_for_every_language(tmp_path):
+  """mMARCO's layout: one index shared by the languages (row r is one passage id in each), so
+  the first language's queries mine it."""
+  def write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(l + "\n" for l in lines))
+    return str(path)
+  m = tmp_path / "mm"
+  coll = {"en": ["10\tp ten | 1 0 0", "7\tp seven | 0.8 0.6 0", "3\tp three | 0.6 0.8 0"],
+          "de": ["10\tp zehn | 0 0 1", "7\tp sieben | 0 1 0", "3\tp drei | 1 0 0"]}
+  queries = {"en": ["1\tq one | 1 0.1 0", "2\tq two | 0 1 0"],
+             "de": ["1\tf eins | 1 0 0", "2\tf zwei | 0 1 0"]}
+  cfg = dict(name="mm", kind="mmarco",
+             collections={l: write(m / "collections" / f"{l}.tsv", v) for l, v in coll.items()},
+             queries={l: write(m / "queries" / f"{l}.tsv", v) for l, v in queries.items()},
+             triples=write(m / "triples.tsv", ["1\t10\t3", "2\t7\t10", "2\t3\t10"]))
+  store = data.open_store(cfg, tmp_path / "stores")
+  assert store.aligned and store.group_ids(range(3)) == ["1:10", "2:3", "2:7"]
+  rows = mine.run(config_of(cfg, tmp_path), pretrained=True, encoder=VectorEmbedder(),
+                  settings=mine.Settings(num_negatives=2))
+  mined = store_lib.Store(rows[0]["store"])
+  assert mined.aligned and list(rows[0]["counts"]) == ["all"]
+  # de comes first: its query (1, 0, 0) for 1:10 ranks p drei (1, 0, 0) before p sieben (0, 1, 0).
+  assert texts_of(mined, "de", mined.negatives("de", 0)) == ["p drei", "p sieben"]
+  assert texts_of(mined, "en", mined.negatives("en", 0)) == ["p three", "p seven"]
+  # Query 2's two positives (3 and 7) are one identity: only passage 10 is left for them.
+  for g in (1, 2):
+    assert texts_of(mined, "en", mined.negatives("en", g)) == ["p ten"]
