@@ -153,7 +153,7 @@ class SparseTable:
 
 
 def adamw_table(table, mu, nu, rows, grad, *, lr, count, b1: float, b2: float, eps: float,
-                weight_decay: float, axis: int = 0):
+                weight_decay: float, axis: int = 0, block_elements: int = 2**21):
   """optax.adamw's update of the whole `table` (every row, weight decay included) when its
   gradient is zero except on `rows`, where it is `grad` [rows, D]; rows equal to len(table) are
   dropped. optax's Adam after `count` earlier updates, learning rate `lr` (a scalar).
@@ -165,8 +165,8 @@ def adamw_table(table, mu, nu, rows, grad, *, lr, count, b1: float, b2: float, e
   [vocab, D] gradient exists, and XLA updates the table and both moments in place: the moments
   are read once, and the table's update is computed after the gradient (through the moments),
   so after the forward pass's reads of the table. Its norm is summed in blocks along `axis`
-  (pass an axis the table is not sharded along) before the table is written, so that no
-  [vocab, D] update is kept either.
+  (pass an axis the table is not sharded along), `block_elements` at a time, before the table
+  is written, so that no [vocab, D] update is kept either.
   """
   mu = (b1 * mu).at[rows].add((1 - b1) * grad, mode="drop")
   nu = (b2 * nu).at[rows].add((1 - b2) * grad ** 2, mode="drop")
@@ -177,7 +177,7 @@ def adamw_table(table, mu, nu, rows, grad, *, lr, count, b1: float, b2: float, e
     v_hat = optax.tree.bias_correction(v, b2, count_inc)
     return -lr * (m_hat / (jnp.sqrt(v_hat) + eps) + weight_decay * p)
 
-  sq = _sum_of_squares_by_blocks(update, (table, mu, nu), axis)
+  sq = _sum_of_squares_by_blocks(update, (table, mu, nu), axis, block_elements)
   # The table is written after its update's norm is read (a dependency XLA keeps; the norm is
   # NaN only where the update has a NaN).
   new = table + jnp.where(jnp.isnan(sq), jnp.nan, update(table, mu, nu))
@@ -185,7 +185,7 @@ def adamw_table(table, mu, nu, rows, grad, *, lr, count, b1: float, b2: float, e
 
 
 def _sum_of_squares_by_blocks(f: Callable, arrays: tuple, axis: int,
-                              block_elements: int = 2**21) -> jax.Array:
+                              block_elements: int) -> jax.Array:
   """sum(f(*arrays) ** 2) for elementwise f of same-shaped 2-D arrays, one block of rows
   (axis 0) or columns (axis 1) at a time, so that f's result is never held whole."""
   n = arrays[0].shape[axis]

@@ -11,6 +11,7 @@ leaves untouched rows alone, which dense decays; frozen leaves the table as it w
 the rest; misnamed modes are refused.
 """
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -292,3 +293,32 @@ def test_dense_without_a_token_table_is_optax_on_the_whole_tree(encoder):
                     table_update.DenseTable)
   with pytest.raises(ValueError, match="names no token-embedding table"):
     train.make_table_update(no_table, make_config("lazy"))
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_adamw_table_is_optax_adamw_with_the_scattered_gradient(axis):
+  """adamw_table on a bare table against optax.adamw given the dense gradient (the rows'
+  gradients scattered into zeros), 3 steps: the same table and moments, and the update's
+  squared norm, summed in blocks that do not divide the table (the last one overlaps)."""
+  rng = np.random.default_rng(0)
+  vocab, dim, n = 103, 7, 12
+  table = jnp.asarray(rng.normal(size=(vocab, dim)), jnp.float32)
+  adam = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+  lr = optax.linear_schedule(0.0, 1e-2, 2)
+  tx = optax.adamw(lr, **adam)
+  state = tx.init(table)
+  ref, new, mu, nu = table, table, jnp.zeros_like(table), jnp.zeros_like(table)
+  for step in range(3):
+    rows = np.sort(rng.choice(vocab, size=n - 3, replace=False))
+    rows = jnp.asarray(np.concatenate([rows, [vocab] * 3]), jnp.int32)  # compact's fill slots
+    grad = jnp.asarray(rng.normal(size=(n, dim)), jnp.float32).at[-3:].set(0)
+    dense_grad = jnp.zeros_like(table).at[rows].add(grad, mode="drop")
+    updates, state = tx.update(dense_grad, state, ref)
+    ref = optax.apply_updates(ref, updates)
+    new, mu, nu, sq = jax.jit(functools.partial(
+        table_update.adamw_table, lr=lr(step), count=jnp.int32(step), axis=axis, **adam,
+        block_elements=30))(new, mu, nu, rows, grad)
+    np.testing.assert_allclose(new, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mu, state[0].mu, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(nu, state[0].nu, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(sq, np.sum(np.square(np.asarray(updates, np.float64))), rtol=1e-5)
