@@ -268,13 +268,13 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   (memory-bound; with the norms it was 0.47 s of a 5.9 s e5-small CPU step in one
   benchmarks/bench_peer.py run), for a state that is never saved anyway.
   """
-  sparse = make_table_update(encoder, config)
+  table_tx = make_table_update(encoder, config)
   if tx is not None:
-    if isinstance(sparse, table_update.SparseTable):
+    if isinstance(table_tx, table_update.SparseTable):
       raise ValueError("make_train_step: pass tx or set optimizer.embedding_update, not both")
-    sparse = None
-  tx = None if sparse else tx or make_optimizer(config)
-  opt_init = sparse.init if sparse else tx.init
+    table_tx = None
+  tx = None if table_tx else tx or make_optimizer(config)
+  opt_init = table_tx.init if table_tx else tx.init
   rep = sharding.replicated(mesh)
   param_sh = {"params": sharding.param_shardings(encoder.params, mesh,
                                                  getattr(encoder, "partition_specs", None)),
@@ -283,8 +283,8 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   abstract_trainable = {"params": encoder.params,
                         "loss_params": {"log_temperature": jax.ShapeDtypeStruct((), jnp.float32)}}
   # Optimizer moments mirror the params; counters and other scalars are replicated.
-  if sparse:
-    opt_sh = sparse.shardings(param_sh, abstract_trainable, rep)
+  if table_tx:
+    opt_sh = table_tx.shardings(param_sh, abstract_trainable, rep)
   else:
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_trainable),
                                    param_sh, transform_non_params=lambda _: rep)
@@ -307,8 +307,8 @@ def make_train_step(encoder, config, mesh, tx: optax.GradientTransformation | No
   @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=(state_sh, rep))
   def update(state, batch):
     trainable = {"params": state["params"], "loss_params": state["loss_params"]}
-    if sparse:
-      (loss, m), grads, new, updates, opt_state = sparse.step(
+    if table_tx:
+      (loss, m), grads, new, updates, opt_state = table_tx.step(
           loss_and_grads, trainable, state["opt_state"], batch, state["step"])
     else:
       (loss, m), grads = loss_and_grads(trainable, batch)
