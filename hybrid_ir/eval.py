@@ -92,10 +92,8 @@ def evaluate(config, encoder, params, tag: str, out_dir: epath.Path,
     logging.warning("%s was not trained on %s: those rows measure an unseen language.",
                     config.model.name, ", ".join(uncovered))
   metrics, details, tables = {}, {}, []
-  for name, evaluator in built.items():
-    t0 = time.time()
-    metrics.update(evaluator.run(params))
-    metrics[f"{name}/eval_seconds"] = time.time() - t0
+  for name, evaluator, ran in evaluators.run(built, params):
+    metrics.update(ran)
     if getattr(evaluator, "result", None) is not None:
       details[name] = evaluator.result.to_json()
       tables.append(f"### {name} — {tag}\n\n"

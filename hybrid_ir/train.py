@@ -22,7 +22,8 @@ whose keys are locked: add them to the config file rather than as --config overr
         then back-propagate chunk by chunk (same gradients, ~1/n of the activation memory).
   input.packing: pack training texts several to a row (`training_tokenizer`; default False).
   checkpoint: every, keep, async_save
-Outputs in the workdir: checkpoints/, metrics.jsonl, tensorboard/, train.INFO (the log), and
+Outputs in the workdir (hybrid_ir.run_dir): checkpoints/, metrics.jsonl, tensorboard/,
+train.INFO (the log), lease.json while a trainer runs (one trainer per workdir), and
 finished.json once the run is complete (process 0 only). The console (stderr) shows where they
 go, the resume point, a progress bar (a line per log step when stderr is no terminal: loss per
 batch type, s/step, ETA) and the end; everything else goes to the log file.
@@ -30,8 +31,10 @@ Several processes (a pod, or processes on one machine): jax.distributed is initi
 --coordinator_address/--num_processes/--process_id or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/
 JAX_PROCESS_ID, or detected by JAX itself on TPU pods and SLURM.
 
-Faults (README "Long runs: faults and what happens"):
-  SIGTERM (TPU preemption) or a first Ctrl-C -> save a checkpoint, say so once it is final, exit 0.
+Faults (docs/faults.md):
+  SIGTERM (TPU preemption) or a first Ctrl-C -> save a checkpoint, say so once it is final, exit 0;
+    an in-training evaluation is abandoned at once.
+  Another trainer on the workdir -> refused before anything is touched (run_dir.Lease).
   Resume: the newest checkpoint that restores and passes its checksums; damaged newer ones are
     named and moved to <workdir>/corrupt_checkpoints/. The config must equal the one saved with
     it, except config_flags.RESUME_SAFE_KEYS and the keys --allow_config_change=k1,k2 names.
@@ -571,16 +574,16 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
 
     def run_evals(step):
       """Runs the evaluators; a stop request (preemption) abandons them at once."""
-      for name, evaluator in evals.items():
-        t = time.time()
+      ran = evaluators.run(evals, state["params"])
+      for name in evals:
         try:
           with stops.interruptible():
-            results = dict(evaluator.run(state["params"]))
+            _, _, results = next(ran)
         except run_dir.Interrupted:
           console.say(f"{stops.signal} during the {name} evaluation at step {step}: evaluation "
                       "abandoned")
           return
-        writer.write(step, {**results, f"{name}/eval_seconds": time.time() - t})
+        writer.write(step, results)
 
     # --------------------------------------------------------------------------------------------
     # Train loop.

@@ -6,6 +6,9 @@ whose `run(params)` yields (`{name}/{metric}`, value) and keeps `result` (`to_js
 
   make(evals, predict_fn, **extra) -> {name: Evaluator}: build them once and call `run` for every
       checkpoint (a LAReQA evaluator loads and indexes its dataset when built).
+  run(built, params) -> yields (name, evaluator, metrics): each evaluator run on `params`, its
+      metrics with `{name}/eval_seconds`; the one loop train.py (during training) and eval.py
+      (on checkpoints) share.
   types(evals) -> {name: type}: what eval.py records next to each result, so the report knows
       which results it can tabulate (the LAReQA ones) without guessing from their fields.
 
@@ -13,7 +16,8 @@ Recommended for: any code that runs a config's evaluators. Related: `hybrid_ir.e
 (paired tests on the per-query values), `hybrid_ir.report`.
 """
 import importlib
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 # type -> module. A new benchmark: a module with `Evaluator`, and one line here.
@@ -43,3 +47,14 @@ def make(evals: Mapping[str, Mapping[str, Any]] | None, predict_fn: Callable, **
     kind = ec.pop("type", None)
     out[name] = module(kind, f"config.evals.{name}.type").Evaluator(predict_fn, name=name, **ec)
   return out
+
+
+def run(built: Mapping[str, Any], params) -> Iterator[tuple[str, Any, dict[str, float]]]:
+  """Runs each evaluator of `built` (`make`) on `params`, one at a time; yields (name, evaluator,
+  its metrics plus `{name}/eval_seconds`). A caller that stops iterating (a preemption) skips
+  the evaluators after the current one."""
+  for name, evaluator in built.items():
+    t0 = time.time()
+    metrics = dict(evaluator.run(params))
+    metrics[f"{name}/eval_seconds"] = time.time() - t0
+    yield name, evaluator, metrics
