@@ -12,7 +12,8 @@ Inputs. The corpus and the queries share one format, chosen by the file name (`.
   qrels    TREC: `qid Q0 docid relevance` per line, whitespace separated.
 Blank lines are skipped. A missing field, an empty id or text, an id with whitespace (TREC files
 are whitespace separated), a duplicate id, or a qrels line naming a query or document that is not
-in the files stops with `file:line` and the offending value.
+in the files stops with `file:line` and the offending value (`hybrid_ir.data.text_files` reads
+them).
 
 Model: the config's `model` (any hybrid_ir.eval config works); its params are the workdir's
 finished checkpoint (--step, default the latest), restored alone into the encoder's abstract
@@ -42,9 +43,7 @@ Recommended for: a trained model on your own corpus (Tevatron's encode -> index 
 command). Related: `hybrid_ir.eval` (LAReQA/MIRACL benchmarks), `hybrid_ir.evaluators.miracl`
 (MIRACL's file layout), `hybrid_ir.export` (a sentence-transformers model for other tools).
 """
-import dataclasses
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -56,160 +55,16 @@ from absl import flags
 import numpy as np
 
 from hybrid_ir import config_flags
-from hybrid_ir.data import miracl as miracl_data
+from hybrid_ir.data import store as store_lib
+from hybrid_ir.data import text_files
 
 PredictFn = Callable[[Any, list[str], str], np.ndarray]  # (params, texts, kind) -> [N, D]
 DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
 
 
 # ------------------------------------------------------------------------------------------------
-# Input files.
-# ------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Texts:
-  """Records of a corpus or queries file, in file order.
-
-  Attributes: path; ids, texts, langs (None where a record has no lang), lines (the 1-based line
-  of each record, for error messages).
-  """
-  path: pathlib.Path
-  ids: list[str]
-  texts: list[str]
-  langs: list[str | None]
-  lines: list[int]
-
-  def __len__(self) -> int:
-    return len(self.ids)
-
-  @property
-  def has_langs(self) -> bool:
-    return any(l is not None for l in self.langs)
-
-
-def _open(path: pathlib.Path):
-  return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(
-      path, encoding="utf-8")
-
-
-def _format(path: pathlib.Path) -> str:
-  name = path.name[:-3] if path.name.endswith(".gz") else path.name
-  ext = name.rpartition(".")[2].lower()
-  if ext in ("jsonl", "json"):
-    return "jsonl"
-  if ext in ("tsv", "txt"):
-    return "tsv"
-  raise ValueError(f"{path}: unknown format (from the file name); use .jsonl ({{\"id\", \"text\", "
-                   "\"lang\"}} per line) or .tsv (id<TAB>text[<TAB>lang]), optionally .gz")
-
-
-def _check_id(value, where: str, field: str) -> str:
-  if isinstance(value, bool) or not isinstance(value, (str, int)):
-    raise ValueError(f"{where}: {field} must be a string or an integer, got {value!r}")
-  value = str(value).strip()
-  if not value:
-    raise ValueError(f"{where}: empty {field}")
-  if any(c.isspace() for c in value):
-    raise ValueError(f"{where}: {field} {value!r} contains whitespace (TREC files are whitespace "
-                     "separated)")
-  return value
-
-
-def read_texts(path: str | os.PathLike, what: str = "corpus") -> Texts:
-  """Reads a corpus or queries file (format by extension, see the module docstring).
-
-  Raises ValueError naming `file:line` for any malformed record, and FileNotFoundError.
-  `what` ('corpus' / 'queries') only words the messages.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{what} file not found: {path}")
-  fmt = _format(path)
-  ids, texts, langs, lines, seen = [], [], [], [], {}
-  with _open(path) as f:
-    for n, line in enumerate(f, 1):
-      where = f"{path}:{n}"
-      line = line.rstrip("\n").rstrip("\r")
-      if not line.strip():
-        continue
-      if fmt == "jsonl":
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{where}: invalid JSON: {e.msg} at column {e.colno}") from None
-        if not isinstance(obj, dict):
-          raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        for field in ("id", "text"):
-          if field not in obj:
-            raise ValueError(f"{where}: missing field {field!r} (have {sorted(obj)}; a {what} "
-                             "record needs 'id' and 'text', optionally 'lang' and 'title')")
-        rid, text, lang, title = obj["id"], obj["text"], obj.get("lang"), obj.get("title")
-        if not isinstance(text, str):
-          raise ValueError(f"{where}: text must be a string, got {text!r}")
-        if title is not None and not isinstance(title, str):
-          raise ValueError(f"{where}: title must be a string, got {title!r}")
-        if title and title.strip() and text.strip():
-          text = f"{title.strip()} {text.strip()}"
-      else:
-        parts = line.split("\t")
-        if len(parts) not in (2, 3):
-          raise ValueError(f"{where}: expected id<TAB>text[<TAB>lang], got {len(parts)} "
-                           f"tab-separated fields: {line[:80]!r}")
-        rid, text = parts[0], parts[1]
-        lang = parts[2] if len(parts) == 3 else None
-      rid = _check_id(rid, where, "id")
-      if not text.strip():
-        raise ValueError(f"{where}: empty text for id {rid!r}")
-      if lang is not None:
-        if not isinstance(lang, str) or not lang.strip():
-          raise ValueError(f"{where}: lang must be a non-empty string, got {lang!r}")
-        lang = lang.strip()
-      if rid in seen:
-        raise ValueError(f"{where}: duplicate id {rid!r} (first at line {seen[rid]})")
-      seen[rid] = n
-      ids.append(rid)
-      texts.append(text.strip())
-      langs.append(lang)
-      lines.append(n)
-  if not ids:
-    raise ValueError(f"{path}: no {what} records")
-  return Texts(path=path, ids=ids, texts=texts, langs=langs, lines=lines)
-
-
-def read_qrels(path: str | os.PathLike, queries: Texts, corpus: Texts) -> dict[str, dict[str, int]]:
-  """{qid: {docid: relevance}} from TREC qrels, every id checked against the queries and corpus.
-
-  Raises ValueError naming `file:line` for a malformed line, a non-integer relevance, a duplicate
-  judgement, or a qid / docid that is not in the queries / corpus file.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"qrels file not found: {path}")
-  qids, docids = set(queries.ids), set(corpus.ids)
-  qrels: dict[str, dict[str, int]] = {}
-  for where, qid, docid, rel in miracl_data.iter_qrels(path):
-    if qid not in qids:
-      raise ValueError(f"{where}: qid {qid!r} is not in the queries file {queries.path}")
-    if docid not in docids:
-      raise ValueError(f"{where}: docid {docid!r} (qid {qid!r}) is not in the corpus file "
-                       f"{corpus.path}")
-    qrels.setdefault(qid, {})[docid] = rel
-  if not qrels:
-    raise ValueError(f"{path}: no judgements")
-  return qrels
-
-
-# ------------------------------------------------------------------------------------------------
 # Encode (cached) and search.
 # ------------------------------------------------------------------------------------------------
-
-def file_sha256(path: str | os.PathLike) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
 
 def cache_entry(cache_dir: str | os.PathLike, model_config: Any, params_fp: str,
                 corpus_path: str | os.PathLike) -> tuple[pathlib.Path, str]:
@@ -217,12 +72,13 @@ def cache_entry(cache_dir: str | os.PathLike, model_config: Any, params_fp: str,
   if hasattr(model_config, "to_dict"):
     model_config = model_config.to_dict()
   ident = {"model": model_config, "params_sha256": params_fp,
-           "corpus_sha256": file_sha256(corpus_path)}
+           "corpus_sha256": store_lib.file_digest(corpus_path)}
   key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
   return pathlib.Path(cache_dir) / f"{pathlib.Path(corpus_path).name}-{key[:16]}", key
 
 
-def search(predict_fn: PredictFn, params: Any, queries: Texts, corpus: Texts, *, k: int = 100,
+def search(predict_fn: PredictFn, params: Any, queries: text_files.Texts,
+           corpus: text_files.Texts, *, k: int = 100,
            cache: tuple[pathlib.Path, str] | None = None, shard_size: int = 4096,
            query_block: int = 256, cand_block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
   """Exact top-k of each query over the corpus: (scores [Nq, k], corpus indices [Nq, k]).
@@ -252,8 +108,8 @@ def search(predict_fn: PredictFn, params: Any, queries: Texts, corpus: Texts, *,
                          cand_block=fit(len(corpus), cand_block))
 
 
-def write_run(path: str | os.PathLike, queries: Texts, corpus: Texts, scores: np.ndarray,
-              indices: np.ndarray, tag: str = "hybrid_ir") -> dict[str, dict[str, float]]:
+def write_run(path: str | os.PathLike, queries: text_files.Texts, corpus: text_files.Texts,
+              scores: np.ndarray, indices: np.ndarray, tag: str = "hybrid_ir") -> dict[str, dict[str, float]]:
   """Writes the TREC run file; returns the run as {qid: {docid: score}} (what ir_measures takes)."""
   if not tag or any(c.isspace() for c in tag):
     raise ValueError(f"run tag {tag!r}: must be non-empty without whitespace")
@@ -282,7 +138,7 @@ def _ir_measures():
 
 
 def evaluate_run(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
-                 queries: Texts, measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
+                 queries: text_files.Texts, measures: Sequence[str] = DEFAULT_MEASURES) -> dict:
   """ir_measures over the judged queries: {'all': {measure: mean}, 'per_lang': {lang: {...}},
   'num_queries', 'num_judged'}; per_lang only when the queries carry `lang`."""
   irm = _ir_measures()
@@ -346,8 +202,9 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
     raise ValueError("pass --workdir (a training run's checkpoints) or --pretrained")
   if pretrained and step is not None:
     raise ValueError("--step reads a checkpoint; it cannot go with --pretrained")
-  queries_t, corpus_t = read_texts(queries, "queries"), read_texts(corpus, "corpus")
-  qrels_d = read_qrels(qrels, queries_t, corpus_t) if qrels else None
+  queries_t = text_files.read_texts(queries, "queries")
+  corpus_t = text_files.read_texts(corpus, "corpus")
+  qrels_d = text_files.read_qrels(qrels, queries_t, corpus_t) if qrels else None
   if qrels_d is not None:
     _ir_measures()  # fail before encoding, not after
   from hybrid_ir import checkpoint, models, run_dir

@@ -98,7 +98,7 @@ def test_errors_name_file_and_field(tmp_path):
   with pytest.raises(ValueError, match=r'de.json.*sentences\[1\] is empty'):
     lareqa.load_lareqa(root, 'xquad-r', langs=['de'])
   (root / 'xquad-r' / 'de.json').write_text('{"data": [', encoding='utf-8')
-  with pytest.raises(ValueError, match=r'de.json: malformed JSON'):
+  with pytest.raises(ValueError, match=r'de.json:\d+: invalid JSON'):
     lareqa.load_lareqa(root, 'xquad-r', langs=['de'])
   (root / 'xquad-r' / 'de.json').write_text('{"data": [{"title": "T"}]}', encoding='utf-8')
   with pytest.raises(ValueError, match=r'de.json: missing field data\[0\].paragraphs'):

@@ -7,6 +7,7 @@ import pytest
 from ir_measures import R, nDCG
 
 from hybrid_ir.data import miracl as miracl_data
+from hybrid_ir.data import text_files
 from hybrid_ir.evaluators import embedding_cache, miracl
 
 N_DOCS, N_TOPICS, DIM = 300, 12, 16
@@ -59,7 +60,7 @@ def test_metrics_match_ir_measures(files):
   ev = _evaluator(files, Encoder(), shard_size=50)
   out = dict(ev.run(params=None))
   res = ev.last_result
-  qrels = miracl_data.load_qrels(files / 'qrels.txt')
+  qrels = text_files.load_qrels(files / 'qrels.txt')
   # The run as ir_measures sees it: our top-100 with strictly decreasing scores.
   run = {q: {d: float(100 - r) for r, d in enumerate(docs)}
          for q, docs in zip(res.qids, res.top_docids)}
@@ -161,15 +162,15 @@ def test_errors_name_file_line_and_value(files):
     miracl_data.load_topics(files / 'bad.tsv')
   (files / 'bad.qrels').write_text('q1 0 d1 1\nq1 0 d2\n')
   with pytest.raises(ValueError, match=r"bad.qrels:2: expected 'qid Q0 docid relevance'"):
-    miracl_data.load_qrels(files / 'bad.qrels')
+    text_files.load_qrels(files / 'bad.qrels')
   (files / 'bad.qrels').write_text('q1 0 d1 yes\n')
   with pytest.raises(ValueError, match=r"bad.qrels:1: relevance 'yes'"):
-    miracl_data.load_qrels(files / 'bad.qrels')
+    text_files.load_qrels(files / 'bad.qrels')
   (files / 'bad.jsonl').write_text('{"docid": "a", "title": "", "text": "x"}\n{"docid": "b", "title": "t", "text": " "}\n')
   with pytest.raises(ValueError, match=r"bad.jsonl:2: empty text for docid 'b'"):
     miracl_data.load_corpus(files / 'bad.jsonl')
   (files / 'bad.jsonl').write_text('{"docid": "a", "text": "x"}\n{"docid": \n')
-  with pytest.raises(ValueError, match=r'bad.jsonl:2: malformed JSON'):
+  with pytest.raises(ValueError, match=r'bad.jsonl:2: invalid JSON: .* at column \d+'):
     miracl_data.load_corpus(files / 'bad.jsonl')
   with pytest.raises(FileNotFoundError, match='missing.tsv'):
     miracl_data.load_topics(files / 'missing.tsv')

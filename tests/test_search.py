@@ -17,6 +17,7 @@ import pytest
 
 from hybrid_ir import checkpoint
 from hybrid_ir import search
+from hybrid_ir.data import text_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,8 @@ def files(tmp_path):
 
 
 def test_exact_ranking_across_blocks_and_shards_and_hand_computed_metrics(files, tmp_path):
-  queries = search.read_texts(files / "queries.tsv", "queries")
-  corpus = search.read_texts(files / "corpus.jsonl")
+  queries = text_files.read_texts(files / "queries.tsv", "queries")
+  corpus = text_files.read_texts(files / "corpus.jsonl")
   assert queries.langs == ["en", "de", "en"] and corpus.langs == [None] * 7
   # Blocks of 2 queries x 2 documents and shards of 3 documents: every merge path is used.
   cache = search.cache_entry(tmp_path / "cache", {"name": "fake"}, "p", files / "corpus.jsonl")
@@ -62,7 +63,7 @@ def test_exact_ranking_across_blocks_and_shards_and_hand_computed_metrics(files,
   assert len(lines) == 15
   assert lines[0] == "qa Q0 d0 1 1 t1" and lines[2].startswith("qa Q0 d5 3 0.8")
   assert [l.split()[2] for l in lines[5:10]] == EXPECTED["qb"]
-  qrels = search.read_qrels(files / "qrels.txt", queries, corpus)
+  qrels = text_files.read_qrels(files / "qrels.txt", queries, corpus)
   m = search.evaluate_run(run, qrels, queries)
   assert (m["num_queries"], m["num_judged"]) == (3, 2)
   ndcg_b = (2 / math.log2(3)) / (2 + 1 / math.log2(3))  # linear gains, as trec_eval
@@ -82,8 +83,8 @@ def test_exact_ranking_across_blocks_and_shards_and_hand_computed_metrics(files,
 
 
 def test_k_beyond_the_corpus_lists_every_document_once(files, tmp_path):
-  queries = search.read_texts(files / "queries.tsv", "queries")
-  corpus = search.read_texts(files / "corpus.jsonl")
+  queries = text_files.read_texts(files / "queries.tsv", "queries")
+  corpus = text_files.read_texts(files / "corpus.jsonl")
   scores, idx = search.search(fake_predict, None, queries, corpus, k=50)
   run = search.write_run(tmp_path / "run.trec", queries, corpus, scores, idx)
   assert all(sorted(docs) == sorted(corpus.ids) for docs in run.values())
@@ -105,7 +106,7 @@ def test_k_beyond_the_corpus_lists_every_document_once(files, tmp_path):
 def test_bad_corpus_names_file_and_line(tmp_path, name, content, message):
   (tmp_path / name).write_text(content)
   with pytest.raises(ValueError, match=message):
-    search.read_texts(tmp_path / name)
+    text_files.read_texts(tmp_path / name)
 
 
 @pytest.mark.parametrize("qrels,message", [
@@ -117,21 +118,21 @@ def test_bad_corpus_names_file_and_line(tmp_path, name, content, message):
 ])
 def test_bad_qrels_name_file_and_line(files, qrels, message):
   (files / "qrels.txt").write_text(qrels)
-  queries = search.read_texts(files / "queries.tsv", "queries")
-  corpus = search.read_texts(files / "corpus.jsonl")
+  queries = text_files.read_texts(files / "queries.tsv", "queries")
+  corpus = text_files.read_texts(files / "corpus.jsonl")
   with pytest.raises(ValueError, match=message):
-    search.read_qrels(files / "qrels.txt", queries, corpus)
+    text_files.read_qrels(files / "qrels.txt", queries, corpus)
 
 
 def test_scoring_without_ir_measures_says_what_to_install(files, monkeypatch):
   monkeypatch.setitem(sys.modules, "ir_measures", None)  # `import ir_measures` -> ImportError
-  queries = search.read_texts(files / "queries.tsv", "queries")
+  queries = text_files.read_texts(files / "queries.tsv", "queries")
   with pytest.raises(ImportError, match=r"pip install 'hybrid_ir\[search\]'"):
     search.evaluate_run({}, {"qa": {"d0": 1}}, queries)
 
 
 def test_an_unknown_measure_is_named(files):
-  queries = search.read_texts(files / "queries.tsv", "queries")
+  queries = text_files.read_texts(files / "queries.tsv", "queries")
   with pytest.raises(ValueError, match="measure 'nDCG@x' is not an ir_measures measure"):
     search.evaluate_run({"qa": {"d0": 1.0}}, {"qa": {"d0": 1}}, queries, ["nDCG@x"])
 

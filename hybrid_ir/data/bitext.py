@@ -20,13 +20,13 @@ Passage identity: the id, plus equal normalised texts within a language (the Bib
 verses such as "Yahweh spoke to Moses, saying," 72 times under different ids).
 """
 import collections
-import gzip
 import pathlib
 from typing import Any
 
 import numpy as np
 
 from hybrid_ir.data import store as store_lib
+from hybrid_ir.data import text_files
 
 ISO3_TO_1 = {'ara': 'ar', 'cmn': 'zh', 'deu': 'de', 'ell': 'el', 'eng': 'en', 'spa': 'es',
              'fra': 'fr', 'hin': 'hi', 'ita': 'it', 'jpn': 'ja', 'kor': 'ko', 'nld': 'nl',
@@ -74,32 +74,40 @@ def _rows_bitext(cfg: Any, counts: collections.Counter):
   """Yields (id, lang, text) from the TSV files, checking every line."""
   max_bad, bad = int(cfg.get('max_bad_lines', 0)), 0
   for path in inputs(cfg):
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rb') as f:
+    with text_files.open_bytes(path) as f:
       for lineno, raw in enumerate(f, 1):
+        where = f'{path}:{lineno}'
         try:
-          line = raw.decode('utf-8')
-        except UnicodeDecodeError as e:
+          fields = _fields(raw, where, header=lineno == 1)
+        except _BadLine:
           bad += 1
           counts['bad lines (skipped)'] += 1
           if bad > max_bad:
-            raise ValueError(f'{path}:{lineno}: invalid UTF-8 at byte {e.start + 1} of the line '
-                             f'({raw[max(0, e.start - 10):e.start + 10]!r})') from None
+            raise
           continue
-        fields = line.rstrip('\n').split('\t')
-        if lineno == 1:
-          if fields != HEADER:
-            raise ValueError(f'{path}:1: expected the header id<TAB>lang<TAB>text, got '
-                             f'{line.rstrip()[:80]!r}')
-          continue
-        if len(fields) != 3 or not all(x.strip() for x in fields):
-          bad += 1
-          counts['bad lines (skipped)'] += 1
-          if bad > max_bad:
-            raise ValueError(f'{path}:{lineno}: expected three non-empty tab-separated fields '
-                             f'(id, lang, text), got {line.rstrip()[:80]!r}')
-          continue
-        yield (*fields, f'{path}:{lineno}')
+        if lineno > 1:
+          yield (*fields, where)
+
+
+class _BadLine(ValueError):
+  """A malformed data line: skipped while there are at most `max_bad_lines`."""
+
+
+def _fields(raw: bytes, where: str, header: bool) -> list[str]:
+  """The id, lang and text of one TSV line (or checks the header line)."""
+  try:
+    line = text_files.decode_line(raw, where)
+  except ValueError as e:
+    raise _BadLine(str(e)) from None
+  fields = line.rstrip('\n').split('\t')
+  if header:
+    if fields != HEADER:
+      raise ValueError(f'{where}: expected the header id<TAB>lang<TAB>text, got '
+                       f'{line.rstrip()[:80]!r}')
+  elif len(fields) != 3 or not all(x.strip() for x in fields):
+    raise _BadLine(f'{where}: expected three non-empty tab-separated fields (id, lang, text), '
+                   f'got {line.rstrip()[:80]!r}')
+  return fields
 
 
 def _rows_tatoeba(cfg: Any, counts: collections.Counter):

@@ -18,13 +18,13 @@ lines; 0 accepts any. For tens of millions of records use the mmarco layout, whi
 this reader holds the records in memory while it prepares.
 """
 import collections
-import json
 import os
 from typing import Any
 
 import numpy as np
 
 from hybrid_ir.data import store as store_lib
+from hybrid_ir.data import text_files
 
 FIELDS = ('group_id', 'lang', 'query', 'positive', 'negatives', 'positive_id')
 
@@ -86,16 +86,7 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
           counts['blank lines (skipped)'] += 1
           continue
         try:
-          try:
-            line = raw.decode('utf-8')
-          except UnicodeDecodeError as e:
-            raise ValueError(f'{where}: invalid UTF-8 at byte {e.start + 1} of the line '
-                             f'({raw[max(0, e.start - 10):e.start + 10]!r})') from None
-          try:
-            obj = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise ValueError(f'{where}: invalid JSON: {e.msg} at column {e.colno}') from e
-          r = parse_record(obj, where)
+          r = parse_record(text_files.json_line(text_files.decode_line(raw, where), where), where)
         except ValueError:
           bad.append(where)
           if len(bad) > max_bad:

@@ -15,7 +15,6 @@ records (question, answer sentence) when training on one set and evaluating on t
 Related: `hybrid_ir.evaluators.lareqa.LareqaEvaluator`, `hybrid_ir.retrieval`.
 """
 import dataclasses
-import json
 import logging
 import pathlib
 from typing import Sequence
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from hybrid_ir.data import squad
+from hybrid_ir.data import text_files
 
 LANGS = {
     'xquad-r': ('ar', 'de', 'el', 'en', 'es', 'hi', 'ru', 'th', 'tr', 'vi', 'zh'),
@@ -118,11 +118,7 @@ def _field(obj: dict, key: str, path: pathlib.Path, where: str):
 
 def _read_language(path: pathlib.Path, lang_idx: int, out: dict) -> None:
   """Appends one language file's questions and candidates to `out` (lists)."""
-  try:
-    with open(path, encoding='utf-8') as f:
-      doc = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path}: malformed JSON: {e}') from e
+  doc = text_files.load_json(path)
   articles = _field(doc, 'data', path, '<root>')
   if not isinstance(articles, list):
     raise ValueError(f'{path}: field data is {type(articles).__name__}, expected a list')

@@ -24,7 +24,6 @@ Splits: `article_folds` puts whole articles into folds, linked across languages 
 question ids, so a held-out fold holds every translation of its questions.
 """
 import collections
-import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hybrid_ir.data import store as store_lib
+from hybrid_ir.data import text_files
 
 
 def answer_sentence(breaks: Sequence[Sequence[int]], start: int, where: str) -> int:
@@ -70,11 +70,7 @@ def read_squad_file(path: str | os.PathLike, lang: str, counts: collections.Coun
   positive row, negative rows, article key '<lang>/<article index>').
   """
   path = str(path)
-  try:
-    with open(path, encoding='utf-8') as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path}:{e.lineno}: invalid JSON: {e.msg}') from e
+  data = text_files.load_json(path)
   if not isinstance(data, dict) or not isinstance(data.get('data'), list):
     raise ValueError(f"{path}: not SQuAD format: expected an object with a 'data' list")
   texts, questions = [], {}

@@ -24,6 +24,7 @@ import numpy as np
 
 from hybrid_ir import retrieval
 from hybrid_ir.data import miracl as miracl_data
+from hybrid_ir.data import text_files
 from hybrid_ir.evaluators import embedding_cache
 from hybrid_ir.evaluators import metrics
 
@@ -121,7 +122,7 @@ class MiraclEvaluator:
       raise ValueError('MiraclEvaluator: cache_dir needs a cache_key naming the encoding settings')
     self.predict_fn = predict_fn
     self.topics = miracl_data.load_topics(topics)
-    self.qrels = miracl_data.load_qrels(qrels)
+    self.qrels = text_files.load_qrels(qrels)
     self.docids, self.texts = miracl_data.load_corpus(corpus)
     self.counts = miracl_data.check_qrels(self.qrels, self.docids, self.topics, qrels)
     self.eval_name = eval_name or name or 'miracl'
