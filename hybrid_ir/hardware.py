@@ -1,5 +1,7 @@
-"""What a measurement ran on, for run summaries and benchmark logs (timings are only comparable
-on one machine, so every number carries its CPU model and accelerator)."""
+"""This host: what a measurement ran on, for run summaries and benchmark logs (timings are only
+comparable on one machine, so every number carries its CPU model and accelerator), its memory,
+and whether a process of it is still running (`process_alive`, for the workdir lease and a
+store's half-written folder)."""
 import os
 import platform
 
@@ -60,3 +62,17 @@ def log_memory(phase: str) -> dict[str, float]:
   logging.info("memory %s: %s", phase, " ".join(f"{k} {v:.2f} GiB" for k, v in mem.items()))
   reset_peak_memory()
   return mem
+
+
+def process_alive(pid: int) -> bool:
+  """Whether a process `pid` of this host is running. Used to tell a writer that died (its
+  lease or half-written store may be taken over) from one that is still at work: anything that
+  is not a definite "no such process" (no permission to signal it, a pid out of range) counts
+  as alive, so nothing of a live writer is ever removed."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError, ValueError):
+    return True
+  return True

@@ -25,6 +25,8 @@ import uuid
 
 from etils import epath
 
+from hybrid_ir import hardware
+
 FINISHED = "finished.json"
 LEASE = "lease.json"
 METRICS = "metrics.jsonl"
@@ -363,16 +365,6 @@ class LeaseLostError(WorkdirError):
   suspended): it must not write the workdir again."""
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _create_exclusive(path: epath.Path, text: str) -> bool:
   """Writes `path` only if it does not exist (atomically); False if it does.
 
@@ -457,7 +449,7 @@ class Lease:
   def stale(self, holder: dict) -> str | None:
     """Why `holder`'s lease may be taken over, or None while it is live."""
     age = time.time() - float(holder.get("heartbeat", 0))
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+    if holder.get("host") == socket.gethostname() and not hardware.process_alive(int(holder.get("pid", -1))):
       return f"its process {holder.get('pid')} is no longer running"
     if age > self.stale_after * self.heartbeat_seconds:
       return f"no heartbeat for {age:.0f} s"

@@ -66,6 +66,8 @@ from typing import Any
 from etils import epath
 import numpy as np
 
+from hybrid_ir import hardware
+
 VERSION = 2  # 2: meta.json records every file's size and sha256, and its own digest
 FORMAT = 'hybrid_ir.store'
 WRITER = 'writer.json'  # in a store being written: who writes it (host, pid, start time)
@@ -227,16 +229,6 @@ def check_replaceable(directory: str | os.PathLike) -> None:
                    'input.store_dir')
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except (PermissionError, OverflowError, ValueError):
-    return True
-  return True
-
-
 def remove_stale_temporaries(parent: str | os.PathLike) -> None:
   """Removes the half-written stores (`*.tmp-*`) in `parent` whose writer, a process of this
   host, is gone, and the replaced stores (`*.old-*`) an interrupted overwrite left; logs each,
@@ -253,7 +245,7 @@ def remove_stale_temporaries(parent: str | os.PathLike) -> None:
     if not (isinstance(writer, dict) and writer.get('format') == f'{FORMAT}.writer'):
       logging.warning('%s looks like a half-written store of an older version (no %s): remove '
                       'it if no preparation is running', p, WRITER)
-    elif writer.get('host') == host and not _pid_alive(int(writer.get('pid', 0))):
+    elif writer.get('host') == host and not hardware.process_alive(int(writer.get('pid', 0))):
       shutil.rmtree(str(p), ignore_errors=True)
       logging.warning('removed %s: a half-written store whose writer (pid %s on this host, '
                       'started %s) is gone', p, writer.get('pid'),
