@@ -33,7 +33,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from etils import epath
 import jax
@@ -339,6 +339,32 @@ def _mismatch_or_corrupt(manager: ocp.CheckpointManager, step: int, e: BaseExcep
       f"{_saved_model_name(manager, step)!r}); such older checkpoints carry no checksums")
 
 
+def _restore_verified(manager: ocp.CheckpointManager, step: int, record: dict | None,
+                      arrays: dict[str, Any], json_items: Sequence[str] = ()) -> dict[str, Any]:
+  """Restores the array items of `step` (item name -> abstract pytree) and its JSON items, each
+  array item checked against the integrity `record` before (shapes, indexes) and after
+  (checksums) it is read. Used by `restore` (the whole state) and `restore_params`.
+
+  Raises ModelMismatchError or CorruptCheckpointError; resource errors (out of host or device
+  memory) propagate as they are.
+  """
+  for name, abstract_tree in arrays.items():
+    _check_fits(manager, step, name, abstract_tree, record)
+  _check_indexes(manager, step, tuple(arrays))
+  args = {name: ocp.args.StandardRestore(a) for name, a in arrays.items()}
+  args.update({name: ocp.args.JsonRestore() for name in json_items})
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise plain Exception, ValueError, ...)
+    if _is_resource_error(e):
+      raise
+    raise (_unreadable(manager, step, e) if record else _mismatch_or_corrupt(manager, step, e)
+           ) from None
+  for name in arrays:
+    _verify(manager, step, name, out[name], record)
+  return out
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict[str, Any]
             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
   """Restores and verifies (state, data_state, config_dict) of `step` into the shardings of
@@ -348,21 +374,9 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict[str,
   """
   rest = {k: v for k, v in abstract_state.items() if k != "params"}
   record = _integrity(manager, step)
-  _check_fits(manager, step, "params", abstract_state["params"], record)
-  _check_fits(manager, step, "train_state", rest, record)
-  _check_indexes(manager, step, ("params", "train_state"))
-  try:
-    out = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state["params"]),
-        train_state=ocp.args.StandardRestore(rest),
-        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-  except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise plain Exception, ValueError, ...)
-    if _is_resource_error(e):
-      raise
-    raise (_unreadable(manager, step, e) if record else _mismatch_or_corrupt(manager, step, e)
-           ) from None
-  _verify(manager, step, "params", out["params"], record)
-  _verify(manager, step, "train_state", out["train_state"], record)
+  out = _restore_verified(manager, step, record,
+                          {"params": abstract_state["params"], "train_state": rest},
+                          json_items=("data", "config"))
   if record:
     for name in ("data", "config"):
       if _json_sha256(out[name]) != record[f"{name}_sha256"]:
@@ -473,18 +487,8 @@ def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params
                             f" finished steps: {steps}")
   manager = make_manager(workdir, read_only=True, async_save=False)
   try:
-    record = _integrity(manager, step)
-    _check_fits(manager, step, "params", abstract_params, record)
-    _check_indexes(manager, step, ("params",))
-    try:
-      out = manager.restore(step, args=ocp.args.Composite(
-          params=ocp.args.StandardRestore(abstract_params)))
-    except Exception as e:  # noqa: BLE001
-      if _is_resource_error(e):
-        raise
-      raise (_unreadable(manager, step, e) if record else _mismatch_or_corrupt(manager, step, e)
-             ) from None
-    _verify(manager, step, "params", out["params"], record)
+    out = _restore_verified(manager, step, _integrity(manager, step),
+                            {"params": abstract_params})
   finally:
     manager.close()
   return out["params"]
