@@ -45,6 +45,23 @@ def define_config(name: str = "config", help_string: str = "the config: model, d
   return holder
 
 
+def define_model_flags(verb: str) -> tuple[flags.FlagHolder, flags.FlagHolder, flags.FlagHolder]:
+  """--workdir, --step and --pretrained: which weights a tool `verb`s with, a finished checkpoint
+  of a training workdir or the config's model as loaded. Listed in the binary's --help.
+
+  Inputs: verb, e.g. 'search', words the help. Used by search, mine and export (eval polls a
+  workdir instead); `hybrid_ir.checkpoint.restore_params` reads what they choose.
+  """
+  holders = (
+      flags.DEFINE_string("workdir", None, f"Training workdir whose checkpoint to {verb} with."),
+      flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest finished one)."),
+      flags.DEFINE_bool("pretrained", False, f"{verb.capitalize()} with the config's model as "
+                        "loaded, no checkpoint."))
+  for holder in holders:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
+  return holders
+
+
 def _list_first_in_help(name: str) -> None:
   """Makes --help (absl's main_module_help, which sorts a module's flags by name) show --<name>
   first."""

@@ -413,9 +413,7 @@ if __name__ == "__main__":
   from absl import flags
   from hybrid_ir import config_flags
   _CONFIG = config_flags.define_config()
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir whose checkpoint is exported.")
-  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest finished).")
-  _PRETRAINED = flags.DEFINE_bool("pretrained", False, "Export the config's model untrained.")
+  _WORKDIR, _STEP, _PRETRAINED = config_flags.define_model_flags("export")
   _OUT = flags.DEFINE_string("out", None, "Output directory (new or empty).", required=True)
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete --out first if it exists.")
   config_flags.run(main)

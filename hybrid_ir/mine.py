@@ -473,9 +473,7 @@ def run(config, *, workdir: str | None = None, step: int | None = None, pretrain
 def define_flags() -> None:
   config_flags.define_config(help_string="the config whose input.sources are mined, with its "
                              "model.")
-  flags.DEFINE_string("workdir", None, "Training workdir whose checkpoint mines.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest finished one).")
-  flags.DEFINE_bool("pretrained", False, "Mine with the config's model as loaded.")
+  config_flags.define_model_flags("mine")
   flags.DEFINE_string("out", None, "Folder of the mined stores (default "
                       "<input.store_dir>/mined): <out>/<source>-<key>.")
   flags.DEFINE_list("sources", [], "Names of the sources to mine (default: all).")
