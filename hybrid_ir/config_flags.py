@@ -45,6 +45,14 @@ def define_config(name: str = "config", help_string: str = "the config: model, d
   return holder
 
 
+def require(*names: str, hint: str = "--help lists the flags") -> None:
+  """Raises app.UsageError '--<name> is required (<hint>)' for the first of the flags `names`
+  that is not set. For a binary's main(); the usage error prints the binary's short help."""
+  for name in names:
+    if not flags.FLAGS[name].value:
+      raise app.UsageError(f"--{name} is required ({hint})")
+
+
 def define_model_flags(verb: str) -> tuple[flags.FlagHolder, flags.FlagHolder, flags.FlagHolder]:
   """--workdir, --step and --pretrained: which weights a tool `verb`s with, a finished checkpoint
   of a training workdir or the config's model as loaded. Listed in the binary's --help.

@@ -27,7 +27,6 @@ import sys
 import time
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -290,8 +289,7 @@ def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = F
 def main(argv) -> None:
   del argv
   f = flags.FLAGS
-  if not f.workdir:
-    raise app.UsageError("--workdir is required")
+  config_flags.require("workdir")
 
   def stop(signum, frame):
     del frame

@@ -57,9 +57,9 @@ import os
 import pathlib
 import shutil
 import time
+import typing
 from typing import Any, Callable, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -470,6 +470,20 @@ def run(config, *, workdir: str | None = None, step: int | None = None, pretrain
   return out_rows
 
 
+_SETTINGS_HELP = {
+    "num_negatives": "Negatives kept per group and language.",
+    "range_min": "Skip the first range_min candidates left after the exclusions and filters "
+                 "(0-based ranks).",
+    "range_max": "Keep ranks below range_max (default range_min + num_negatives, x10 with a "
+                 "margin or max_score).",
+    "max_score": "Drop candidates scoring above this (cosine).",
+    "absolute_margin": "Drop candidates with score + margin > the positive's score.",
+    "relative_margin": "Drop candidates with score > positive - |positive| * margin.",
+    "cross_lingual": "Mine each language's negatives with the group's queries in every trained "
+                     "language, not only its own.",
+}
+
+
 def define_flags() -> None:
   config_flags.define_config(help_string="the config whose input.sources are mined, with its "
                              "model.")
@@ -477,18 +491,13 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "Folder of the mined stores (default "
                       "<input.store_dir>/mined): <out>/<source>-<key>.")
   flags.DEFINE_list("sources", [], "Names of the sources to mine (default: all).")
-  flags.DEFINE_integer("num_negatives", 8, "Negatives kept per group and language.")
-  flags.DEFINE_integer("range_min", 0, "Skip the first range_min candidates left after the "
-                       "exclusions and filters (0-based ranks).")
-  flags.DEFINE_integer("range_max", None, "Keep ranks below range_max (default range_min + "
-                       "num_negatives, x10 with a margin or max_score).")
-  flags.DEFINE_float("max_score", None, "Drop candidates scoring above this (cosine).")
-  flags.DEFINE_float("absolute_margin", None, "Drop candidates with score + margin > the "
-                     "positive's score.")
-  flags.DEFINE_float("relative_margin", None, "Drop candidates with score > positive - "
-                     "|positive| * margin.")
-  flags.DEFINE_bool("cross_lingual", False, "Mine each language's negatives with the group's "
-                    "queries in every trained language, not only its own.")
+  # One flag per Settings field, with the field's type and default.
+  types = typing.get_type_hints(Settings)
+  for field in dataclasses.fields(Settings):
+    kind = next(t for t in (bool, int, float) if t in (types[field.name],
+                                                       *typing.get_args(types[field.name])))
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}[kind]
+    define(field.name, field.default, _SETTINGS_HELP[field.name])
   flags.DEFINE_integer("batch_size", None, "Encoding batch (default: config.eval_batch_size).")
   flags.DEFINE_bool("overwrite", False, "Mine again, replacing a mined store with the same key.")
   flags.DEFINE_string("summary", None, "Also write the printed summaries to this JSON file.")
@@ -496,13 +505,9 @@ def define_flags() -> None:
 
 def main(argv) -> None:
   del argv
+  config_flags.require("config")
   f = flags.FLAGS
-  if not f.config:
-    raise app.UsageError("--config is required (--help lists the flags)")
-  settings = Settings(num_negatives=f.num_negatives, range_min=f.range_min,
-                      range_max=f.range_max, max_score=f.max_score,
-                      absolute_margin=f.absolute_margin, relative_margin=f.relative_margin,
-                      cross_lingual=f.cross_lingual)
+  settings = Settings(**{field.name: f[field.name].value for field in dataclasses.fields(Settings)})
   run(f.config, workdir=f.workdir, step=f.step, pretrained=f.pretrained, out=f.out,
       sources=f.sources, settings=settings, overwrite=f.overwrite, batch_size=f.batch_size,
       log_file=True, summary=f.summary)

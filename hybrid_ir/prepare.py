@@ -25,7 +25,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -74,10 +73,9 @@ def prepare(config, *, overwrite: bool = False, verify: bool = False,
 
 def main(argv) -> None:
   del argv
+  config_flags.require("config", hint="the config whose input.sources to prepare, e.g. "
+                       "--config configs/demo.py")
   f = flags.FLAGS
-  if f.config is None:
-    raise app.UsageError("--config is required: the config whose input.sources to prepare "
-                         "(e.g. --config configs/demo.py)")
   from hybrid_ir import data  # pylint: disable=g-import-not-at-top
   from hybrid_ir import run_dir  # pylint: disable=g-import-not-at-top
   from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top

@@ -50,7 +50,6 @@ import os
 import pathlib
 from typing import Any, Callable, Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -262,10 +261,10 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
 def define_flags() -> None:
   """The binary's flags; defined only when run as a program (see hybrid_ir.train.define_flags)."""
   config_flags.define_config()
+  config_flags.define_model_flags("search")
   flags.DEFINE_string("corpus", None, "Corpus file: .jsonl or .tsv (id, text, optional lang).")
   flags.DEFINE_string("queries", None, "Queries file, same formats as --corpus.")
   flags.DEFINE_string("qrels", None, "TREC qrels (qid Q0 docid rel): score the run.")
-  config_flags.define_model_flags("search")
   flags.DEFINE_string("out", None, "Run file (default <workdir>/search/<queries>.<tag>.trec).")
   flags.DEFINE_integer("k", 100, "Documents per query in the run file.")
   flags.DEFINE_list("measures", list(DEFAULT_MEASURES), "ir_measures measures, with --qrels.")
@@ -280,10 +279,8 @@ def define_flags() -> None:
 
 def main(argv) -> None:
   del argv
+  config_flags.require("config", "corpus", "queries")
   f = flags.FLAGS
-  for name in ("config", "corpus", "queries"):
-    if not f[name].value:
-      raise app.UsageError(f"--{name} is required (--help lists the flags)")
   # Bad input ends in one line naming the file and line (config_flags.run); the traceback goes
   # to the log.
   run(f.config, corpus=f.corpus, queries=f.queries, workdir=f.workdir, step=f.step,
