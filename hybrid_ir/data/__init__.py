@@ -31,10 +31,11 @@ from etils import epath
 
 from hybrid_ir.data import store as store_lib
 
-KINDS = {'squad': 'squad', 'mmarco': 'mmarco', 'jsonl': 'jsonl', 'bitext': 'bitext',
-         'tatoeba': 'bitext', 'tfds': 'tfds'}
-# Read by the input pipeline (which examples to draw), not by the preparation.
-SELECTION_KEYS = ('name', 'kind', 'langs', 'num_negatives', 'store')
+# kind -> module, as `hybrid_ir.evaluators.TYPES` (type -> module). A new kind: a module with
+# `inputs`, `settings` and `prepare`, and one line here.
+KINDS = {'squad': 'hybrid_ir.data.squad', 'mmarco': 'hybrid_ir.data.mmarco',
+         'jsonl': 'hybrid_ir.data.jsonl', 'bitext': 'hybrid_ir.data.bitext',
+         'tatoeba': 'hybrid_ir.data.bitext', 'tfds': 'hybrid_ir.data.tfds'}
 DEFAULT_STORE_DIR = os.environ.get(
     'HYBRID_IR_STORES', os.path.join(os.path.expanduser('~'), '.cache', 'hybrid_ir', 'stores'))
 # Each input file's sha256 by (real path, size, mtime, ctime, inode), so that finding a store by
@@ -48,7 +49,7 @@ def source_module(kind: str):
   """The module that prepares sources of `kind`."""
   if kind not in KINDS:
     raise ValueError(f'training source kind {kind!r}; known: {sorted(KINDS)}')
-  return importlib.import_module(f'hybrid_ir.data.{KINDS[kind]}')
+  return importlib.import_module(KINDS[kind])
 
 
 def source_name(cfg: Any) -> str:
