@@ -357,8 +357,11 @@ class LareqaEvaluator:
     yield from self.last_result.named_metrics(self.eval_name)
 
 
-def _fmt(x: float, key: str) -> str:
-  if x != x:  # NaN: no setting had a query
+def format_metric(x: float | None, key: str) -> str:
+  """A metric as the tables print it: rank distance to 0.1, the others to 0.001, and '—' for a
+  missing value (None, or NaN where no setting had a query). Used by `format_table` and the
+  report's tables."""
+  if x is None or x != x:
     return '—'
   return f'{x:.1f}' if key == 'rank_distance' else f'{x:.3f}'
 
@@ -383,7 +386,7 @@ def format_table(results: Mapping[str, LareqaResult | Sequence[LareqaResult]]) -
     cells = [name]
     for ds in datasets:
       m = by_ds.get(ds)
-      cells += [_fmt(m[k], k) if m else '' for k in keys]
+      cells += [format_metric(m[k], k) if m else '' for k in keys]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -394,10 +397,10 @@ def format_language_table(result: LareqaResult) -> str:
   lines = [f'| {result.dataset} | ' + ' | '.join(keys) + ' | questions |',
            '|' + '---|' * (len(keys) + 2)]
   for lang, row in result.language_metrics().items():
-    lines.append(f'| {lang} | ' + ' | '.join(_fmt(row[k], k) for k in keys) +
+    lines.append(f'| {lang} | ' + ' | '.join(format_metric(row[k], k) for k in keys) +
                  f' | {row["num_questions"]} |')
   m = result.metrics()
-  lines.append('| macro | ' + ' | '.join(_fmt(m[k], k) for k in keys) + f' | {result.num_questions} |')
+  lines.append('| macro | ' + ' | '.join(format_metric(m[k], k) for k in keys) + f' | {result.num_questions} |')
   return '\n'.join(lines)
 
 
