@@ -3,7 +3,7 @@
   python benchmarks/bench_data.py --triples 1e5,1e6,1e7 [--langs en,de,es] [--batch 100]
       [--steps 200] [--dir /tmp/bench_data] [--keep]
 
-For each size it writes synthetic mMARCO files (hybrid_ir.data.mmarco.write_synthetic: per
+For each size it writes synthetic mMARCO files (benchmarks/synthetic_mmarco.py: per
 language a collection and training queries, one id triples file; ~50 triples per query, ~4.5
 per passage, queries ~6 and passages ~55 words drawn from real text of that language in
 ../shared/data/bitext), then measures, each in a fresh process:
@@ -167,7 +167,7 @@ def main():
     print(json.dumps(fn(args)))
     return
 
-  from hybrid_ir.data import mmarco  # pylint: disable=g-import-not-at-top
+  import synthetic_mmarco  # pylint: disable=g-import-not-at-top  (next to this script)
   print(f'# {cpu_model()}, {os.cpu_count()} cores', flush=True)
   langs = tuple(args.langs.split(','))
   words = None
@@ -185,7 +185,7 @@ def main():
       source = json.loads(marker.read_text())['source']
     else:
       shutil.rmtree(root, ignore_errors=True)
-      source = mmarco.write_synthetic(root / 'raw', size, langs=langs, words=words)
+      source = synthetic_mmarco.write_synthetic(root / 'raw', size, langs=langs, words=words)
       marker.write_text(json.dumps({'langs': list(langs), 'source': source}))
     generate_s = time.time() - t
     raw = sum(p.stat().st_size for p in (root / 'raw').rglob('*') if p.is_file())

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from hybrid_ir import data
-from hybrid_ir.data import mmarco
 from hybrid_ir.data import squad
 from hybrid_ir.data import store as store_lib
+
+import synthetic_mmarco  # tests/synthetic_mmarco.py
 
 
 _NAMES = itertools.count()
@@ -245,7 +246,7 @@ def test_mmarco_bad_lines_are_named_or_skipped_within_the_budget(tmp_path):
 
 
 def test_mmarco_synthetic_rows_are_aligned_across_languages(tmp_path):
-  cfg = mmarco.write_synthetic(tmp_path / 'syn', 3000, langs=('en', 'de'))
+  cfg = synthetic_mmarco.write_synthetic(tmp_path / 'syn', 3000, langs=('en', 'de'))
   store = data.open_store(dict(cfg, name='syn'), tmp_path / 'stores', workers=2)
   for g in range(0, store.num_groups, 7):
     qid, pid = store.group_ids([g])[0].split(':')

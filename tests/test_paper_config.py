@@ -9,7 +9,8 @@ import pathlib
 import pytest
 
 from hybrid_ir import input_pipeline, prepare, sampler, train
-from hybrid_ir.data import mmarco
+
+import synthetic_mmarco  # tests/synthetic_mmarco.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def fixture_dir(tmp_path_factory, shared_data):
   for lang in module.LANGS:
     os.symlink(shared_data / 'xquad-r' / f'{lang}.json', squad_mt / f'{lang}.json')
   mm = next(s for s in config.input.sources if s['kind'] == 'mmarco')
-  syn = mmarco.write_synthetic(root / 'syn', 20_000, langs=tuple(module.MMARCO_LANGS))
+  syn = synthetic_mmarco.write_synthetic(root / 'syn', 20_000, langs=tuple(module.MMARCO_LANGS))
   # Put the synthetic files where the config looks for mMARCO's own file names.
   for field in ('collections', 'queries'):
     for lang, path in mm[field].items():
