@@ -539,6 +539,7 @@ def test_languages_v2_grid_runs_in_the_order_that_answers_most_when_stopped():
     assert tuple(config.input.sources[0]["langs"]) == grids.train_langs(
         grids.parse(r.config_arg({})))
     assert config.evals.to_dict().keys() == {"mlqa-r"}
+    assert config.checkpoint.every == 50  # a killed run resumes from its last 50-step mark
   # The other direction is optional, after the whole XQuAD-R grid: k = 2, 4, 7 on one seed.
   both = experiments.runs("languages_v2")
   assert both[:len(grid)] == grid

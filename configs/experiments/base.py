@@ -42,7 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        temperature=float(a.get("temp", 0.05)),
                        temperature_lr=float(a.get("temp_lr", 0.0)))
   c.grad_cache_chunks = int(a.get("chunks", 0))
-  c.checkpoint = dict(every=a["steps"], keep=1, async_save=True)
+  # Every 50 steps too: a run killed on a shared machine (e.g. out of memory) resumes from there,
+  # bit-exact, instead of from step 0; one kept, so no more disk.
+  c.checkpoint = dict(every=min(a["steps"], 50), keep=1, async_save=True)
   c.input = dict(batch_size=a["batch"], seed=a["seed"], prefetch=2, store_dir=common.STORE_DIR,
                  packing=bool(a.get("pack", 0)),
                  too_few="error", type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=a["mixed"]),
