@@ -11,13 +11,14 @@ whose `run(params)` yields (`{name}/{metric}`, value) and keeps `result` (`to_js
       (on checkpoints) share.
   types(evals) -> {name: type}: what eval.py records next to each result, so the report knows
       which results it can tabulate (the LAReQA ones) without guessing from their fields.
+  markdown_table(header, rows): the markdown of a result's `table()`.
 
 Recommended for: any code that runs a config's evaluators. Related: `hybrid_ir.evaluators.stats`
 (paired tests on the per-query values), `hybrid_ir.report`.
 """
 import importlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 # type -> module. A new benchmark: a module with `Evaluator`, and one line here.
@@ -58,3 +59,11 @@ def run(built: Mapping[str, Any], params) -> Iterator[tuple[str, Any, dict[str, 
     metrics = dict(evaluator.run(params))
     metrics[f"{name}/eval_seconds"] = time.time() - t0
     yield name, evaluator, metrics
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table: the header row, the separator, then `rows` (cells formatted with str;
+  an empty cell is written `| |`). For the `table()` of an evaluator's result."""
+  def line(cells):
+    return "".join(f"| {c} " if str(c) else "| " for c in cells) + "|"
+  return "\n".join([line(header), "|---" * len(header) + "|", *map(line, rows)])

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from hybrid_ir import evaluators
 from hybrid_ir import retrieval
 from hybrid_ir.data import miracl as miracl_data
 from hybrid_ir.data import text_files
@@ -50,9 +51,10 @@ class MiraclResult:
   def table(self, label: str | None = None) -> str:
     """Markdown: one row (named `label`, e.g. the model and checkpoint)."""
     m = self.metrics()
-    return (f'| {self.name} | nDCG@10 | Recall@100 | judged queries | documents |\n|---|---|---|---|---|\n'
-            f'|{f" {label} " if label else " "}| {m["ndcg@10"]:.3f} | {m["recall@100"]:.3f} | {m["num_judged"]} | '
-            f'{m["num_documents"]} |')
+    return evaluators.markdown_table(
+        [self.name, 'nDCG@10', 'Recall@100', 'judged queries', 'documents'],
+        [[label or '', f'{m["ndcg@10"]:.3f}', f'{m["recall@100"]:.3f}', m['num_judged'],
+          m['num_documents']]])
 
   def to_json(self) -> dict:
     nan_none = lambda x: [None if v != v else float(v) for v in x]  # noqa: E731

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from hybrid_ir import evaluators
 from hybrid_ir.data import lareqa as lareqa_data
 
 PredictFn = Callable[[Any, list[str], str], np.ndarray]
@@ -46,9 +47,9 @@ class ParallelResult:
 
   def table(self, label: str | None = None) -> str:
     m = self.metrics()
-    return (f"| {self.name} | squared distance of parallel queries | questions | language pairs |"
-            f"\n|---|---|---|---|\n| {label or ''} | {m['sq_dist']:.4f} | {m['num_questions']} | "
-            f"{len(self.pair_sq_dist)} |")
+    return evaluators.markdown_table(
+        [self.name, "squared distance of parallel queries", "questions", "language pairs"],
+        [[label or "", f"{m['sq_dist']:.4f}", m["num_questions"], len(self.pair_sq_dist)]])
 
 
 def pair_distances(emb: np.ndarray, ids: Sequence[str], lang: np.ndarray,
