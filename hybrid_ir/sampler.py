@@ -112,9 +112,9 @@ def make_source(name: str, store: store_lib.Store, cfg: Mapping[str, Any], offse
   `languages` (the input config's, if any) further restricts every source's languages.
   """
   langs = list(cfg.get('langs') or store.langs)
-  unknown = [l for l in langs if l not in store.langs]
-  if unknown:
-    raise ValueError(f'input: source {name!r}: languages {unknown} are not in its data; '
+  if not set(langs) <= set(store.langs):
+    raise ValueError(f'input: source {name!r}: languages '
+                     f'{[l for l in langs if l not in store.langs]} are not in its data; '
                      f'available: {list(store.langs)}')
   if languages:
     langs = [l for l in langs if l in languages]

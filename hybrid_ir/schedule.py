@@ -99,14 +99,8 @@ def make_spec(config: Any, sources: Sequence[SourceSpec]) -> ScheduleSpec:
   probs = tuple(float(raw_probs.get(t, 0.0)) for t in BATCH_TYPES)
   if any(p < 0 for p in probs) or not np.isclose(sum(probs), 1.0):
     raise ValueError(f'schedule: type_probs must be >= 0 and sum to 1, got {raw_probs}')
-  mono_sampling = str(config.get('mono_lang_sampling', 'uniform'))
-  if mono_sampling not in ('uniform', 'size'):
-    raise ValueError("schedule: mono_lang_sampling must be 'uniform' or 'size', "
-                     f'got {mono_sampling!r}')
-  cross_pairs = str(config.get('cross_pairs', 'per_example'))
-  if cross_pairs not in ('per_example', 'per_batch'):
-    raise ValueError("schedule: cross_pairs must be 'per_example' or 'per_batch', "
-                     f'got {cross_pairs!r}')
+  mono_sampling = _choice(config, 'mono_lang_sampling', ('uniform', 'size'))
+  cross_pairs = _choice(config, 'cross_pairs', ('per_example', 'per_batch'))
   temps = {k: float(config.get(k, 1.0)) for k in ('source_temperature', 'lang_temperature')}
   for k, t in temps.items():
     if t <= 0:
@@ -128,6 +122,16 @@ def make_spec(config: Any, sources: Sequence[SourceSpec]) -> ScheduleSpec:
       batch_size=batch_size, sources=tuple(sources), type_probs=probs,
       source_temperature=temps['source_temperature'], mono_lang_sampling=mono_sampling,
       lang_temperature=temps['lang_temperature'], cross_pairs=cross_pairs)
+
+
+def _choice(config: Any, key: str, options: Sequence[str]) -> str:
+  """config[key] (default: the first option); ValueError naming the key, the options and the
+  value when it is not one of `options`."""
+  value = str(config.get(key, options[0]))
+  if value not in options:
+    raise ValueError(f'schedule: {key} must be ' + ' or '.join(map(repr, options))
+                     + f', got {value!r}')
+  return value
 
 
 def _usable(source: SourceSpec, batch_type: str) -> bool:
