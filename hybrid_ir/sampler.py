@@ -45,7 +45,7 @@ def _crc(*parts: Any) -> int:
   return zlib.crc32('|'.join(map(str, parts)).encode('utf-8'))
 
 
-def _mix(x: int) -> int:
+def _splitmix64(x: int) -> int:
   """splitmix64's finaliser: a 64-bit bijection whose output bits all depend on every input bit."""
   x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
   x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
@@ -65,12 +65,12 @@ def index_shuffle(index: int, size: int, seed: int, rounds: int = 4) -> int:
   bits = max(2, (size - 1).bit_length())
   half = (bits + 1) // 2
   mask = (1 << half) - 1
-  key = _mix(seed & _M64)
+  key = _splitmix64(seed & _M64)
   x = index
   while True:
     left, right = x >> half, x & mask
     for r in range(rounds):
-      left, right = right, left ^ (_mix(key ^ (right << 8) ^ r) & mask)
+      left, right = right, left ^ (_splitmix64(key ^ (right << 8) ^ r) & mask)
     x = (left << half) | right
     if x < size:
       return x

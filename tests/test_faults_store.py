@@ -146,17 +146,6 @@ def test_stores_folder_at_the_data_folder_deletes_nothing(tmp_path):
   assert {k: v for k, v in snapshot(data_dir).items() if k in before} == before
 
 
-def test_prepare_binary_usage_and_help(tmp_path):
-  out = subprocess.run([sys.executable, '-m', 'hybrid_ir.prepare', '--overwrite'], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode != 0 and '--config is required' in out.stderr
-  assert 'AttributeError' not in out.stderr and 'Traceback' not in out.stderr
-  out = subprocess.run([sys.executable, '-m', 'hybrid_ir.prepare', '--help'], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0
-  assert '<input.store_dir>/<name>-<fingerprint>' in out.stdout + out.stderr
-
-
 # --- 2: half-written stores ---
 
 def test_half_written_stores_of_dead_writers_are_removed_and_others_named(tmp_path, caplog):
