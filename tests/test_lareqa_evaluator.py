@@ -247,3 +247,10 @@ def test_real_layout_matches_independent_reference(shared_data, name, langs):
   assert got['rank_distance'] == pytest.approx(per_lang(rdist), rel=1e-6)
   assert got['num_excluded'] == sum(int((d.relevant_by_lang[:, y] < 0).sum()) for y in range(nl))
   assert 0.02 < got['mul_map'] < 0.98 and got['rank_distance'] > 100  # non-degenerate
+
+
+@pytest.mark.parametrize('value, key, text', [
+    (0.41949, 'mo_map', '0.419'), (6514.46, 'rank_distance', '6514.5'), (float('nan'), 'mo_map', '—'),
+    (None, 'rank_distance', '—')])
+def test_format_metric_rounds_as_the_tables_print(value, key, text):
+  assert ev.format_metric(value, key) == text

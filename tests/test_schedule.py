@@ -116,8 +116,10 @@ def test_type_restricted_to_sources_that_can_make_it():
     ({'batch_size': 0}, 'batch_size'),
     ({'batch_size': 4, 'type_probs': {'mono': 0.5, 'cross': 0.6}}, 'sum to 1'),
     ({'batch_size': 4, 'type_probs': {'hybrid': 1.0}}, 'unknown batch types'),
-    ({'batch_size': 4, 'cross_pairs': 'sometimes'}, 'cross_pairs'),
-    ({'batch_size': 4, 'mono_lang_sampling': 'zipf'}, 'mono_lang_sampling'),
+    ({'batch_size': 4, 'cross_pairs': 'sometimes'},
+     "^schedule: cross_pairs must be 'per_example' or 'per_batch', got 'sometimes'$"),
+    ({'batch_size': 4, 'mono_lang_sampling': 'zipf'},
+     "^schedule: mono_lang_sampling must be 'uniform' or 'size', got 'zipf'$"),
     ({'batch_size': 4, 'source_temperature': 0}, 'source_temperature'),
 ])
 def test_bad_config_raises(config, match):
