@@ -75,6 +75,18 @@ def test_the_package_has_no_import_cycle():
       visit(m)
 
 
+BINARIES = {f"hybrid_ir.{b}" for b in ("train", "eval", "experiments", "search", "export",
+                                       "prepare", "mine")}
+
+
+def test_no_library_module_imports_a_binary():
+  modules = _modules()
+  assert BINARIES <= set(modules)
+  bad = {m: sorted(_imports(m, p, modules) & BINARIES) for m, p in modules.items()
+         if m not in BINARIES}
+  assert {m: b for m, b in bad.items() if b} == {}
+
+
 def test_the_library_never_imports_the_repositorys_configs():
   for name, path in _modules().items():
     for node in ast.walk(ast.parse(path.read_text())):
