@@ -83,3 +83,17 @@ def test_read_texts_jsonl_gz_and_tsv(tmp_path):
     text_files.read_texts(tmp_path / 'e.tsv', 'queries')
   with pytest.raises(FileNotFoundError, match='queries file not found'):
     text_files.read_texts(tmp_path / 'none.tsv', 'queries')
+
+
+def test_a_gzipped_jsonl_source_reads_as_the_plain_one(tmp_path):
+  from hybrid_ir import data  # pylint: disable=g-import-not-at-top
+  lines = ''.join(json.dumps({'group_id': f'g{g}', 'lang': l, 'query': f'q{g}{l}',
+                              'positive': f'p{g}{l}'}) + '\n' for g in range(3) for l in ('en', 'de'))
+  _write(tmp_path / 'r.jsonl', lines)
+  _write(tmp_path / 'r.jsonl.gz', lines)
+  stores = [data.open_store(dict(name=f's{i}', kind='jsonl', paths=[str(tmp_path / name)]),
+                            tmp_path / 'stores', workers=1)
+            for i, name in enumerate(('r.jsonl', 'r.jsonl.gz'))]
+  for lang in ('en', 'de'):
+    assert stores[0].texts(lang, range(6)) == stores[1].texts(lang, range(6))
+  assert stores[0].num_groups == stores[1].num_groups == 3

@@ -10,9 +10,9 @@ positive_id: optional id of the positive passage, shared by its translations. Pa
 normalised text, plus the positives of one group. A (group_id, lang) may appear on several
 lines only with the same query and positive; their negatives are pooled.
 
-Source config: `paths` (a file or list of files); `max_bad_lines` (0): malformed lines (bad
-JSON, invalid UTF-8, a bad field) to skip, counted in the store's meta, before one is an error
-naming file:line. Blank lines are skipped and counted. `min_lang_share` (0.01): a language in
+Source config: `paths` (a file or list of files, gzipped when named `.gz`); `max_bad_lines` (0):
+malformed lines (bad JSON, invalid UTF-8, a bad field) to skip, counted in the store's meta,
+before one is an error naming file:line. Blank lines are skipped and counted. `min_lang_share` (0.01): a language in
 fewer than this share of the records is taken for a typo ("dee") and is an error naming its
 lines; 0 accepts any. For tens of millions of records use the mmarco layout, which prepares with numpy;
 this reader holds the records in memory while it prepares.
@@ -79,7 +79,7 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
   items = {}  # (group, lang) -> [query, positive, positive_id, negatives, where]
   lang_lines = collections.defaultdict(list)  # lang -> where its records are
   for path in _paths(cfg):
-    with open(path, 'rb') as f:
+    with text_files.open_bytes(path) as f:
       for lineno, raw in enumerate(f, 1):
         where = f'{path}:{lineno}'
         if not raw.strip():

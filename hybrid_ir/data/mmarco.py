@@ -22,7 +22,6 @@ Preparation is parallel: the triples file is parsed in chunks by a process pool 
 their own. Memory at preparation is ~50 bytes per triple; at training, ~4 bytes per triple
 (the negative rows, memory-mapped).
 """
-import gzip
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -31,14 +30,11 @@ from typing import Any
 import numpy as np
 
 from hybrid_ir.data import store as store_lib
+from hybrid_ir.data import text_files
 
 CHUNK_BYTES = 64 << 20
 _ALLOWED = np.zeros(256, bool)
 _ALLOWED[list(b'0123456789\t\n\r')] = True
-
-
-def _open(path: str, mode: str = 'rb'):
-  return gzip.open(path, mode) if str(path).endswith('.gz') else open(path, mode)
 
 
 def inputs(cfg: Any) -> list[str]:
@@ -72,7 +68,7 @@ def _check(cfg: Any) -> None:
 
 def _chunks(path: str) -> Iterator[bytes]:
   """The file in ~CHUNK_BYTES pieces that end at a line end (a final newline is added)."""
-  with _open(path) as f:
+  with text_files.open_bytes(path) as f:
     rest = b''
     while True:
       block = f.read(CHUNK_BYTES)
@@ -140,7 +136,7 @@ def read_triples(path: str, workers: int, max_bad_lines: int = 0) -> tuple[np.nd
     if len(bad_lines) > max_bad_lines:
       break
   if len(bad_lines) > max_bad_lines:
-    with _open(path, 'rt') as f:
+    with text_files.open_text(path) as f:
       for lineno, line in enumerate(f, 1):
         if lineno == bad_lines[0]:
           raise ValueError(f'{path}:{lineno}: expected qid<TAB>positive pid<TAB>negative pid '
@@ -181,7 +177,7 @@ def _read_texts(path: str, ids: np.ndarray, records: np.ndarray, offset: int, wr
     block_texts.clear()
     block_lines.clear()
 
-  with _open(path, 'rt') as f:
+  with text_files.open_text(path) as f:
     for lineno, line in enumerate(f, 1):
       line = line.rstrip('\r\n')
       id_str, sep, text = line.partition('\t')
