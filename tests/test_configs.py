@@ -54,7 +54,13 @@ def test_overrides_set_dotted_keys_and_name_a_misspelt_one(monkeypatch):
   monkeypatch.chdir(REPO)
   config = config_flags.load_config_file("configs/demo.py", {"checkpoint.every": 7,
                                                              "total_steps": 9})
+  plain = config_flags.load_config_file("configs/demo.py")
   assert (config.checkpoint.every, config.total_steps) == (7, 9)
+  assert (plain.checkpoint.every, plain.total_steps) != (7, 9)
+  # Nothing but the two keys changes.
+  a, b = (config_flags.flatten(c.to_dict()) for c in (plain, config))
+  assert sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) == [
+      "checkpoint.every", "total_steps"]
   with pytest.raises(KeyError, match="--config.checkpoint has no field 'evry'"):
     config_flags.load_config_file("configs/demo.py", {"checkpoint.evry": 7})
 
