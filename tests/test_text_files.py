@@ -97,3 +97,11 @@ def test_a_gzipped_jsonl_source_reads_as_the_plain_one(tmp_path):
   for lang in ('en', 'de'):
     assert stores[0].texts(lang, range(6)) == stores[1].texts(lang, range(6))
   assert stores[0].num_groups == stores[1].num_groups == 3
+
+
+def test_raw_lines_run_through_the_files_in_turn_blank_lines_included(tmp_path):
+  _write(tmp_path / 'a.tsv.gz', 'x\n\nb\xe9\n')
+  (tmp_path / 'b.tsv').write_bytes(b'\xff\n')
+  got = list(text_files.raw_lines([tmp_path / 'a.tsv.gz', str(tmp_path / 'b.tsv')]))
+  assert got == [(f'{tmp_path}/a.tsv.gz:1', 1, b'x\n'), (f'{tmp_path}/a.tsv.gz:2', 2, b'\n'),
+                 (f'{tmp_path}/a.tsv.gz:3', 3, 'bé\n'.encode()), (f'{tmp_path}/b.tsv:1', 1, b'\xff\n')]

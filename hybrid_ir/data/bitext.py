@@ -73,20 +73,17 @@ def settings(cfg: Any) -> dict[str, Any]:
 def _rows_bitext(cfg: Any, counts: collections.Counter):
   """Yields (id, lang, text) from the TSV files, checking every line."""
   max_bad, bad = int(cfg.get('max_bad_lines', 0)), 0
-  for path in inputs(cfg):
-    with text_files.open_bytes(path) as f:
-      for lineno, raw in enumerate(f, 1):
-        where = f'{path}:{lineno}'
-        try:
-          fields = _fields(raw, where, header=lineno == 1)
-        except _BadLine:
-          bad += 1
-          counts['bad lines (skipped)'] += 1
-          if bad > max_bad:
-            raise
-          continue
-        if lineno > 1:
-          yield (*fields, where)
+  for where, lineno, raw in text_files.raw_lines(inputs(cfg)):
+    try:
+      fields = _fields(raw, where, header=lineno == 1)
+    except _BadLine:
+      bad += 1
+      counts['bad lines (skipped)'] += 1
+      if bad > max_bad:
+        raise
+      continue
+    if lineno > 1:
+      yield (*fields, where)
 
 
 class _BadLine(ValueError):

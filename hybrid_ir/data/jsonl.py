@@ -78,22 +78,19 @@ def prepare(cfg: Any, builder: store_lib.Builder, workers: int) -> store_lib.Sto
   bad = []
   items = {}  # (group, lang) -> [query, positive, positive_id, negatives, where]
   lang_lines = collections.defaultdict(list)  # lang -> where its records are
-  for path in _paths(cfg):
-    with text_files.open_bytes(path) as f:
-      for lineno, raw in enumerate(f, 1):
-        where = f'{path}:{lineno}'
-        if not raw.strip():
-          counts['blank lines (skipped)'] += 1
-          continue
-        try:
-          r = parse_record(text_files.json_line(text_files.decode_line(raw, where), where), where)
-        except ValueError:
-          bad.append(where)
-          if len(bad) > max_bad:
-            raise
-          continue
-        add_record(items, lang_lines, r, where)
-        counts['records'] += 1
+  for where, _, raw in text_files.raw_lines(_paths(cfg)):
+    if not raw.strip():
+      counts['blank lines (skipped)'] += 1
+      continue
+    try:
+      r = parse_record(text_files.json_line(text_files.decode_line(raw, where), where), where)
+    except ValueError:
+      bad.append(where)
+      if len(bad) > max_bad:
+        raise
+      continue
+    add_record(items, lang_lines, r, where)
+    counts['records'] += 1
   if not items:
     raise ValueError(f'source {cfg.get("name")!r}: no records in {_paths(cfg)}')
   counts['bad lines (skipped)'] = len(bad)

@@ -5,6 +5,7 @@ same way: `file:line: what is wrong` and the offending value. A file named `*.gz
 
   open_text(path) / open_bytes(path)   a file, gzip by its name
   lines(path)                          (path, line number, line) of the non-blank lines
+  raw_lines(paths)                     ('file:line', line number, bytes) of every line
   decode_line(raw, where)              a raw line as UTF-8, or ValueError naming the byte
   json_line(line, where)               one JSONL line, or ValueError naming the column
   load_json(path)                      a whole JSON file, or ValueError naming the line
@@ -17,7 +18,7 @@ Use it for: any new source kind or binary that reads text files. Related: `hybri
 `hybrid_ir.search` (whose corpus and queries are `read_texts`' formats); `store.file_digest`
 (a file's sha256).
 """
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 import dataclasses
 import gzip
 import json
@@ -38,6 +39,16 @@ def open_bytes(path: str | os.PathLike):
   decode each line themselves, to count a bad line instead of failing on it)."""
   path = str(path)
   return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def raw_lines(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, bytes]]:
+  """('file:line', 1-based line number, the line's bytes) of every line of each file in turn,
+  blank ones included: for readers that decode each line themselves (`decode_line`), to count a
+  bad line against a skip budget instead of failing on it."""
+  for path in paths:
+    with open_bytes(path) as f:
+      for n, raw in enumerate(f, 1):
+        yield f'{path}:{n}', n, raw
 
 
 def lines(path: str | os.PathLike) -> Iterator[tuple[pathlib.Path, int, str]]:
