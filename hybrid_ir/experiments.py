@@ -135,6 +135,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   """
   from hybrid_ir import checkpoint
   from hybrid_ir import eval as eval_lib
+  from hybrid_ir import run_dir
   from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
   args = {**common, **run.args}  # a run's own args win (recipe6's steps, strategies' mono/cross)
@@ -163,7 +164,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
     train_lib.train(config, workdir)
     # train() also returns after a SIGTERM/Ctrl-C, with a checkpoint short of the last step:
     # summarising that one would report a partly trained run as the run.
-    finished = checkpoint.read_finished(workdir)
+    finished = run_dir.read_finished(workdir)
     if not finished or finished["step"] != config.total_steps:
       raise Interrupted(f"{run.name}: training stopped at step "
                         f"{checkpoint.latest_finished_step(workdir)} of {config.total_steps} "

@@ -168,12 +168,20 @@ class Pipeline:
     _LIVE_PIPELINES.add(self)
 
   def _make_dataset(self, prefetch: int) -> tf.data.Dataset:
-    sampler, local, k = self.sampler, self.local_batch_size, self.num_negatives
+    local, k = self.local_batch_size, self.num_negatives
+    process_index, process_count = self.process_index, self.process_count
+    # What the dataset's Python functions use, reached only through this dict: TensorFlow keeps
+    # those functions registered after the dataset is gone, so `close` empties it, and a closed
+    # pipeline holds no sampler, stores or tokenizer (a process that trains run after run, such
+    # as the experiment runner, would otherwise keep every run's model and texts).
+    live = self._live = {'sampler': self.sampler, 'sources': self.sampler.sources,
+                         'tokenize': self._tokenize_fn}
 
     def generate():
-      while True:
+      while live:
+        sampler = live['sampler']
         glob = sampler.next_batch()
-        batch = sampler_lib.host_slice(glob, self.process_index, self.process_count)
+        batch = sampler_lib.host_slice(glob, process_index, process_count)
         yield {'step': batch['step'], 'batch_type': batch['batch_type'],
                'fingerprint': sampler_lib.batch_fingerprint(glob),
                'source': batch['source'], 'query_lang': np.array(batch['query_lang']),
@@ -199,12 +207,13 @@ class Pipeline:
     extra = [('group', tf.int32, local), ('identity', tf.int32, local)]
     if k:
       extra += [('negative_identity', tf.int32, local * k), ('negative_valid', tf.bool, local * k)]
-    sources, tokenize_fn = self.sampler.sources, self._tokenize_fn
     failures = self._store_failures
 
     def read_and_tokenize(source, q_lang, p_lang, group, epoch):
+      if not live:
+        raise RuntimeError('the input pipeline was closed')
       try:
-        src = sources[source.decode('utf-8')]
+        src, tokenize_fn = live['sources'][source.decode('utf-8')], live['tokenize']
         texts = read_slice(src, {'query_lang': [l.decode() for l in q_lang],
                                  'passage_lang': [l.decode() for l in p_lang],
                                  'group': group, 'epoch': epoch}, k)
@@ -262,8 +271,10 @@ class Pipeline:
     return batch
 
   def close(self) -> None:
-    """Stops the background tf.data work; the pipeline yields no more batches."""
+    """Stops the background tf.data work and lets go of the sampler, stores and tokenizer; the
+    pipeline yields no more batches."""
     self._iterator = None
+    self._live.clear()
     _LIVE_PIPELINES.discard(self)
 
   def get_state(self) -> dict[str, Any]:
