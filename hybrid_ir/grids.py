@@ -33,17 +33,16 @@ Related: `hybrid_ir.experiments` (runs a grid), `hybrid_ir.report` (tables from 
 import dataclasses
 import hashlib
 
+from hybrid_ir import models
 from hybrid_ir.data import lareqa
 
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
                 symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense",
                 pack=0)
-# Short model names of the arg -> `model_config.name` (the presets are configs/common.model).
-MODELS = {"use-m3": "bundled:use-m3", "e5-small": "bundled:e5-small"}
+# Short model names of the arg -> `model_config.name`, from the models registry's presets.
+MODELS = {short: preset["name"] for short, preset in models.PRESETS.items()}
 SIZES = ("full", "mini")
-EXPERIMENTS = ("strategies", "ratio", "languages", "recipe", "ingredients", "table",
-               "languages_v2")
 # The recipe's ablation, cumulative: each row adds one ingredient to the row before it.
 RECIPE = (("base", {}), ("negatives", dict(negatives=3)), ("bitext", dict(bitext="lohelp+bible")),
           ("symmetric", dict(symmetric=1)), ("learn_temp", dict(learn_temp=1)),
@@ -90,7 +89,6 @@ def train_langs(a: dict) -> tuple[str, ...]:
   (USE-m3: el, hi, vi), since fine-tuning on them would teach a tokenizer it never learnt."""
   available = lareqa.LANGS[a["train"]]
   if a["langs"] == "all":
-    from hybrid_ir import models  # jax + flax: only when the table is needed
     uncovered = models.UNCOVERED_LANGS.get(MODELS[a["model"]], ())
     return tuple(l for l in available if l not in uncovered)
   langs = tuple(a["langs"].split("+"))
@@ -188,6 +186,67 @@ def with_seeds(grid: list[Run], seeds=(0,)) -> list[Run]:
   return out
 
 
+def _strategies(directions) -> list[Run]:
+  out = []
+  for train in directions:
+    out.append(Run(f"{train}-pretrained", dict(train=train), pretrained=True))
+    out += [Run(f"{train}-{s}", dict(train=train, **_mix(*p))) for s, p in STRATEGIES.items()]
+  return out
+
+
+def _ratio(directions) -> list[Run]:
+  out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+  out += [Run(f"alpha{a:g}", dict(train="xquad-r", curve=10, **_mix(a, 1 - a)))
+          for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
+  out += [Run(f"mixed{m:g}", dict(train="xquad-r", curve=10,
+                                  **_mix((1 - m) / 2, (1 - m) / 2, m)))
+          for m in (0.5, 1.0)]
+  return out
+
+
+def _languages(directions) -> list[Run]:
+  # Nested subsets, English first; one language cannot make X-Y batches, so it trains mono.
+  subsets = {1: "en", 2: "en+de", 4: "en+de+ar+zh", "all": "all"}
+  out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+  for n, langs in subsets.items():
+    mix = _mix(1.0, 0.0) if n == 1 else _mix(0.5, 0.5)
+    out.append(Run(f"langs{n}", dict(train="xquad-r", langs=langs, **mix)))
+  return out
+
+
+def _recipe(directions) -> list[Run]:
+  out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+  args = dict(train="xquad-r", **_mix(0.5, 0.5))
+  for i, (ingredient, change) in enumerate(RECIPE, 1):
+    args = dict(args, **change)
+    out.append(Run(f"recipe{i}-{ingredient}", dict(args)))
+  return out
+
+
+def _ingredients(directions) -> list[Run]:
+  base = dict(train="xquad-r", **_mix(0.5, 0.5))
+  out = [Run("pretrained", dict(train="xquad-r"), pretrained=True), Run("base", base)]
+  return out + [Run(ingredient, dict(base, **change)) for ingredient, change in INGREDIENTS]
+
+
+def _table(directions) -> list[Run]:
+  out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
+  return out + [Run(f"table-{mode}", dict(train="xquad-r", table=mode, **_mix(0.5, 0.5)))
+                for mode in ("dense", "lazy", "frozen")]
+
+
+def _languages_v2(directions) -> list[Run]:
+  return [r for train in ("xquad-r", "mlqa-r") if train in directions
+          for r in _scaling_runs(train)]
+
+
+# Experiment name -> the function that builds its grid (one per experiment, as `runs` lists).
+_GRIDS = {"strategies": _strategies, "ratio": _ratio, "languages": _languages,
+          "recipe": _recipe, "ingredients": _ingredients, "table": _table,
+          "languages_v2": _languages_v2}
+EXPERIMENTS = tuple(_GRIDS)
+
+
 def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
   """The grid of experiment `name` (one of EXPERIMENTS), in the order its report lists runs.
 
@@ -210,44 +269,7 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
               'mlqa-r' in `directions`, then the same on MLQA-R (k = 2, 4, 7; one seed),
               evaluated on XQuAD-R. Order: `_scaling_runs`.
   """
-  if name == "strategies":
-    out = []
-    for train in directions:
-      out.append(Run(f"{train}-pretrained", dict(train=train), pretrained=True))
-      out += [Run(f"{train}-{s}", dict(train=train, **_mix(*p))) for s, p in STRATEGIES.items()]
-    return out
-  if name == "ratio":
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
-    out += [Run(f"alpha{a:g}", dict(train="xquad-r", curve=10, **_mix(a, 1 - a)))
-            for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    out += [Run(f"mixed{m:g}", dict(train="xquad-r", curve=10,
-                                    **_mix((1 - m) / 2, (1 - m) / 2, m)))
-            for m in (0.5, 1.0)]
-    return out
-  if name == "languages":
-    # Nested subsets, English first; one language cannot make X-Y batches, so it trains mono.
-    subsets = {1: "en", 2: "en+de", 4: "en+de+ar+zh", "all": "all"}
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
-    for n, langs in subsets.items():
-      mix = _mix(1.0, 0.0) if n == 1 else _mix(0.5, 0.5)
-      out.append(Run(f"langs{n}", dict(train="xquad-r", langs=langs, **mix)))
-    return out
-  if name == "recipe":
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
-    args = dict(train="xquad-r", **_mix(0.5, 0.5))
-    for i, (ingredient, change) in enumerate(RECIPE, 1):
-      args = dict(args, **change)
-      out.append(Run(f"recipe{i}-{ingredient}", dict(args)))
-    return out
-  if name == "ingredients":
-    base = dict(train="xquad-r", **_mix(0.5, 0.5))
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True), Run("base", base)]
-    return out + [Run(ingredient, dict(base, **change)) for ingredient, change in INGREDIENTS]
-  if name == "table":
-    out = [Run("pretrained", dict(train="xquad-r"), pretrained=True)]
-    return out + [Run(f"table-{mode}", dict(train="xquad-r", table=mode, **_mix(0.5, 0.5)))
-                  for mode in ("dense", "lazy", "frozen")]
-  if name == "languages_v2":
-    return [r for train in ("xquad-r", "mlqa-r") if train in directions
-            for r in _scaling_runs(train)]
-  raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+  if name not in _GRIDS:
+    raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+  return _GRIDS[name](directions)
+

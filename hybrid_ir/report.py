@@ -35,6 +35,7 @@ import sys
 import numpy as np
 
 from hybrid_ir import grids
+from hybrid_ir import run_dir
 from hybrid_ir.evaluators import lareqa
 from hybrid_ir.evaluators import stats
 
@@ -79,10 +80,7 @@ def compact(details: dict) -> dict:
 
 def loss_curve(workdir: pathlib.Path) -> list[dict]:
   """Training loss (overall and per batch type) per logged step, from metrics.jsonl."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  rows = run_dir.read_metrics(workdir)
   return [{k: v for k, v in r.items() if k == "step" or k.startswith("train/loss")} for r in rows
           if "train/loss" in r]
 
@@ -90,10 +88,7 @@ def loss_curve(workdir: pathlib.Path) -> list[dict]:
 def parallel_curve(workdir: pathlib.Path) -> list[dict]:
   """The parallel-query distance measured during training ({'step', 'sq_dist'}; see
   hybrid_ir.evaluators.parallel), from metrics.jsonl; [] when the run measured none."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  rows = run_dir.read_metrics(workdir)
   return [{"step": r["step"], "sq_dist": r["parallel/sq_dist"]} for r in rows
           if "parallel/sq_dist" in r]
 
@@ -126,10 +121,6 @@ def _ci(values: np.ndarray, langs: np.ndarray) -> tuple[float, float]:
   return low, high
 
 
-def _fmt(x: float, key: str) -> str:
-  return "—" if x is None or x != x else (f"{x:.1f}" if key == "rank_distance" else f"{x:.3f}")
-
-
 def _paired(vec: dict, base: dict, k: str, where: np.ndarray | None = None,
             p_value: bool = True, seed_sd: float | None = None) -> str:
   """'Δ [95% CI] p=…' of metric `k`, run minus baseline, paired by query over the queries both
@@ -156,10 +147,10 @@ def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) 
     vec = _vectors(ds)
     cells = []
     for k in METRICS:
-      cell = _fmt(ds["metrics"][k], k)
+      cell = lareqa.format_metric(ds["metrics"][k], k)
       if k in TESTED and not np.all(np.isnan(vec[k])):
         low, high = _ci(vec[k], vec["lang"])
-        cell += f" [{_fmt(low, k)}, {_fmt(high, k)}]"
+        cell += f" [{lareqa.format_metric(low, k)}, {lareqa.format_metric(high, k)}]"
       cells.append(cell)
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   if baseline is None or baseline not in runs:
@@ -187,7 +178,7 @@ def _seed_groups(runs: dict[str, dict]) -> dict[str, list[str]]:
   return out
 
 
-def _seed_matrix(runs: dict[str, dict], names: list[str], dataset: str, k: str
+def _seed_values(runs: dict[str, dict], names: list[str], dataset: str, k: str
                  ) -> tuple[np.ndarray, np.ndarray]:
   """[seeds, queries] values of metric k, and the query languages."""
   vecs = [_vectors(runs[n]["datasets"][dataset]) for n in names]
@@ -205,8 +196,8 @@ def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = (
   def cells(names, base_names=None):
     out = []
     for k in TESTED:
-      a, lang = _seed_matrix(runs, names, dataset, k)
-      b = None if base_names is None else _seed_matrix(runs, base_names, dataset, k)[0]
+      a, lang = _seed_values(runs, names, dataset, k)
+      b = None if base_names is None else _seed_values(runs, base_names, dataset, k)[0]
       ok = ~np.isnan(a).any(0) & (np.ones(a.shape[1], bool) if b is None else ~np.isnan(b).any(0))
       if not ok.any():
         out.append("—")
@@ -214,8 +205,8 @@ def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = (
       r = stats.seed_bootstrap(a[:, ok], None if b is None else b[:, ok], strata=lang[ok],
                                n_resamples=N_RESAMPLES)
       if b is None:
-        out.append(f"{_fmt(r.mean, k)} ± {_fmt(r.seed_sd, k)} [{_fmt(r.ci_low, k)}, "
-                   f"{_fmt(r.ci_high, k)}]")
+        out.append(f"{lareqa.format_metric(r.mean, k)} ± {lareqa.format_metric(r.seed_sd, k)} [{lareqa.format_metric(r.ci_low, k)}, "
+                   f"{lareqa.format_metric(r.ci_high, k)}]")
       else:
         d = 1 if k == "rank_distance" else 3
         out.append(f"{r.mean:+.{d}f} [{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}] p={r.p_value:.3g}")
@@ -284,7 +275,7 @@ def seed_widened_table(runs: dict[str, dict], dataset: str, pairs: Sequence[tupl
   seeds are allowed to differ as much as the source's seeds did."""
   sd, n_seeds = seed_sd_of(source, dataset)
   lines = [f"One seed per run; 95% CIs and p widened by the training-seed sd of `{source}` "
-           f"({n_seeds} seeds: " + ", ".join(f"{HEADERS[k]} {_fmt(sd[k], k)}" for k in TESTED)
+           f"({n_seeds} seeds: " + ", ".join(f"{HEADERS[k]} {lareqa.format_metric(sd[k], k)}" for k in TESTED)
            + "; Var = Var over queries + 2 sd², normal approximation):", "",
            "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
            "|---|" + "---|" * len(TESTED)]
@@ -317,7 +308,7 @@ def versus_table(before: dict[str, dict], after: dict[str, dict], dataset: str) 
     old, new = before[name]["datasets"][dataset], after[name]["datasets"][dataset]
     vo, vn = _vectors(old), _vectors(new)
     lines.append(f"| {name} | " + " | ".join(
-        f"{_fmt(old['metrics'][k], k)} → {_fmt(new['metrics'][k], k)}, {_paired(vn, vo, k)}"
+        f"{lareqa.format_metric(old['metrics'][k], k)} → {lareqa.format_metric(new['metrics'][k], k)}, {_paired(vn, vo, k)}"
         for k in TESTED) + " |")
   return "\n".join(lines)
 
@@ -330,9 +321,7 @@ def write_versus(before_dir: pathlib.Path, after_dir: pathlib.Path) -> str:
            f"language, sign-flip randomisation p; {N_RESAMPLES} resamples).", ""]
   for dataset in sorted({d for r in after.values() for d in r["datasets"]}):
     parts += [f"## Evaluated on {dataset}", "", versus_table(before, after, dataset), ""]
-  text = "\n".join(parts)
-  (after_dir / "versus.md").write_text(text)
-  return text
+  return _write_markdown(after_dir / "versus.md", parts)
 
 
 def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None = None) -> str:
@@ -356,7 +345,7 @@ def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None 
         if not ok.any():
           cells.append("—")
           continue
-        cell = _fmt(stats.macro_mean(vec[k][ok], vec["lang"][ok]), k)
+        cell = lareqa.format_metric(stats.macro_mean(vec[k][ok], vec["lang"][ok]), k)
         if base is not None and name != baseline:
           cell += f" ({_paired(vec, base, k, where=group, p_value=False)})"
         cells.append(cell)
@@ -711,8 +700,8 @@ def _est(e: Estimate | None, k: str, signed: bool = False) -> str:
     d = 1 if k == "rank_distance" else 3
     return (f"{e.value:+.{d}f} [{e.low:+.{d}f}, {e.high:+.{d}f}]"
             + (f" p={e.p:.3g}" if e.p is not None else ""))
-  sd = f" ± {_fmt(e.sd, k)}" if e.sd is not None else ""
-  return f"{_fmt(e.value, k)}{sd} [{_fmt(e.low, k)}, {_fmt(e.high, k)}]"
+  sd = f" ± {lareqa.format_metric(e.sd, k)}" if e.sd is not None else ""
+  return f"{lareqa.format_metric(e.value, k)}{sd} [{lareqa.format_metric(e.low, k)}, {lareqa.format_metric(e.high, k)}]"
 
 
 def _verdict(e: Estimate, metric: str, baseline: str) -> str:
@@ -747,7 +736,7 @@ def scaling_markdown(a: ScalingAnalysis, runs: dict[str, dict], png: str | None)
     seed = r["args"].get("seed", grids.DEFAULTS["seed"])  # saved args hold what the run set
     lines.append(f"| {n} | {STRATEGY_NAMES[_strategy_of(n, r['args'])]} | "
                  f"{len(r['train_langs'])} | {'+'.join(r['train_langs'])} | {seed} | "
-                 f"{r['args']['steps']} | " + " | ".join(_fmt(m[k], k) for k in TESTED) + " |")
+                 f"{r['args']['steps']} | " + " | ".join(lareqa.format_metric(m[k], k) for k in TESTED) + " |")
   lines += ["", "### Every cell: mean ± sd over its runs [95% CI]", "",
             "| strategy | k | runs | " + " | ".join(HEADERS[k] for k in TESTED) + " |",
             "|---|---|---|" + "---|" * len(TESTED)]
@@ -862,14 +851,19 @@ def write_scaling_report(directory: pathlib.Path, n_resamples: int = N_RESAMPLES
     png = directory / f"scaling_{dataset}.png"
     plot_scaling(a, png)
     parts.append(scaling_markdown(a, runs, png.name))
-  text = "\n".join(parts)
-  (directory / "report.md").write_text(text)
-  return text
+  return _write_markdown(directory / "report.md", parts)
 
 
 # ------------------------------------------------------------------------------------------------
 # Reports.
 # ------------------------------------------------------------------------------------------------
+
+def _write_markdown(path: pathlib.Path, parts: list[str]) -> str:
+  """Writes the report's lines to `path`; returns the markdown."""
+  text = "\n".join(parts)
+  path.write_text(text)
+  return text
+
 
 def load_runs(directory: pathlib.Path) -> dict[str, dict]:
   paths = sorted(directory.glob("*.json"))
@@ -966,9 +960,7 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
       plot_metric_vs([k for k, _ in ordered], [group[n] for _, n in ordered], dataset,
                      "number of training languages", png)
       parts += [f"![languages]({png.name})", ""]
-  text = "\n".join(parts)
-  (directory / "report.md").write_text(text)
-  return text
+  return _write_markdown(directory / "report.md", parts)
 
 
 def _datasets_of(path: pathlib.Path) -> dict[str, dict]:

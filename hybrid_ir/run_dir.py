@@ -204,6 +204,16 @@ def resumable_metrics(path: epath.Path, start: int) -> tuple[list[str], list[str
   return kept, notes
 
 
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The rows of `<workdir>/metrics.jsonl` ([] without one), a torn last line left out. For
+  readers of a run (the report); related: `MetricWriter`, `resumable_metrics`."""
+  path = epath.Path(workdir) / METRICS
+  if not path.exists():
+    return []
+  kept, _ = resumable_metrics(path, start=2**62)
+  return [json.loads(line) for line in kept]
+
+
 class MetricWriter:
   """JSONL + TensorBoard, written by process 0 only.
 

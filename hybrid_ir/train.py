@@ -51,7 +51,6 @@ import sys
 import time
 from typing import Any, Callable, NamedTuple
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -403,8 +402,7 @@ def _native_stderr_to(path: str | None):
 def main(argv) -> None:
   del argv
   f = flags.FLAGS
-  if not f.workdir:
-    raise app.UsageError("--workdir is required")
+  config_flags.require("workdir")
   sharding.maybe_initialize_distributed(**sharding.distributed_args_from_flags())
   _BINARY.update(allow_config_change=tuple(f.allow_config_change), exits_after=True)
   train(f.config, f.workdir)  # errors: one line on the console (config_flags.run)

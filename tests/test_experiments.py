@@ -267,11 +267,10 @@ def test_per_query_vectors_macro_average_to_the_reported_metrics(shared_data, la
     assert stats.macro_mean(vectors[k], vectors["lang"]) == pytest.approx(metrics[k], rel=1e-9), k
 
 
-def test_grid_model_names_are_the_config_presets(monkeypatch):
-  monkeypatch.syspath_prepend(str(REPO))
-  from configs import common
-  for short, name in grids.MODELS.items():
-    assert common.model(short).name == name
+def test_grid_models_are_the_registry_presets_and_all_means_the_covered_languages():
+  assert grids.parse("model=e5-small")["model"] == "e5-small"
+  with pytest.raises(ValueError, match=r"model='xlmr'; known: \('e5-small', 'use-m3'\)"):
+    grids.parse("model=xlmr")
   # What 'all' means is decided in the library, so the report needs no config file.
   assert "el" not in grids.train_langs(grids.parse("model=use-m3,langs=all"))
   assert len(grids.train_langs(grids.parse("model=e5-small,langs=all"))) == 11
