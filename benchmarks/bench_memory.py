@@ -41,7 +41,8 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# The checkout whose code a child imports: this one, or --repo's (set by the parent).
+sys.path.insert(0, os.environ.get("BENCH_MEMORY_REPO", str(REPO)))
 from hybrid_ir.hardware import cpu_model  # noqa: E402
 
 GIB = 2**30
@@ -166,7 +167,8 @@ def suite(log: str | None) -> None:
   """make test's pytest run, with each module's peak RSS per worker recorded."""
   with tempfile.TemporaryDirectory(prefix="bench_memory_suite_") as tmp:
     record = pathlib.Path(tmp) / "modules.jsonl"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-n", "2", "--dist", "loadfile"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-n", "2", "--dist", "loadfile",
+           "-rf"]
     t = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, HYBRID_IR_TEST_MEMORY=str(record)),
                           capture_output=True, text=True)
@@ -182,6 +184,7 @@ def suite(log: str | None) -> None:
     mine = [r for r in rows if r["worker"] == w]
     lines.append(f"| {w} | {len(mine)} | {max(r['peak'] for r in mine):.2f} | "
                  f"{mine[-1]['rss']:.2f} |")
+  lines += [l for l in proc.stdout.splitlines() if l.startswith("FAILED")]
   lines += ["", "| largest module peaks | worker | peak RSS (GiB) |", "|---|---|---|"]
   for r in sorted(rows, key=lambda r: -r["peak"])[:8]:
     lines.append(f"| {r['module']} | {r['worker']} | {r['peak']:.2f} |")
@@ -218,7 +221,7 @@ def main(argv=None) -> None:
 
   repo = pathlib.Path(a.repo).resolve()
   sides = a.sides.split(",")
-  env = dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, PYTHONPATH=str(repo), BENCH_MEMORY_REPO=str(repo), TF_CPP_MIN_LOG_LEVEL="3")
   me = [sys.executable, str(pathlib.Path(__file__).resolve())]
   shape = ["--batch", str(a.batch), "--q_len", str(a.q_len), "--p_len", str(a.p_len),
            "--steps", str(a.steps)]
@@ -238,8 +241,7 @@ def main(argv=None) -> None:
           dict(os.environ, PYTHONPATH=str(REPO)))
     if "bare" in sides:
       peaks["bare (our jitted step alone)"], out = run_child(
-          [sys.executable, str(repo / "benchmarks" / "bench_memory.py"), "--child", "bare",
-           *shape], repo, env)
+          [*me, "--child", "bare", *shape], repo, env)
       stats = json.loads(out.strip().splitlines()[-1]).get("device")
       if stats:
         lines.append(f"bare step, jax.devices()[0].memory_stats(): {stats}")
