@@ -138,10 +138,12 @@ def child_bare(batch: int, q_len: int, p_len: int, steps: int) -> None:
   step = train.make_train_step(encoder, config, mesh)
   state = step.init(encoder.params)
   encoder.params = None  # as the trainer: the state holds the weights
+  update = step.update.lower(state, global_batch).compile()
+  temp = update.memory_analysis().temp_size_in_bytes / GIB  # XLA's scratch buffers for a step
   for _ in range(steps):
-    state, m = step.update(state, global_batch)
+    state, m = update(state, global_batch)
   loss = float(jax.device_get(m["loss"]))
-  print(json.dumps({"loss": loss, "peak_gib": peak_rss(),
+  print(json.dumps({"loss": loss, "peak_gib": peak_rss(), "xla_temp_gib": temp,
                     "device": jax.devices()[0].memory_stats()}))
 
 
@@ -242,7 +244,9 @@ def main(argv=None) -> None:
     if "bare" in sides:
       peaks["bare (our jitted step alone)"], out = run_child(
           [*me, "--child", "bare", *shape], repo, env)
-      stats = json.loads(out.strip().splitlines()[-1]).get("device")
+      bare = json.loads(out.strip().splitlines()[-1])
+      lines.append(f"bare step: XLA temp {bare['xla_temp_gib']:.3f} GiB, loss {bare['loss']:.6f}")
+      stats = bare.get("device")
       if stats:
         lines.append(f"bare step, jax.devices()[0].memory_stats(): {stats}")
     phases = []

@@ -298,3 +298,25 @@ def test_lareqa_training_source(shared_data, tmp_path):
     b = next(p)
     assert b['query']['input_ids'].shape[0] == 32 and len(set(b['identity'])) == 32
   p.close()
+
+
+def test_a_closed_pipeline_lets_go_of_its_tokenizer_and_stores(tmp_path):
+  """TensorFlow keeps a dataset's Python functions registered after the dataset is gone; a
+  closed pipeline must not keep the model's tokenizer (and with it the model) or the stores
+  alive through them, or a process that trains run after run grows with every run."""
+  import gc
+  import weakref
+
+  class Tokenizer:  # stands for a model whose bound method tokenizes
+    def tokenize(self, texts, kind):
+      return toy_tokenize(texts, kind)
+
+  tokenizer = Tokenizer()
+  sources = {'g': make_source(tmp_path, 'g', 60)}
+  pipeline = input_pipeline.Pipeline(sources, _config(), tokenizer.tokenize)
+  _collect(pipeline, 3)
+  alive = weakref.ref(tokenizer), weakref.ref(sources['g'].store)
+  pipeline.close()
+  del tokenizer, sources, pipeline
+  gc.collect()
+  assert [ref() is None for ref in alive] == [True, True]
