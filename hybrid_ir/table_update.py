@@ -19,8 +19,8 @@ norms to float rounding). Under lazy the gradient, its global norm and the clip 
 untouched row's gradient is zero). The update is not: dense AdamW keeps moving a row after its
 last touch (its first moment decays but is not zero) and decays every row's weights each step;
 lazy leaves untouched rows and their moments as they are. With no weight decay and the same rows
-touched every step the two are equal (tests/test_table_update.py); on real data the README
-measures the mAP effect.
+touched every step the two are equal (tests/test_table_update.py); on real data
+benchmarks/README.md measures the mAP effect.
 """
 from typing import Any, Callable, Sequence
 
