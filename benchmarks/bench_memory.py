@@ -144,7 +144,7 @@ def child_bare(batch: int, q_len: int, p_len: int, steps: int) -> None:
     state, m = update(state, global_batch)
   loss = float(jax.device_get(m["loss"]))
   print(json.dumps({"loss": loss, "peak_gib": peak_rss(), "xla_temp_gib": temp,
-                    "device": jax.devices()[0].memory_stats()}))
+                    "device": jax.local_devices()[0].memory_stats()}))
 
 
 # ------------------------------------------------------------------------------------------------

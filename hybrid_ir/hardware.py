@@ -56,7 +56,7 @@ def log_memory(phase: str) -> dict[str, float]:
   import jax  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   mem = host_memory()
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     mem["device_peak"] = stats["peak_bytes_in_use"] / 2**30
   logging.info("memory %s: %s", phase, " ".join(f"{k} {v:.2f} GiB" for k, v in mem.items()))
