@@ -131,6 +131,15 @@ def step_dir(workdir, step) -> pathlib.Path:
   return pathlib.Path(checkpoint.checkpoint_dir(workdir)) / str(step)
 
 
+def start_trainer(workdir, config=CONFIG, *flags):
+  """The train binary in the background: 1000 steps with only the first checkpointed (Orbax
+  saves the first step), unless `flags` say otherwise; its output in proc.stdout."""
+  flags = flags or ("--config.total_steps=1000", "--config.checkpoint.every=1000")
+  return subprocess.Popen(
+      [sys.executable, "-m", "hybrid_ir.train", f"--config={config}", f"--workdir={workdir}",
+       *flags], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def wait_for(condition, proc, what, timeout=300):
   t = time.time()
   while not condition():
@@ -235,10 +244,7 @@ def test_eval_binary_once_names_the_damaged_step_and_evaluates_the_good_one(run)
 # ------------------------------------------------------------------------------------------------
 
 def test_sigterm_exits_zero_soon_after_a_final_checkpoint(tmp_path):
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "hybrid_ir.train", f"--config={CONFIG}", f"--workdir={tmp_path}",
-       "--config.total_steps=1000", "--config.checkpoint.every=1000"],
-      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = start_trainer(tmp_path)
   try:
     wait_for(lambda: checkpoint.latest_finished_step(tmp_path) is not None, proc,
              "the trainer's first checkpoint")  # Orbax saves the first step
@@ -473,10 +479,7 @@ def metric_steps(workdir) -> list[int]:
 
 
 def test_a_second_trainer_refuses_the_workdir_and_the_first_goes_on(tmp_path):
-  first = subprocess.Popen(
-      [sys.executable, "-m", "hybrid_ir.train", f"--config={CONFIG}", f"--workdir={tmp_path}",
-       "--config.total_steps=1000", "--config.checkpoint.every=1000"],
-      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  first = start_trainer(tmp_path)
   try:
     wait_for(lambda: checkpoint.latest_finished_step(tmp_path) is not None, first,
              "the first trainer's first checkpoint")
@@ -522,10 +525,7 @@ def test_a_stale_lease_is_taken_over_with_a_message(run, capsys):
 
 def test_sigterm_during_an_evaluation_abandons_it_and_saves_that_step(tmp_path):
   # Evaluate at step 7, which is no checkpoint step (every 5): the signal must save it.
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "hybrid_ir.train", f"--config={CONFIG}:long_eval",
-       f"--workdir={tmp_path}", "--config.eval_every=7"],
-      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = start_trainer(tmp_path, f"{CONFIG}:long_eval", "--config.eval_every=7")
   try:
     wait_for(lambda: (tmp_path / "metrics.jsonl").exists() and 7 in metric_steps(tmp_path), proc,
              "step 7's metrics")
