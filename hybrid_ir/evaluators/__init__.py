@@ -23,7 +23,8 @@ from typing import Any
 
 # type -> module. A new benchmark: a module with `Evaluator`, and one line here.
 TYPES = {"lareqa": "hybrid_ir.evaluators.lareqa", "miracl": "hybrid_ir.evaluators.miracl",
-         "parallel": "hybrid_ir.evaluators.parallel"}
+         "parallel": "hybrid_ir.evaluators.parallel",
+         "validation": "hybrid_ir.evaluators.validation"}
 
 
 def module(kind: str, where: str = "type"):
