@@ -24,9 +24,18 @@ What a reader gets instead of a restored step:
                           and `eval.py` fall back to the newest good step (`restore_latest`).
 Also here: `corrupt_checkpoints/` (steps the trainer moved aside, never deleted). The rest of the
 run directory (lease, metrics, log, finished marker) is `hybrid_ir.run_dir`'s.
+
+Keeping the best step: `make_manager(keep_best=<metric>)` keeps, besides the latest `max_to_keep`
+steps, the saved step with the best value of a metric handed to `save(metrics=...)` (e.g. a
+validation loss, measured at that step before it is saved), chosen by `hybrid_ir.selection`
+(ties: the earliest step), so that the experiment runner finds the checkpoint it selects from
+metrics.jsonl. Orbax stores a step's metrics in the step (`<step>/metrics`), so a resumed run
+still knows the best step saved before it.
 """
 import contextlib
+import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+
+from hybrid_ir import selection
 
 STATE_ITEMS = ("params", "train_state", "data", "config", "integrity")
 QUARANTINE = "corrupt_checkpoints"
@@ -118,20 +129,61 @@ def _json_sha256(obj: Any) -> str:
 # Save.
 # ------------------------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class KeepBest:
+  """Orbax preservation policy: preserves the step `selection.best_step` picks among the saved
+  steps whose metrics (`save(metrics=...)`) hold `metric`, and no other. Combined with Orbax's
+  LatestN in `make_manager`, which keeps the latest steps whatever their metric."""
+  metric: str
+  mode: str
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    rows = [dict(c.metrics, step=c.step) for c in checkpoints
+            if c.metrics and self.metric in c.metrics]
+    if not rows:
+      return [False] * len(checkpoints)
+    try:
+      best = selection.best_step(rows, self.metric, self.mode).step
+    except ValueError as e:  # every value NaN: no best step; the latest ones are kept regardless
+      logging.warning("checkpoint keep_best: %s", e)
+      return [False] * len(checkpoints)
+    return [c.step == best for c in checkpoints]
+
+
+def _metric_value(metric: str, metrics: dict) -> float:
+  return float(metrics.get(metric, float("nan")))
+
+
 def make_manager(workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
                  save_interval_steps: int = 1, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False, keep_best: str | None = None,
+                 best_mode: str | None = None) -> ocp.CheckpointManager:
   """CheckpointManager for `<workdir>/checkpoints`.
 
   Inputs: max_to_keep (None keeps all), save_interval_steps (`save` is a no-op in between unless
   forced), async_save (writes in a background thread; call `manager.wait_until_finished()` before
   saying a step is saved, or exiting), read_only (for the eval binary: never creates, deletes or
   writes).
+  keep_best: a metric name (e.g. 'validation/loss'); the step with its best value among the
+  steps saved with it (`save(metrics={keep_best: value, ...})`) is kept too, besides the latest
+  max_to_keep, which are never deleted for it. Steps saved without it are kept only while they
+  are among the latest. best_mode: 'min' or 'max' (default `selection.direction(keep_best)`).
   """
+  keep = dict(max_to_keep=max_to_keep)
+  if keep_best and not read_only:
+    mode = best_mode or selection.direction(keep_best)
+    if mode not in selection.MODES:
+      raise ValueError(f"best_mode={mode!r}; expected one of {selection.MODES}")
+    managers = ocp.checkpoint_managers
+    # The policy decides what is kept; best_fn is set because Orbax writes a step's metrics
+    # (and reads them back on a resume) only when it is.
+    keep = dict(preservation_policy=managers.AnyPreservationPolicy(
+                    [managers.LatestN(n=max_to_keep), KeepBest(keep_best, mode)]),
+                best_fn=functools.partial(_metric_value, keep_best), best_mode=mode)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-      enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
-      cleanup_tmp_directories=not read_only)
+      save_interval_steps=save_interval_steps, enable_async_checkpointing=async_save,
+      read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only, **keep)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=STATE_ITEMS)
 
@@ -144,18 +196,25 @@ def config_to_json(config: Any) -> dict:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict[str, Any],
-         data_state: dict[str, Any], config: Any, *, force: bool = False) -> bool:
+         data_state: dict[str, Any], config: Any, *, force: bool = False,
+         metrics: dict[str, float] | None = None) -> bool:
   """Saves (asynchronously if the manager is async) when the interval says so or `force`.
 
   Inputs: state, a dict with at least 'params' (plus e.g. opt_state, step) of jax arrays;
-  data_state, a JSON-able dict; config, a ConfigDict or JSON-able dict. Returns whether a save
-  started; it is final once `manager.wait_until_finished()` returns. Related: `restore`,
-  `restore_params`.
+  data_state, a JSON-able dict; config, a ConfigDict or JSON-able dict; metrics, {name: number}
+  measured on this step's params (its evaluations), which a `make_manager(keep_best=...)`
+  manager keeps the best step by (others ignore them). Returns whether a save started; it is
+  final once `manager.wait_until_finished()` returns. Related: `restore`, `restore_params`.
   """
   if "params" not in state:
     raise ValueError(f"checkpoint.save: state needs a 'params' entry; got keys {sorted(state)}")
   if not (force or manager.should_save(step)):
     return False
+  if metrics is not None:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+    if bad:
+      raise ValueError(f"checkpoint.save: step {step}'s metrics must be numbers; got {bad}")
+    metrics = {k: float(v) for k, v in metrics.items()}
   rest = {k: v for k, v in state.items() if k != "params"}
   config_json = config_to_json(config)
   integrity = {"version": 1, "params": fingerprint(state["params"]),
@@ -166,7 +225,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict[str, Any],
       train_state=ocp.args.StandardSave(rest),
       data=ocp.args.JsonSave(data_state),
       config=ocp.args.JsonSave(config_json),
-      integrity=ocp.args.JsonSave(integrity)), force=force)
+      integrity=ocp.args.JsonSave(integrity)), force=force, metrics=metrics)
 
 
 class DiskFullError(CheckpointError):

@@ -82,6 +82,57 @@ def test_keep_n_and_interval(tmp_path):
   mngr.close()
 
 
+def test_keep_best_keeps_the_best_validation_step_and_always_the_latest(tmp_path):
+  mesh = sharding.make_mesh({"data": 8})
+  state = make_state(mesh)
+  # A validation loss that falls to its minimum at step 3 (tied at step 5) and rises after it.
+  losses = {1: 3.0, 2: 2.0, 3: 1.0, 4: 1.5, 5: 1.0, 6: 2.5}
+  mngr = checkpoint.make_manager(tmp_path, max_to_keep=1, keep_best="validation/loss",
+                                 async_save=False)
+  kept = []
+  for step, loss in losses.items():
+    checkpoint.save(mngr, step, state, {"step": step}, {},
+                    metrics={"validation/loss": loss, "validation/mo_map": 0.5})
+    kept.append(checkpoint.finished_steps(tmp_path))
+  # The latest is never deleted for the best, even when its loss is the worst so far; ties go
+  # to the earliest step, as `selection.best_step` picks.
+  assert kept == [[1], [2], [3], [3, 4], [3, 5], [3, 6]]
+  # A step saved without metrics (a save forced by a signal) is kept only while it is the latest.
+  checkpoint.save(mngr, 7, state, {"step": 7}, {}, force=True)
+  checkpoint.save(mngr, 8, state, {"step": 8}, {}, metrics={"validation/loss": 9.0})
+  assert checkpoint.finished_steps(tmp_path) == [3, 8]
+  mngr.close()
+  # A resumed run reads the saved steps' metrics back: step 3 stays the best.
+  mngr = checkpoint.make_manager(tmp_path, max_to_keep=1, keep_best="validation/loss",
+                                 async_save=False)
+  checkpoint.save(mngr, 9, state, {"step": 9}, {}, metrics={"validation/loss": 1.2})
+  assert checkpoint.finished_steps(tmp_path) == [3, 9]
+  checkpoint.save(mngr, 10, state, {"step": 10}, {}, metrics={"validation/loss": 0.5})
+  assert checkpoint.finished_steps(tmp_path) == [10]
+  mngr.close()
+  # The kept steps restore as any other (the metrics item is no part of the state).
+  restored = checkpoint.restore_params(tmp_path, 10, checkpoint.abstract(state["params"]))
+  assert_tree_equal(restored, state["params"])
+
+
+def test_keep_best_by_a_higher_is_better_metric_and_bad_metrics(tmp_path):
+  mesh = sharding.make_mesh({"data": 8})
+  state = make_state(mesh)
+  mngr = checkpoint.make_manager(tmp_path, max_to_keep=2, keep_best="validation/mo_map")
+  for step, value in enumerate([0.2, 0.6, 0.4, 0.5, 0.3], start=1):
+    checkpoint.save(mngr, step, state, {"step": step}, {}, metrics={"validation/mo_map": value})
+  mngr.wait_until_finished()
+  assert checkpoint.finished_steps(tmp_path) == [2, 4, 5]
+  with pytest.raises(ValueError, match=r"step 6's metrics must be numbers; got "
+                                       r"\{'validation/mo_map': 'high'\}"):
+    checkpoint.save(mngr, 6, state, {"step": 6}, {}, metrics={"validation/mo_map": "high"})
+  mngr.close()
+  with pytest.raises(ValueError, match=r"metric 'validation/num_questions': no known direction"):
+    checkpoint.make_manager(tmp_path / "b", keep_best="validation/num_questions")
+  with pytest.raises(ValueError, match=r"best_mode='best'; expected one of"):
+    checkpoint.make_manager(tmp_path / "b", keep_best="validation/loss", best_mode="best")
+
+
 def test_unfinished_step_is_never_read(tmp_path):
   mesh = sharding.make_mesh({"data": 8})
   state = make_state(mesh)
