@@ -10,6 +10,7 @@ DATA_DIR = os.environ.get(
 
 from hybrid_ir.data import DEFAULT_STORE_DIR as STORE_DIR  # noqa: E402  (prepared stores)
 from hybrid_ir.data.lareqa import LANGS as LAREQA_LANGS  # noqa: E402
+from hybrid_ir.lsar import DEFAULTS as LSAR_OFF  # noqa: E402
 from hybrid_ir.models import PRESETS as MODEL_PRESETS  # noqa: E402
 
 
@@ -28,7 +29,15 @@ SHAPES = {
 
 def model(name: str) -> ml_collections.ConfigDict:
   """Model presets. e5 was trained with lower-case 'query: '/'passage: ' prefixes; the paper's
-  prefixes are 'Query: '/'Passage: ' — set them in a config to follow the paper literally."""
+  prefixes are 'Query: '/'Passage: ' — set them in a config to follow the paper literally.
+  Each has `lsar` (language-subspace removal at encode time, `hybrid_ir.lsar`), off (rank 0):
+  e.g. --config.model.lsar.rank=2 --config.model.lsar.source=xquad-r."""
+  config = _model(name)
+  config.lsar = dict(LSAR_OFF)
+  return config
+
+
+def _model(name: str) -> ml_collections.ConfigDict:
   if name in MODEL_PRESETS:  # e5-small, use-m3: the models registry's own presets
     return ml_collections.ConfigDict(dict(MODEL_PRESETS[name]))
   if name == "mini":  # a tiny random BERT with the e5 tokenizer: smoke tests in seconds

@@ -215,11 +215,11 @@ def run(main, flag: str = "config") -> None:
 # Keys that may differ on resume without --allow_config_change: they change how a run is watched,
 # stored or laid out on devices, not what it computes (resume is exact on any mesh; GradCache
 # gives the plain gradients, packing the padded batch's embeddings; a store is checked against
-# its sources by hybrid_ir.data itself).
+# its sources by hybrid_ir.data itself; model.lsar acts at evaluation only, hybrid_ir.lsar).
 RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_batch_size", "cache_dir",
                     "peak_flops", "mesh", "grad_cache_chunks", "checkpoint.every",
                     "checkpoint.keep", "checkpoint.async_save", "input.prefetch",
-                    "input.store_dir", "input.prepare", "input.packing")
+                    "input.store_dir", "input.prepare", "input.packing", "model.lsar")
 
 # Keys added to the configs after checkpoints had been written without them, with the value that
 # an absent key meant then: a checkpoint saved before the key existed resumes under that value.

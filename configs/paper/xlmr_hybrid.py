@@ -57,7 +57,7 @@ def get_config(arg: str | None = None, model: str = "hf:FacebookAI/xlm-roberta-b
   c.mesh = dict(data=-1, fsdp=1)
   c.model = ml_collections.ConfigDict(dict(
       name=model, pooling=pooling, dtype="bfloat16", query_prefix="Query: ",
-      passage_prefix="Passage: ", buckets=(32, 64, 128, 256)))
+      passage_prefix="Passage: ", buckets=(32, 64, 128, 256), lsar=dict(common.LSAR_OFF)))
   c.optimizer = dict(lr=3e-5, weight_decay=0.01, warmup_steps=1000, decay="linear", grad_clip=1.0,
                      embedding_update="dense")
   c.loss = common.loss()

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hybrid_ir import lsar
 from hybrid_ir.models import tokenizers as tokenizers_lib
 
 POOLINGS = ("mean", "cls", "pooler")
@@ -193,8 +194,10 @@ class Encoder:
   Methods:
     tokenize(texts, kind) -> {'input_ids', 'attention_mask'} int32 numpy, padded to a bucket.
     tokenize_packed(texts, kind, row_multiple) -> a packed batch (where `packs`).
-    apply(params, batch) -> [B, D] L2-normalised float32 (pure, jit-able).
-    encode(params, texts, kind, batch_size=64, progress=True) -> np.ndarray [N, D] float32.
+    apply(params, batch, basis=None) -> [B, D] L2-normalised float32 (pure, jit-able).
+    encode(params, texts, kind, batch_size=64, progress=True, basis=None) -> [N, D] float32.
+    basis: None, or [D, r] orthonormal columns whose span is removed before the normalisation
+      (language-subspace removal, `hybrid_ir.lsar`).
     hidden(params, batch) -> model-specific raw outputs (for tests / parity checks).
   """
 
@@ -239,22 +242,28 @@ class Encoder:
                        "(input.packing); only the BERT / XLM-R family does")
     return self.tokenizer.pack(texts, kind, row_multiple, chunks)
 
-  def apply(self, params: dict, batch: dict) -> jax.Array:
-    """Pure: (params pytree, {'input_ids','attention_mask'}) -> [B, D] L2-normalised f32."""
-    return l2_normalize(self._embed_fn(self.module(params), batch))
+  def apply(self, params: dict, batch: dict, basis: jax.Array | None = None) -> jax.Array:
+    """Pure: (params pytree, {'input_ids','attention_mask'}) -> [B, D] L2-normalised f32.
+    basis [D, r]: that subspace is projected out first (`hybrid_ir.lsar.remove`); normalising
+    after it equals projecting the normalised vector and normalising again."""
+    x = self._embed_fn(self.module(params), batch)
+    if basis is not None:
+      x = lsar.remove(x.astype(jnp.float32), jnp.asarray(basis, jnp.float32))
+    return l2_normalize(x)
 
   def hidden(self, params: dict, batch: dict):
     """Raw model outputs (BERT: (hidden [B,T,H], pooled or None)), for parity tests."""
     return self.module(params)(batch["input_ids"], batch["attention_mask"])
 
   def encode(self, params: dict, texts: Sequence[str], kind: str, batch_size: int = 64,
-             progress: bool = True) -> np.ndarray:
+             progress: bool = True, basis: np.ndarray | None = None) -> np.ndarray:
     """Embeds `texts` -> float32 [N, D], rows in input order, L2-normalised.
 
     Texts are sorted by token length so each batch pads to the smallest of the tokenizer's
     `encode_buckets` it can, and every batch is padded to exactly `batch_size` rows so jit sees
     only len(encode_buckets) shapes.
     Recommended batch_size on our 2-core CPU: 32-64; on accelerators: 256+.
+    basis: an LSAR basis [D, r] (`apply`), applied inside the same jitted call.
     """
     import tqdm
     texts = list(texts)
@@ -269,7 +278,7 @@ class Encoder:
       idx = order[s:s + batch_size]
       length = self.tokenizer.bucket_for(len(ids[idx[-1]]), self.tokenizer.encode_buckets)
       batch = self.tokenizer.pad([ids[i] for i in idx], length, batch_size=batch_size)
-      out[idx] = np.asarray(self._jit_apply(params, batch))[:len(idx)]
+      out[idx] = np.asarray(self._jit_apply(params, batch, basis))[:len(idx)]
     return out
 
 
