@@ -30,7 +30,10 @@ Runs execute in this process; each prints the two commands that repeat it by han
   python -m hybrid_ir.train --config configs/experiments/base.py:<arg> --workdir <workdirs>/<run>
   python -m hybrid_ir.eval  --config configs/experiments/base.py:<arg> --workdir <workdirs>/<run> --once
 Its small summary (metrics, per-language rows, matrices, per-query vectors for paired tests, loss
-curve, wall time) goes to `<results>/<name>/<run>.json`; `python -m hybrid_ir.report <name>
+curve, wall time) goes to `<results>/<name>/<run>.json`; a run with a validation split
+(`--set validation=<points>`) also gets the best step's results by the held-out loss (`best`,
+`selection`, `validation_curve`; see `evaluate_selected`), the last step's staying the
+summary's own. `python -m hybrid_ir.report <name>
 --results <results>` turns those into tables and plots without rerunning anything. Finished runs
 are skipped on a rerun.
 """
@@ -155,12 +158,16 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   config = load_config(path, run.config_arg(common))
   t0 = time.time()
   cli = f"--config '{spec}' --workdir {workdir}"
+  selected = None
   if run.pretrained:
     print(f"+ python -m hybrid_ir.eval {cli} --pretrained", flush=True)
     eval_lib.run(config, workdir, pretrained=True)
     tag = "pretrained"
   else:
-    print(f"+ python -m hybrid_ir.train {cli}\n+ python -m hybrid_ir.eval {cli} --once", flush=True)
+    # With config.selection, eval without --once evaluates every kept checkpoint: the best step
+    # by the validation metric and the last one.
+    once = "" if config.get("selection") else " --once"
+    print(f"+ python -m hybrid_ir.train {cli}\n+ python -m hybrid_ir.eval {cli}{once}", flush=True)
     train_lib.train(config, workdir)
     # train() also returns after a SIGTERM/Ctrl-C, with a checkpoint short of the last step:
     # summarising that one would report a partly trained run as the run.
@@ -169,14 +176,62 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
       raise Interrupted(f"{run.name}: training stopped at step "
                         f"{checkpoint.latest_finished_step(workdir)} of {config.total_steps} "
                         f"(in {workdir}); no summary written. Rerun the same command to resume.")
-    tag = eval_lib.run(config, workdir, once=True)[-1]
+    if config.get("selection"):
+      selected = evaluate_selected(config, workdir, finished["step"], run.name)
+      tag = f"step_{finished['step']}"
+    else:
+      tag = eval_lib.run(config, workdir, once=True)[-1]
   summary = report.summarize_run(workdir, tag)
+  if selected is not None:
+    summary.update(selected)
   summary.update(run=run.name, experiment=name, config=spec, args=args,
                  wall_seconds=time.time() - t0,
                  hardware=hardware.describe())
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(summary))
   return out
+
+
+def evaluate_selected(config, workdir: pathlib.Path, last: int, run_name: str = "") -> dict:
+  """Evaluates the best step by `config.selection` ({metric, mode}; `hybrid_ir.selection` on
+  the run's metrics.jsonl) and the last step; returns the summary's part for them:
+    selection: {metric, mode, step (the best), value, last_step, curve [[step, value]]},
+    best: {tag, datasets (as `report.summarize_run`'s, of the best step)},
+    validation_curve: every metric of the selection metric's evaluator per evaluated step.
+  The last step's results are the summary's own (`report.summarize_run`). Both steps are
+  evaluated by eval.py's polling loop, which evaluates every kept checkpoint (the trainer keeps
+  the latest and the best: `checkpoint.make_manager(keep_best=...)`). Raises RuntimeError naming
+  the step when the best or last step has no checkpoint or no evaluation.
+  """
+  from hybrid_ir import checkpoint
+  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import run_dir
+  from hybrid_ir import selection
+  sel = config.selection
+  rows = run_dir.read_metrics(workdir)
+  best = selection.best_step(rows, sel.metric, sel.get("mode"))
+  kept = checkpoint.finished_steps(workdir)
+  missing = sorted({best.step, last} - set(kept))
+  if missing:
+    raise RuntimeError(
+        f"{run_name}: step(s) {missing} (best by {best.metric}: {best.step}, last: {last}) have "
+        f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} (kept: {kept}); the trainer "
+        f"keeps the best with checkpoint.make_manager(keep_best={best.metric!r})")
+  eval_lib.run(config, workdir, poll_seconds=0, max_idle_seconds=0)
+  for step in (best.step, last):
+    if not (workdir / "eval" / f"step_{step}.json").exists():
+      raise RuntimeError(f"{run_name}: checkpoint {step} could not be evaluated (see the eval "
+                         f"log in {workdir / 'eval'}); no summary written")
+  prefix = best.metric.rsplit("/", 1)[0] + "/"
+  curve = [{k: v for k, v in r.items() if k == "step" or (k.startswith(prefix) and
+                                                          not k.endswith("eval_seconds"))}
+           for r in rows if best.metric in r]
+  return {"selection": {"metric": best.metric, "mode": best.mode, "step": best.step,
+                        "value": best.value, "last_step": last,
+                        "curve": [list(p) for p in selection.curve(rows, best.metric)]},
+          "best": {"tag": f"step_{best.step}",
+                   "datasets": report.summarize_run(workdir, f"step_{best.step}")["datasets"]},
+          "validation_curve": curve}
 
 
 def main(argv) -> None:

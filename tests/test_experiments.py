@@ -546,3 +546,83 @@ def test_languages_v2_grid_runs_in_the_order_that_answers_most_when_stopped():
   assert {r.args["train"] for r in other} == {"mlqa-r"} and len(other) == 3 * 5
   assert [r.name for r in other[3:6]] == [f"mlqa-r-{s}-k7" for s in ("mono", "cross", "hybrid")]
   assert all(r.args.get("seed", 0) == 0 for r in other)
+
+
+@pytest.fixture
+def validation_arg(monkeypatch):
+  """The `validation` grid arg (default 0), until hybrid_ir.grids.DEFAULTS carries it."""
+  monkeypatch.setitem(grids.DEFAULTS, "validation", grids.DEFAULTS.get("validation", 0))
+
+
+def test_validation_holds_a_fold_of_the_training_set_out_and_off_changes_nothing(validation_arg):
+  from configs.experiments import base
+  plain, config = base.get_config("size=mini,steps=8"), base.get_config(
+      "size=mini,steps=8,validation=4")
+  source = config.input.sources[0]
+  assert "split" not in plain.input.sources[0] and plain.eval_every == 0 and "selection" not in plain
+  assert (source["split"], source["num_folds"], source["fold"]) == ("train", 5, 0)
+  v = config.evals.validation
+  # The evaluator's texts are the training source's held-out fold, never the evaluation set's.
+  assert v.type == "validation" and dict(v.source) == dict(source)
+  assert source["path"].endswith("xquad-r") and "xquad-r" not in config.evals
+  assert (v.batch_size, v.temperature) == (config.input.batch_size, config.loss.temperature)
+  assert (config.eval_every, list(config.train_evals), config.checkpoint.every) == (2, ["validation"], 2)
+  assert dict(config.selection) == {"metric": "validation/loss", "mode": "min"}
+  both = base.get_config("size=mini,steps=20,validation=2,curve=10")
+  assert (both.eval_every, list(both.train_evals)) == (2, ["parallel", "validation"])
+
+
+def test_a_validated_run_reports_its_best_and_its_last_checkpoint(tmp_path, validation_arg,
+                                                                  monkeypatch):
+  from hybrid_ir import run_dir
+  from hybrid_ir import selection
+  real = experiments.load_config
+
+  def keep_every_step(path, arg):
+    # Every evaluated step kept (keep=None) while train.py does not yet hand the validation
+    # metrics to the checkpoint manager (checkpoint.make_manager(keep_best=...)).
+    config = real(path, arg)
+    config.checkpoint.keep = None
+    return config
+
+  monkeypatch.setattr(experiments, "load_config", keep_every_step)
+  run = grids.Run("xquad-r-hybrid", dict(train="xquad-r", mono=0.5, cross=0.5, validation=2))
+  common = dict(MINI, steps=4)
+  out = experiments.execute("strategies", run, common, tmp_path / "results", tmp_path / "w")
+  summary = json.loads(out.read_text())
+  workdir = tmp_path / "w" / "strategies" / "use-m3_4_8_mini" / "xquad-r-hybrid"
+  rows = run_dir.read_metrics(workdir)
+  best = selection.best_step(rows, "validation/loss")
+  sel = summary["selection"]
+  assert (sel["step"], sel["metric"], sel["mode"], sel["last_step"]) == (
+      best.step, "validation/loss", "min", 4)
+  assert sel["value"] == best.value and [s for s, _ in sel["curve"]] == [2, 4]
+  assert [r["step"] for r in summary["validation_curve"]] == [2, 4]
+  assert {"validation/loss", "validation/mo_map", "validation/loss_cross"} <= set(
+      summary["validation_curve"][0])
+  # Both checkpoints evaluated on the evaluation set: the best under `best`, the last as the
+  # summary's own results (what the report tables read); the validation results stay out of them.
+  assert summary["tag"] == "step_4" and summary["best"]["tag"] == f"step_{best.step}"
+  assert list(summary["datasets"]) == ["mlqa-r"] and list(summary["best"]["datasets"]) == ["mlqa-r"]
+  for tag, datasets in (("step_4", summary["datasets"]),
+                        (f"step_{best.step}", summary["best"]["datasets"])):
+    ev = json.loads((workdir / "eval" / f"{tag}.json").read_text())
+    assert datasets["mlqa-r"]["metrics"] == ev["details"]["mlqa-r"]["metrics"]
+    assert ev["types"]["validation"] == "validation"
+  report.write_report("strategies", tmp_path / "results" / "strategies")
+
+
+def test_a_best_step_without_a_checkpoint_is_named(tmp_path, validation_arg):
+  from configs.experiments import base
+  from hybrid_ir import run_dir
+  config = base.get_config("size=mini,steps=4,validation=2")
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / run_dir.METRICS).write_text(
+      json.dumps({"step": 2, "validation/loss": 1.0}) + "\n"
+      + json.dumps({"step": 4, "validation/loss": 2.0}) + "\n")
+  with pytest.raises(RuntimeError, match=r"run: step\(s\) \[2, 4\] \(best by validation/loss: 2, "
+                                         r"last: 4\) have no checkpoint in .*checkpoints \(kept: "
+                                         r"\[\]\); the trainer keeps the best with "
+                                         r"checkpoint.make_manager\(keep_best='validation/loss'\)"):
+    experiments.evaluate_selected(config, workdir, 4, "run")

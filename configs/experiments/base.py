@@ -8,7 +8,10 @@ evaluation on the other. `python -m hybrid_ir.experiments <name>` runs a grid of
 
 The arg is comma-separated key=value pairs: model, train, mono/cross/mixed, langs, steps, batch,
 lr, seed, size; `hybrid_ir.grids` documents them and owns their parsing (the runner and the report
-read the same arg). USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
+read the same arg). validation=<points> holds a fold of the training set's articles out of
+training and measures it <points> times during training (`hybrid_ir.evaluators.validation`);
+the experiment runner then reports the best step by its loss as well as the last
+(`config.selection`). USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
 them out of training.
 """
 import ml_collections
@@ -21,6 +24,11 @@ from hybrid_ir.grids import DEFAULTS, parse, train_langs  # noqa: F401  (this co
 # ../shared/data/bitext: the languages of each file (its README).
 BITEXT_LANGS = {"lohelp": ("de", "el", "en", "es", "hi", "ru", "tr", "vi", "zh"),
                 "bible": ("ar", "de", "en", "es", "ru", "vi")}
+
+
+# The held-out fold of `validation`: a fifth of the training set's articles, the same for every
+# run, seed and batch mix, so their selected checkpoints are chosen on the same questions.
+VALIDATION_FOLD = dict(num_folds=5, fold=0, split_seed=0)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -65,10 +73,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = common.model("mini")
     c.eval_batch_size = 256
     c.evals = common.lareqa_evals(evaluate_on, langs=("de", "en", "zh"))
-  if int(a.get("curve", 0)):
+  curve, validation = int(a.get("curve", 0)), int(a.get("validation", 0))
+  if curve:
     # The convergence curve: parallel-query distance on held-out questions, during training.
-    c.eval_every = max(1, a["steps"] // int(a["curve"]))
     c.evals.parallel = dict(type="parallel", dataset=evaluate_on, data_dir=common.DATA_DIR,
                             langs=c.evals[evaluate_on].langs, max_questions=200)
-    c.train_evals = ["parallel"]
+  if validation:
+    # Model selection on held-out data (the paper stopped early on a validation loss): training
+    # leaves out one fold of whole articles of its LAReQA set, linked across languages, and the
+    # validation evaluator measures that fold (InfoNCE with the training temperature, LAReQA
+    # mAP) from the source config alone, never from the evaluation set.
+    c.input.sources[0].update(split="train", **VALIDATION_FOLD)
+    c.evals.validation = dict(type="validation", source=dict(c.input.sources[0]),
+                              batch_size=a["batch"], num_batches=8,
+                              temperature=c.loss.temperature, symmetric=c.loss.symmetric, seed=0)
+    # The step the experiment runner reports besides the last, and the checkpoint the trainer
+    # keeps for it (checkpoint.make_manager(keep_best=...)); every evaluated step is saved.
+    c.selection = dict(metric="validation/loss", mode="min")
+  points = max(curve, validation)
+  if points:
+    c.eval_every = max(1, a["steps"] // points)
+    c.train_evals = [n for n, on in (("parallel", curve), ("validation", validation)) if on]
+  if validation:
+    c.checkpoint.every = c.eval_every
   return c
