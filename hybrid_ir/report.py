@@ -37,6 +37,7 @@ import numpy as np
 from hybrid_ir import grids
 from hybrid_ir import run_dir
 from hybrid_ir.evaluators import lareqa
+from hybrid_ir.evaluators import markdown_table
 from hybrid_ir.evaluators import stats
 
 METRICS = ("mo_map", "cr_map", "mul_map", "mo_r1", "cr_r1", "mul_r10", "rank_distance")
@@ -47,6 +48,11 @@ HEADERS = {"mo_map": "Mo mAP", "cr_map": "Cr mAP", "mul_map": "Mul mAP", "mo_r1"
 BASELINES = {"ratio": "alpha1", "languages": "pretrained", "recipe": "recipe1-base",
              "ingredients": "base", "table": "table-dense"}
 N_RESAMPLES = 2000
+
+
+def _deltas(keys: Sequence[str]) -> list[str]:
+  """Column headers of paired differences: 'Δ Mo mAP', ..."""
+  return [f"Δ {HEADERS[k]}" for k in keys]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,8 +146,7 @@ def _paired(vec: dict, base: dict, k: str, where: np.ndarray | None = None,
 
 def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) -> str:
   """Markdown: one row per run (value [95% CI]); then each run vs `baseline`, paired."""
-  lines = [f"| run ({dataset}) | " + " | ".join(HEADERS[k] for k in METRICS) + " |",
-           "|---|" + "---|" * len(METRICS)]
+  rows = []
   for name, run in runs.items():
     ds = run["datasets"][dataset]
     vec = _vectors(ds)
@@ -152,20 +157,17 @@ def comparison_table(runs: dict[str, dict], dataset: str, baseline: str | None) 
         low, high = _ci(vec[k], vec["lang"])
         cell += f" [{lareqa.format_metric(low, k)}, {lareqa.format_metric(high, k)}]"
       cells.append(cell)
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows.append([name, *cells])
+  lines = [markdown_table([f"run ({dataset})", *(HEADERS[k] for k in METRICS)], rows)]
   if baseline is None or baseline not in runs:
     return "\n".join(lines)
   base = _vectors(runs[baseline]["datasets"][dataset])
   lines += ["", f"Paired against **{baseline}** (difference of macro averages, 95% bootstrap CI, "
             f"sign-flip randomisation p; {N_RESAMPLES} resamples):", "",
-            f"| run ({dataset}) | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
-            "|---|" + "---|" * len(TESTED)]
-  for name, run in runs.items():
-    if name == baseline:
-      continue
-    vec = _vectors(run["datasets"][dataset])
-    cells = [_paired(vec, base, k) for k in TESTED]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            markdown_table([f"run ({dataset})", *_deltas(TESTED)],
+                           [[name, *(_paired(_vectors(run["datasets"][dataset]), base, k)
+                                     for k in TESTED)]
+                            for name, run in runs.items() if name != baseline])]
   return "\n".join(lines)
 
 
@@ -212,23 +214,20 @@ def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = (
         out.append(f"{r.mean:+.{d}f} [{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}] p={r.p_value:.3g}")
     return out
 
+  seeds = {name: ",".join(map(str, sorted(grids.seed_of(n)[1] for n in names)))
+           for name, names in groups.items()}
   lines = [f"Across training seeds ({dataset}): mean ± sd over seeds [95% CI over seeds and "
            f"queries, two-level bootstrap, {N_RESAMPLES} resamples]:", "",
-           "| run | seeds | " + " | ".join(HEADERS[k] for k in TESTED) + " |",
-           "|---|---|" + "---|" * len(TESTED)]
-  for name, names in groups.items():
-    seeds = sorted(grids.seed_of(n)[1] for n in names)
-    lines.append(f"| {name} | {','.join(map(str, seeds))} | " + " | ".join(cells(names)) + " |")
+           markdown_table(["run", "seeds", *(HEADERS[k] for k in TESTED)],
+                          [[name, seeds[name], *cells(names)] for name, names in groups.items()])]
   for base in (grids.seed_of(b)[0] for b in baselines):
     if base not in groups:
       continue
     lines += ["", f"Against **{base}** across seeds (seeds resampled separately for each run, "
               "queries paired; two-sided bootstrap p):", "",
-              "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
-              "|---|" + "---|" * len(TESTED)]
-    for name, names in groups.items():
-      if name != base:
-        lines.append(f"| {name} | " + " | ".join(cells(names, groups[base])) + " |")
+              markdown_table(["run", *_deltas(TESTED)],
+                             [[name, *cells(names, groups[base])]
+                              for name, names in groups.items() if name != base])]
   return "\n".join(lines)
 
 
@@ -238,17 +237,16 @@ def ablation_table(runs: dict[str, dict], dataset: str) -> str:
   # recipe1-..., recipe2-...: sorted is the grid's order; seed 0 (other seeds: seed_table).
   pairs = _one_seed_pairs({n: r for n, r in runs.items() if dataset in r["datasets"]}, "recipe",
                           None)
-  lines = [f"Each ingredient against the row before it ({dataset}; paired by query, 95% CI, "
-           f"randomisation p; {N_RESAMPLES} resamples):", "",
-           "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " | wall time |",
-           "|---|" + "---|" * (len(TESTED) + 1)]
+  rows = []
   for name, prev in pairs:
     vec = _vectors(runs[name]["datasets"][dataset])
     base = _vectors(runs[prev]["datasets"][dataset])
     minutes = (runs[name].get("wall_seconds") or float("nan")) / 60
-    lines.append(f"| {name} (vs {prev}) | " + " | ".join(_paired(vec, base, k) for k in TESTED)
-                 + f" | {minutes:.0f} min |")
-  return "\n".join(lines)
+    rows.append([f"{name} (vs {prev})", *(_paired(vec, base, k) for k in TESTED),
+                 f"{minutes:.0f} min"])
+  return "\n".join([f"Each ingredient against the row before it ({dataset}; paired by query, "
+                    f"95% CI, randomisation p; {N_RESAMPLES} resamples):", "",
+                    markdown_table(["run", *_deltas(TESTED), "wall time"], rows)])
 
 
 def seed_sd_of(source: str, dataset: str) -> tuple[dict[str, float], int]:
@@ -276,14 +274,12 @@ def seed_widened_table(runs: dict[str, dict], dataset: str, pairs: Sequence[tupl
   sd, n_seeds = seed_sd_of(source, dataset)
   lines = [f"One seed per run; 95% CIs and p widened by the training-seed sd of `{source}` "
            f"({n_seeds} seeds: " + ", ".join(f"{HEADERS[k]} {lareqa.format_metric(sd[k], k)}" for k in TESTED)
-           + "; Var = Var over queries + 2 sd², normal approximation):", "",
-           "| run | " + " | ".join(f"Δ {HEADERS[k]}" for k in TESTED) + " |",
-           "|---|" + "---|" * len(TESTED)]
+           + "; Var = Var over queries + 2 sd², normal approximation):", ""]
+  rows = []
   for name, base in pairs:
     vec, ref = _vectors(runs[name]["datasets"][dataset]), _vectors(runs[base]["datasets"][dataset])
-    cells = [_paired(vec, ref, k, seed_sd=sd[k]) for k in TESTED]
-    lines.append(f"| {name} (vs {base}) | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append([f"{name} (vs {base})", *(_paired(vec, ref, k, seed_sd=sd[k]) for k in TESTED)])
+  return "\n".join([*lines, markdown_table(["run", *_deltas(TESTED)], rows)])
 
 
 def _one_seed_pairs(group: dict[str, dict], experiment: str, baseline: str | None
@@ -302,15 +298,15 @@ def versus_table(before: dict[str, dict], after: dict[str, dict], dataset: str) 
   before -> after and the paired difference after - before, with CI and p."""
   names = [n for n in after if n in before and after[n].get("loss_curve")
            and dataset in before[n]["datasets"] and dataset in after[n]["datasets"]]
-  lines = [f"| run ({dataset}) | " + " | ".join(
-      f"{HEADERS[k]}: before → after, Δ" for k in TESTED) + " |", "|---|" + "---|" * len(TESTED)]
+  rows = []
   for name in names:
     old, new = before[name]["datasets"][dataset], after[name]["datasets"][dataset]
     vo, vn = _vectors(old), _vectors(new)
-    lines.append(f"| {name} | " + " | ".join(
-        f"{lareqa.format_metric(old['metrics'][k], k)} → {lareqa.format_metric(new['metrics'][k], k)}, {_paired(vn, vo, k)}"
-        for k in TESTED) + " |")
-  return "\n".join(lines)
+    rows.append([name, *(f"{lareqa.format_metric(old['metrics'][k], k)} → "
+                         f"{lareqa.format_metric(new['metrics'][k], k)}, {_paired(vn, vo, k)}"
+                         for k in TESTED)])
+  return markdown_table([f"run ({dataset})", *(f"{HEADERS[k]}: before → after, Δ" for k in TESTED)],
+                        rows)
 
 
 def write_versus(before_dir: pathlib.Path, after_dir: pathlib.Path) -> str:
@@ -332,8 +328,7 @@ def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None 
   is 'value (Δ [95% CI])', grouped by query language.
   """
   base = _vectors(runs[baseline]["datasets"][dataset]) if baseline in runs else None
-  lines = [f"| run ({dataset}) | train langs | seen: Mo | Cr | Mul | unseen: Mo | Cr | Mul |",
-           "|---|---|---|---|---|---|---|---|"]
+  rows = []
   for name, run in runs.items():
     seen_langs = set(run.get("train_langs") or [])
     vec = _vectors(run["datasets"][dataset])
@@ -349,7 +344,9 @@ def seen_unseen_table(runs: dict[str, dict], dataset: str, baseline: str | None 
         if base is not None and name != baseline:
           cell += f" ({_paired(vec, base, k, where=group, p_value=False)})"
         cells.append(cell)
-    lines.append(f"| {name} | {'+'.join(sorted(seen_langs)) or 'none'} | " + " | ".join(cells) + " |")
+    rows.append([name, "+".join(sorted(seen_langs)) or "none", *cells])
+  lines = [markdown_table([f"run ({dataset})", "train langs", "seen: Mo", "Cr", "Mul", "unseen: Mo",
+                           "Cr", "Mul"], rows)]
   if base is not None:
     lines += ["", f"In brackets: paired difference to **{baseline}** on the same queries, 95% "
               "stratified-bootstrap CI."]
@@ -550,20 +547,28 @@ def _cell_estimates(result: stats.ContrastResult, keys: list) -> dict:
   return out
 
 
-def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_RESAMPLES,
-                     seed: int = 0) -> ScalingAnalysis:
-  """The languages_v2 analysis of the trained runs evaluated on `dataset`, from their summaries.
+def _contrast_estimate(result: stats.ContrastResult, i: int) -> Estimate:
+  """Contrast i of a bootstrap as an Estimate with its p."""
+  return Estimate(float(result.estimate[i]), float(result.ci_low[i]), float(result.ci_high[i]),
+                  float(result.p_value[i]))
 
-  Inputs: runs as `load_runs` gives them (each with its args and train_langs). A cell is one
-  strategy at one number k of training languages; its runs (language sets, training seeds) are
-  the run level of a two-level bootstrap (`stats.contrast_bootstrap`: runs within each cell, then
-  queries stratified by language, shared by all cells). Per strategy, the slope is the OLS slope of
-  its cell means on log2 k (change per doubling); the interaction is hybrid's slope minus X-X-mono's
-  and minus X-Y's, over the k both have. Runs at another budget than most (steps, batch) are
-  budget checks, each against its cell at the common budget. Missing cells are skipped and named
-  in `notes`: slopes use the k that exist (two at least).
-  Related: `write_scaling_report` (markdown + plot), `grids.runs('languages_v2')` (the grid)."""
-  # Trained runs only (an untrained model's summary has no loss curve).
+
+@dataclasses.dataclass
+class _ScalingRuns:
+  """The trained runs of one evaluation set, placed in the grid: info {run: (strategy, k,
+  train langs, (steps, batch))}, cells {(strategy, k): runs at the common budget}, checks (runs
+  at another budget), ks_of {strategy: its k, sorted}."""
+  group: dict[str, dict]
+  budget: tuple[int, int]
+  info: dict
+  cells: dict[tuple[str, int], list[str]]
+  checks: list[str]
+  ks_of: dict[str, list[int]]
+
+
+def _scaling_runs(runs: dict[str, dict], dataset: str) -> _ScalingRuns:
+  """The trained runs evaluated on `dataset` (an untrained model's summary has no loss curve),
+  by cell, in the grid's order."""
   group = {n: r for n, r in runs.items()
            if dataset in r["datasets"] and r.get("args") and r.get("loss_curve")}
   if not group:
@@ -579,45 +584,53 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
   for name in sorted(group, key=lambda n: (order.index(info[n][0]), info[n][1], n)):
     if info[name][3] == budget:
       cells.setdefault(info[name][:2], []).append(name)
-  checks = [n for n in group if info[n][3] != budget]
-  keys = list(cells)
+  ks_of = {s: sorted(k for (t, k) in cells if t == s) for s in order}
+  return _ScalingRuns(group, budget, info, cells, [n for n in group if info[n][3] != budget],
+                      ks_of)
+
+
+def _grid_notes(sr: _ScalingRuns, dataset: str) -> list[str]:
+  """What a partial grid lacks: runs not there yet, cells of one run, strategies with no slope."""
   notes = []
   expected = [r.name for r in grids.runs("languages_v2")
               if grids.evaluated_on(dict(train=r.args["train"])) == dataset]
-  missing = [n for n in expected if n not in group]
+  missing = [n for n in expected if n not in sr.group]
   if missing:
     notes.append(f"Partial grid: {len(missing)} of the {len(expected)} runs of the grid are not "
                  f"in this folder yet ({', '.join(missing)}); every figure below comes from the "
                  "runs that are.")
-  single = [f"{STRATEGY_NAMES[s]} k={k}" for (s, k), names in cells.items() if len(names) == 1]
+  single = [f"{STRATEGY_NAMES[s]} k={k}" for (s, k), names in sr.cells.items() if len(names) == 1]
   if single:
     notes.append(f"One run only (CI over queries alone, no run-level variance): "
                  f"{', '.join(single)}.")
-  ks_of = {s: sorted(k for (t, k) in keys if t == s) for s in order}
-  for s in order:
-    if len(ks_of[s]) < 2:
-      notes.append(f"{STRATEGY_NAMES[s]}: {len(ks_of[s])} value(s) of k "
-                   f"({', '.join(map(str, ks_of[s])) or 'none'}); no slope.")
-  all_ks = sorted({k for _, k in keys})
-  # The contrast rows: cell means, slopes, slope differences, hybrid's edge at each k.
-  rows, labels = [], []
-  for i in range(len(keys)):
-    rows.append(np.eye(len(keys))[i])
-    labels.append(("cell", keys[i]))
+  for s, ks in sr.ks_of.items():
+    if len(ks) < 2:
+      notes.append(f"{STRATEGY_NAMES[s]}: {len(ks)} value(s) of k "
+                   f"({', '.join(map(str, ks)) or 'none'}); no slope.")
+  return notes
+
+
+def _scaling_contrasts(sr: _ScalingRuns, notes: list[str]) -> tuple[np.ndarray, list]:
+  """The contrast rows over the cells and their labels: cell means ('cell', key), slopes
+  ('slope', strategy, ks), slope differences ('slope_diff', (a, b), ks) and hybrid's edge at
+  each k ('edge', (k, baseline)). Appends to `notes` what cannot be compared."""
+  keys = list(sr.cells)
+  rows = list(np.eye(len(keys)))
+  labels = [("cell", key) for key in keys]
 
   def slope_row(strategy, ks):
     row = np.zeros(len(keys))
-    w = stats.ols_slope_weights(np.log2(ks))
-    for k, wk in zip(ks, w):
+    for k, wk in zip(ks, stats.ols_slope_weights(np.log2(ks))):
       row[keys.index((strategy, k))] = wk
     return row
 
-  for s in order:
-    if len(ks_of[s]) >= 2:
-      rows.append(slope_row(s, ks_of[s]))
-      labels.append(("slope", s, tuple(ks_of[s])))
+  for s, ks in sr.ks_of.items():
+    if len(ks) >= 2:
+      rows.append(slope_row(s, ks))
+      labels.append(("slope", s, tuple(ks)))
+  all_ks = sorted({k for _, k in keys})
   for a, b in SLOPE_DIFFERENCES:
-    shared = [k for k in ks_of[a] if k in ks_of[b]]
+    shared = [k for k in sr.ks_of[a] if k in sr.ks_of[b]]
     if len(shared) < 2:
       notes.append(f"{STRATEGY_NAMES[a]} − {STRATEGY_NAMES[b]}: {len(shared)} shared value(s) "
                    "of k; no slope difference.")
@@ -630,65 +643,95 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
     labels.append(("slope_diff", (a, b), tuple(shared)))
   for k in all_ks:
     for b in ("mono", "cross"):
-      if ("hybrid", k) in cells and (b, k) in cells:
+      if ("hybrid", k) in sr.cells and (b, k) in sr.cells:
         row = np.zeros(len(keys))
         row[keys.index(("hybrid", k))], row[keys.index((b, k))] = 1, -1
         rows.append(row)
         labels.append(("edge", (k, b)))
-  out = ScalingAnalysis(dataset, budget, cells, {}, {}, {}, {}, {}, {}, {},
-                        {n: info[n][:2] for n in checks}, notes)
+  return np.stack(rows), labels
+
+
+def _paired_query_vectors(group: dict[str, dict], dataset: str
+                          ) -> tuple[dict[str, dict], np.ndarray]:
+  """Each run's per-query vectors and the queries' languages; ValueError where two runs were
+  evaluated on other queries (per-query values are paired by position)."""
   vecs = {n: _vectors(group[n]["datasets"][dataset]) for n in group}
   first = next(iter(vecs))
   lang = vecs[first]["lang"]
-  for n, v in vecs.items():  # per-query values are paired by position
+  for n, v in vecs.items():
     if v["lang"].shape != lang.shape or (v["lang"] != lang).any():
       raise ValueError(f"runs {first} and {n} hold different {dataset} queries (per_query.lang "
                        "differs): they were not evaluated on the same data")
+  return vecs, lang
+
+
+def _seen_unseen_cells(sr: _ScalingRuns, values: dict[str, np.ndarray], lang: np.ndarray,
+                       seen: bool, n_resamples: int, seed: int) -> dict:
+  """{cell: Estimate} over the query languages each run trained on (seen) or not (unseen):
+  which those are differs from run to run, so they are the runs' strata."""
+  present = set(lang)
+  keys, matrices, strata = [], [], []
+  for key, names in sr.cells.items():
+    groups = {n: sr.info[n][2] & present if seen else present - sr.info[n][2] for n in names}
+    names = [n for n in names if groups[n]]
+    if names:
+      keys.append(key)
+      matrices.append(np.stack([values[n] for n in names]))
+      strata.append([groups[n] for n in names])
+  if not keys:
+    return {}
+  result = stats.contrast_bootstrap(matrices, np.eye(len(keys)), strata=lang, run_strata=strata,
+                                    n_resamples=n_resamples, seed=seed)
+  return _cell_estimates(result, keys)
+
+
+def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_RESAMPLES,
+                     seed: int = 0) -> ScalingAnalysis:
+  """The languages_v2 analysis of the trained runs evaluated on `dataset`, from their summaries.
+
+  Inputs: runs as `load_runs` gives them (each with its args and train_langs). A cell is one
+  strategy at one number k of training languages; its runs (language sets, training seeds) are
+  the run level of a two-level bootstrap (`stats.contrast_bootstrap`: runs within each cell, then
+  queries stratified by language, shared by all cells). Per strategy, the slope is the OLS slope of
+  its cell means on log2 k (change per doubling); the interaction is hybrid's slope minus X-X-mono's
+  and minus X-Y's, over the k both have. Runs at another budget than most (steps, batch) are
+  budget checks, each against its cell at the common budget. Missing cells are skipped and named
+  in `notes`: slopes use the k that exist (two at least).
+  Related: `write_scaling_report` (markdown + plot), `grids.runs('languages_v2')` (the grid)."""
+  sr = _scaling_runs(runs, dataset)
+  notes = _grid_notes(sr, dataset)
+  contrasts, labels = _scaling_contrasts(sr, notes)
+  out = ScalingAnalysis(dataset, sr.budget, sr.cells, {}, {}, {}, {}, {}, {}, {},
+                        {n: sr.info[n][:2] for n in sr.checks}, notes)
+  vecs, lang = _paired_query_vectors(sr.group, dataset)
+  keys = list(sr.cells)
   for metric in TESTED:
     ok = ~np.any([np.isnan(v[metric]) for v in vecs.values()], axis=0)
-    matrices = [np.stack([vecs[n][metric][ok] for n in cells[key]]) for key in keys]
-    result = stats.contrast_bootstrap(matrices, np.stack(rows), strata=lang[ok],
+    values = {n: v[metric][ok] for n, v in vecs.items()}
+    matrices = [np.stack([values[n] for n in sr.cells[key]]) for key in keys]
+    result = stats.contrast_bootstrap(matrices, contrasts, strata=lang[ok],
                                       n_resamples=n_resamples, seed=seed)
-    cell = _cell_estimates(result, keys)
-    out.cell.update({(metric, key): e for key, e in cell.items()})
+    out.cell.update({(metric, key): e for key, e in _cell_estimates(result, keys).items()})
     for i, label in enumerate(labels):
-      e = Estimate(float(result.estimate[i]), float(result.ci_low[i]), float(result.ci_high[i]),
-                   float(result.p_value[i]))
       if label[0] == "slope":
-        out.slopes[(metric, label[1])] = (e, label[2])
+        out.slopes[(metric, label[1])] = (_contrast_estimate(result, i), label[2])
       elif label[0] == "slope_diff":
-        out.slope_differences[(metric, label[1])] = (e, label[2])
+        out.slope_differences[(metric, label[1])] = (_contrast_estimate(result, i), label[2])
       elif label[0] == "edge":
-        out.edges[(metric, label[1])] = e
-    # Seen / unseen query languages: which those are differs from run to run.
-    present = set(lang[ok])
+        out.edges[(metric, label[1])] = _contrast_estimate(result, i)
     for seen, target in ((True, out.seen), (False, out.unseen)):
-      sub_keys, sub_cells, sub_strata = [], [], []
-      for key in keys:
-        names = [n for n in cells[key]
-                 if (info[n][2] & present if seen else present - info[n][2])]
-        if names:
-          sub_keys.append(key)
-          sub_cells.append(np.stack([vecs[n][metric][ok] for n in names]))
-          sub_strata.append([info[n][2] & present if seen else present - info[n][2]
-                             for n in names])
-      if sub_keys:
-        result = stats.contrast_bootstrap(sub_cells, np.eye(len(sub_keys)), strata=lang[ok],
-                                          run_strata=sub_strata, n_resamples=n_resamples,
-                                          seed=seed)
-        target.update({(metric, key): e for key, e in _cell_estimates(result, sub_keys).items()})
-    for name in checks:
-      strategy, k = info[name][:2]
-      if (strategy, k) not in cells:
+      cells = _seen_unseen_cells(sr, values, lang[ok], seen, n_resamples, seed)
+      target.update({(metric, key): e for key, e in cells.items()})
+    for name in sr.checks:
+      strategy, k = sr.info[name][:2]
+      if (strategy, k) not in sr.cells:
         notes.append(f"{name}: no {STRATEGY_NAMES[strategy]} k={k} runs at the common budget "
                      "to compare it with.")
         continue
       result = stats.contrast_bootstrap(
-          [vecs[name][metric][ok][None], matrices[keys.index((strategy, k))]], [[1.0, -1.0]],
+          [values[name][None], matrices[keys.index((strategy, k))]], [[1.0, -1.0]],
           strata=lang[ok], n_resamples=n_resamples, seed=seed)
-      out.budget_checks[(name, metric)] = Estimate(
-          float(result.estimate[0]), float(result.ci_low[0]), float(result.ci_high[0]),
-          float(result.p_value[0]))
+      out.budget_checks[(name, metric)] = _contrast_estimate(result, 0)
   out.notes = list(dict.fromkeys(notes))  # budget-check notes repeat once per metric
   return out
 
@@ -725,59 +768,57 @@ def scaling_markdown(a: ScalingAnalysis, runs: dict[str, dict], png: str | None)
            f"stratified by language, shared by every cell), {N_RESAMPLES} resamples.", ""]
   if a.notes:
     lines += [f"- {n}" for n in a.notes] + [""]
-  lines += ["### Every run", "", "| run | strategy | k | train langs | seed | steps | "
-            + " | ".join(HEADERS[k] for k in TESTED) + " |", "|---|---|---|---|---|---|"
-            + "---|" * len(TESTED)]
+  metrics = [HEADERS[k] for k in TESTED]
   members = [n for names in a.cells.values() for n in names]
   members += sorted({n for n, _ in a.budget_checks})
+  every_run = []
   for n in members:
     r = runs[n]
     m = r["datasets"][a.dataset]["metrics"]
     seed = r["args"].get("seed", grids.DEFAULTS["seed"])  # saved args hold what the run set
-    lines.append(f"| {n} | {STRATEGY_NAMES[_strategy_of(n, r['args'])]} | "
-                 f"{len(r['train_langs'])} | {'+'.join(r['train_langs'])} | {seed} | "
-                 f"{r['args']['steps']} | " + " | ".join(lareqa.format_metric(m[k], k) for k in TESTED) + " |")
-  lines += ["", "### Every cell: mean ± sd over its runs [95% CI]", "",
-            "| strategy | k | runs | " + " | ".join(HEADERS[k] for k in TESTED) + " |",
-            "|---|---|---|" + "---|" * len(TESTED)]
-  for (s, k), names in a.cells.items():
-    lines.append(f"| {STRATEGY_NAMES[s]} | {k} | {len(names)} | "
-                 + " | ".join(_est(a.cell.get((m, (s, k))), m) for m in TESTED) + " |")
+    every_run.append([n, STRATEGY_NAMES[_strategy_of(n, r["args"])], len(r["train_langs"]),
+                      "+".join(r["train_langs"]), seed, r["args"]["steps"],
+                      *(lareqa.format_metric(m[k], k) for k in TESTED)])
+  lines += ["### Every run", "",
+            markdown_table(["run", "strategy", "k", "train langs", "seed", "steps", *metrics],
+                           every_run),
+            "", "### Every cell: mean ± sd over its runs [95% CI]", "",
+            markdown_table(["strategy", "k", "runs", *metrics],
+                           [[STRATEGY_NAMES[s], k, len(names),
+                             *(_est(a.cell.get((m, (s, k))), m) for m in TESTED)]
+                            for (s, k), names in a.cells.items()])]
   lines += ["", "### Seen vs unseen query languages: mean ± sd over runs [95% CI]", "",
             "A run's seen group is the query languages it trained on, its unseen group the rest; "
             "which languages those are differs from run to run and shrinks (unseen) with k, so "
             "compare strategies within a row, not rows down a column. A cell averages the runs "
             "whose group is not empty; '—' where none is.", "",
-            "| strategy | k | " + " | ".join(f"seen: {HEADERS[m]}" for m in TESTED) + " | "
-            + " | ".join(f"unseen: {HEADERS[m]}" for m in TESTED) + " |",
-            "|---|---|" + "---|" * (2 * len(TESTED))]
-  for s, k in a.cells:
-    lines.append(f"| {STRATEGY_NAMES[s]} | {k} | "
-                 + " | ".join(_est(a.seen.get((m, (s, k))), m) for m in TESTED) + " | "
-                 + " | ".join(_est(a.unseen.get((m, (s, k))), m) for m in TESTED) + " |")
-  lines += ["", "### Hybrid's edge at each k: hybrid − baseline [95% CI] p", "",
-            "| k | baseline | " + " | ".join(f"Δ {HEADERS[m]}" for m in TESTED) + " |",
-            "|---|---|" + "---|" * len(TESTED)]
-  for k in sorted({k for _, k in a.cells}):
-    for b in ("mono", "cross"):
-      if (TESTED[0], (k, b)) in a.edges:
-        lines.append(f"| {k} | {STRATEGY_NAMES[b]} | "
-                     + " | ".join(_est(a.edges[(m, (k, b))], m, True) for m in TESTED) + " |")
+            markdown_table(["strategy", "k", *(f"seen: {m}" for m in metrics),
+                            *(f"unseen: {m}" for m in metrics)],
+                           [[STRATEGY_NAMES[s], k,
+                             *(_est(a.seen.get((m, (s, k))), m) for m in TESTED),
+                             *(_est(a.unseen.get((m, (s, k))), m) for m in TESTED)]
+                            for s, k in a.cells]),
+            "", "### Hybrid's edge at each k: hybrid − baseline [95% CI] p", "",
+            markdown_table(["k", "baseline", *_deltas(TESTED)],
+                           [[k, STRATEGY_NAMES[b],
+                             *(_est(a.edges[(m, (k, b))], m, True) for m in TESTED)]
+                            for k in sorted({k for _, k in a.cells}) for b in ("mono", "cross")
+                            if (TESTED[0], (k, b)) in a.edges])]
   lines += ["", "### The interaction: slopes in log2 k (change per doubling of the number of "
             "training languages) [95% CI] p", "",
             "OLS of the cell means on log2 k; p is the two-sided bootstrap p of slope = 0 (or of "
             "no slope difference). A positive difference means hybrid's value rises faster with "
-            "k than the baseline's (for rank distance, lower is better).", "",
-            "| metric | " + " | ".join(STRATEGY_NAMES[s] for s in grids.STRATEGIES) + " | "
-            + " | ".join(f"{STRATEGY_NAMES[x]} − {STRATEGY_NAMES[y]}"
-                         for x, y in SLOPE_DIFFERENCES) + " |",
-            "|---|" + "---|" * (len(grids.STRATEGIES) + len(SLOPE_DIFFERENCES))]
+            "k than the baseline's (for rank distance, lower is better).", ""]
+  slopes = []
   for m in TESTED:
     cells = [_est(a.slopes[(m, s)][0], m, True) + f" (k={','.join(map(str, a.slopes[(m, s)][1]))})"
              if (m, s) in a.slopes else "—" for s in grids.STRATEGIES]
     cells += [_est(a.slope_differences[(m, d)][0], m, True) if (m, d) in a.slope_differences
               else "—" for d in SLOPE_DIFFERENCES]
-    lines.append(f"| {HEADERS[m]} | " + " | ".join(cells) + " |")
+    slopes.append([HEADERS[m], *cells])
+  lines.append(markdown_table(
+      ["metric", *(STRATEGY_NAMES[s] for s in grids.STRATEGIES),
+       *(f"{STRATEGY_NAMES[x]} − {STRATEGY_NAMES[y]}" for x, y in SLOPE_DIFFERENCES)], slopes))
   verdicts = [f"- {HEADERS[m]}, hybrid − {STRATEGY_NAMES[b]}: "
               f"{_est(a.slope_differences[(m, (h, b))][0], m, True)} per doubling: "
               + _verdict(a.slope_differences[(m, (h, b))][0], m, b) + "."
@@ -787,11 +828,9 @@ def scaling_markdown(a: ScalingAnalysis, runs: dict[str, dict], png: str | None)
   if a.budget_checks:
     lines += ["", f"### Budget check: runs at another budget − their cell at {steps} steps "
               "[95% CI] p", "",
-              "| run | " + " | ".join(f"Δ {HEADERS[m]}" for m in TESTED) + " |",
-              "|---|" + "---|" * len(TESTED)]
-    for n in sorted({n for n, _ in a.budget_checks}):
-      lines.append(f"| {n} | " + " | ".join(_est(a.budget_checks.get((n, m)), m, True)
-                                            for m in TESTED) + " |")
+              markdown_table(["run", *_deltas(TESTED)],
+                             [[n, *(_est(a.budget_checks.get((n, m)), m, True) for m in TESTED)]
+                              for n in sorted({n for n, _ in a.budget_checks})])]
   if png:
     lines += ["", f"![mAP and rank distance against k]({png})"]
   lines += ["", "What these runs cannot show:", "",
@@ -896,6 +935,12 @@ def _in_grid_order(runs: dict[str, dict], experiment: str) -> dict[str, dict]:
   return dict(sorted(runs.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
 
 
+def _figure(directory: pathlib.Path, name: str, alt: str, plot, *args) -> list[str]:
+  """Draws `plot(*args, path)` into `directory/name`; the report lines that show it."""
+  plot(*args, directory / name)
+  return [f"![{alt}]({name})", ""]
+
+
 def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | None = None
                  ) -> str:
   """Writes `<directory>/report.md` and PNGs from the run summaries there; returns the markdown.
@@ -927,39 +972,35 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
       parts += [seed_widened_table(group, dataset, pairs, seed_sd_from), ""]
     trained = {n: r for n, r in group.items() if r.get("loss_curve")}
     if trained:
-      png = directory / f"loss_{dataset}.png"
-      plot_loss_curves(trained, png)
       if experiment == "ratio":
         parts += [loss_table(trained), ""]
-      parts += [f"![loss curves]({png.name})", ""]
+      parts += _figure(directory, f"loss_{dataset}.png", "loss curves", plot_loss_curves, trained)
       best = max(trained, key=lambda n: trained[n]["datasets"][dataset]["metrics"]["cr_map"])
-      png = directory / f"heatmap_{dataset}_{best}.png"
+      name = f"heatmap_{dataset}_{best}.png"
       # A new run can change which one is best: an older run's heatmap would linger unreferenced.
       for old in directory.glob(f"heatmap_{dataset}_*.png"):
-        if old != png:
+        if old.name != name:
           old.unlink()
-      plot_heatmap(trained[best], dataset, f"{best}: mAP, query x candidate language", png)
-      parts += [f"![heatmap]({png.name})", ""]
+      parts += _figure(directory, name, "heatmap", plot_heatmap, trained[best], dataset,
+                       f"{best}: mAP, query x candidate language")
     if experiment == "ratio":
       alphas = sorted((r["args"]["mono"], n) for n, r in group.items()
                       if n.startswith("alpha"))
-      png = directory / f"alpha_{dataset}.png"
-      plot_metric_vs([a for a, _ in alphas], [group[n] for _, n in alphas], dataset,
-                     "alpha (probability of an X-X-mono batch)", png)
-      parts += [f"![alpha]({png.name})", ""]
+      parts += _figure(directory, f"alpha_{dataset}.png", "alpha", plot_metric_vs,
+                       [a for a, _ in alphas], [group[n] for _, n in alphas], dataset,
+                       "alpha (probability of an X-X-mono batch)")
     curves = {n: r for n, r in group.items() if r.get("parallel_curve")}
     if curves:
-      png = directory / f"parallel_{dataset}.png"
-      plot_parallel_curves(curves, png)
-      parts += [parallel_table(curves), "", f"![parallel-query distance]({png.name})", ""]
+      parts += [parallel_table(curves), ""]
+      parts += _figure(directory, f"parallel_{dataset}.png", "parallel-query distance",
+                       plot_parallel_curves, curves)
     if experiment == "languages":
       parts += [seen_unseen_table(group, dataset, baseline), ""]
       ordered = sorted(((len(r["train_langs"]), n) for n, r in group.items()
                         if n.startswith("langs")))
-      png = directory / f"languages_{dataset}.png"
-      plot_metric_vs([k for k, _ in ordered], [group[n] for _, n in ordered], dataset,
-                     "number of training languages", png)
-      parts += [f"![languages]({png.name})", ""]
+      parts += _figure(directory, f"languages_{dataset}.png", "languages", plot_metric_vs,
+                       [k for k, _ in ordered], [group[n] for _, n in ordered], dataset,
+                       "number of training languages")
   return _write_markdown(directory / "report.md", parts)
 
 
