@@ -6,7 +6,7 @@ wait4's ru_maxrss) is read when it exits:
            clip 1.0; eager) on our e5-small weights exported with `hybrid_ir.export`, batch
            `--batch` of `--q_len` + `--p_len` tokens, `--steps` steps. The export is written by
            its own process first, so the peer's process holds torch and the model only.
-  bare     our jitted update step alone (`train.make_train_step`, as bench_peer times it) on the
+  bare     our jitted update step alone (`train_step.make_train_step`, as bench_peer times it) on the
            same shapes, `--steps` steps.
   trainer  `python -m hybrid_ir.train` on XQuAD-R (configs/experiments/base.py, e5-small, batch
            `--batch`, `--steps` steps, a checkpoint at the first step and the last) with the
@@ -122,7 +122,7 @@ def child_bare(batch: int, q_len: int, p_len: int, steps: int) -> None:
   from benchmarks import bench_train
   from configs import common
   import ml_collections
-  from hybrid_ir import models, sharding, train
+  from hybrid_ir import models, sharding, train_step
   config = ml_collections.ConfigDict(dict(
       total_steps=1000, grad_cache_chunks=0, model=common.model("e5-small"),
       optimizer=dict(lr=3e-5, weight_decay=0.01, warmup_steps=0, decay="constant", grad_clip=1.0),
@@ -135,7 +135,7 @@ def child_bare(batch: int, q_len: int, p_len: int, steps: int) -> None:
       {"query": encoder.tokenizer.pad(ids("query", q_len), q_len),
        "passage": encoder.tokenizer.pad(ids("passage", p_len), p_len),
        "identity": np.arange(batch, dtype=np.int32)}, mesh)
-  step = train.make_train_step(encoder, config, mesh)
+  step = train_step.make_train_step(encoder, config, mesh)
   state = step.init(encoder.params)
   encoder.params = None  # as the trainer: the state holds the weights
   update = step.update.lower(state, global_batch).compile()

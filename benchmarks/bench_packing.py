@@ -37,7 +37,7 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from hybrid_ir import experiments, input_pipeline, models, sharding, train
+  from hybrid_ir import experiments, input_pipeline, models, sharding, train_step
   from hybrid_ir.hardware import cpu_model
   config = experiments.load_config(experiments.find_config(), args.arg)
   encoder = models.load_encoder(config.model)
@@ -59,19 +59,19 @@ def main(argv=None) -> int:
   common = pairs.most_common(1)[0][0]
   chosen = [i for i, (a, b) in enumerate(zip(read["padded"], read["packed"]))
             if (shape(a), shape(b)) == common][:args.use]
-  batches = {form: [train.to_device_batch(read[form][i], mesh) for i in chosen] for form in forms}
+  batches = {form: [train_step.to_device_batch(read[form][i], mesh) for i in chosen] for form in forms}
   slots = {form: sum(read[form][chosen[0]][k]["attention_mask"].size for k in keys)
            for form in forms}
   real = sum(int(read["padded"][chosen[0]][k]["attention_mask"].sum()) for k in keys)
 
-  step = train.make_train_step(encoder, config, mesh)
+  step = train_step.make_train_step(encoder, config, mesh)
   states, compiled, flops, times, loss = {}, {}, {}, collections.defaultdict(list), {}
   for form in forms:
     states[form] = step.init(jax.tree.map(jnp.copy, encoder.params))
     t = time.time()
     compiled[form] = step.update.lower(states[form], batches[form][0]).compile()
     print(f"{form}: compiled in {time.time() - t:.0f} s", flush=True)
-    flops[form] = train.step_flops(compiled[form])
+    flops[form] = train_step.step_flops(compiled[form])
   worst = 0.0
   for _ in range(args.reps):
     for i in range(len(chosen)):

@@ -2,7 +2,7 @@ r"""Our e5-small training step and evaluation encode against sentence-transforme
 
 Everything is measured in one run, calls interleaved (one call of each timed function per round,
 `--reps` rounds, medians reported), so background load hits every number alike:
-  1. peer: our jitted train step (`train.make_train_step`: InfoNCE at temperature 0.05, AdamW,
+  1. peer: our jitted train step (`train_step.make_train_step`: InfoNCE at temperature 0.05, AdamW,
      global-norm clip 1.0) vs sentence-transformers' MultipleNegativesRankingLoss (scale 20 = 1 /
      0.05, cosine similarity) + torch AdamW + clip 1.0 on the same e5-small weights (exported with
      `hybrid_ir.export`), the same pre-tokenized batch (32 queries x 32 tokens + 32 passages x 64,
@@ -88,13 +88,13 @@ def train_config(model: str = "e5-small"):
 def our_step(data_dir: str):
   """(config, encoder, mesh, global batch, train.py's step) for the e5-small batch below, as
   bench_step_variants and profile_step take them."""
-  from hybrid_ir import models, sharding, train
+  from hybrid_ir import models, sharding, train_step
   config = train_config()
   encoder = models.load_encoder(config.model)
   mesh = sharding.make_mesh({"data": -1})
   batch = real_batch(encoder, data_dir)
   batch = sharding.host_local_to_global(dict(batch, identity=np.arange(32, dtype=np.int32)), mesh)
-  return config, encoder, mesh, batch, train.make_train_step(encoder, config, mesh)
+  return config, encoder, mesh, batch, train_step.make_train_step(encoder, config, mesh)
 
 
 def real_batch(encoder, data_dir: str, size: int = 32, q_len: int = 32, p_len: int = 64,
@@ -124,7 +124,7 @@ class JaxSide:
     import jax
     import jax.numpy as jnp
     import optax
-    from hybrid_ir import losses, sharding, train
+    from hybrid_ir import losses, sharding, train_step
     mesh = sharding.make_mesh({"data": -1})
     n = batch["query"]["input_ids"].shape[0]
     self.batch = sharding.host_local_to_global(
@@ -133,10 +133,10 @@ class JaxSide:
     fresh = lambda: jax.tree.map(jnp.copy, encoder.params)  # noqa: E731
     self.fns, self.flops = {}, {}
 
-    step = train.make_train_step(encoder, config, mesh)
+    step = train_step.make_train_step(encoder, config, mesh)
     self.state = step.init(fresh())
     self.update = step.update.lower(self.state, self.batch).compile()
-    self.flops["jax step"] = train.step_flops(self.update)
+    self.flops["jax step"] = train_step.step_flops(self.update)
 
     def run_step():
       self.state, m = self.update(self.state, self.batch)
@@ -148,10 +148,10 @@ class JaxSide:
       name = f"jax step, table {mode}"
       mode_config = config.copy_and_resolve_references()
       mode_config.optimizer.embedding_update = mode
-      mode_step = train.make_train_step(encoder, mode_config, mesh)
+      mode_step = train_step.make_train_step(encoder, mode_config, mesh)
       holder = {"state": mode_step.init(fresh())}
       compiled = mode_step.update.lower(holder["state"], self.batch).compile()
-      self.flops[name] = train.step_flops(compiled)
+      self.flops[name] = train_step.step_flops(compiled)
 
       def run_mode(c=compiled, h=holder):
         h["state"], m = c(h["state"], self.batch)
@@ -178,11 +178,11 @@ class JaxSide:
     }
     for name, (f, args) in parts.items():
       compiled = jax.jit(f).lower(*args).compile()
-      self.flops[name] = train.step_flops(compiled)
+      self.flops[name] = train_step.step_flops(compiled)
       self.fns[name] = functools.partial(
           lambda c, args: jax.block_until_ready(c(*args)), compiled, args)
 
-    tx = train.make_optimizer(config)
+    tx = train_step.make_optimizer(config)
     grads = {"params": jax.jit(jax.grad(loss_of))(params, self.batch),
              "loss_params": {"log_temperature": jnp.float32(0.0)}}
 
@@ -193,7 +193,7 @@ class JaxSide:
                          "loss_params": self.state["loss_params"]}
     opt_c = jax.jit(opt_update, donate_argnums=(0, 1)).lower(
         trainable(), self.state["opt_state"], grads).compile()
-    self.flops["jax AdamW update"] = train.step_flops(opt_c)
+    self.flops["jax AdamW update"] = train_step.step_flops(opt_c)
 
     def run_opt():
       tr, opt_state = opt_c(trainable(), self.state["opt_state"], grads)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
   import jax.numpy as jnp
   import optax
   import bench_peer
-  from hybrid_ir import train
+  from hybrid_ir import train_step
   from hybrid_ir.hardware import cpu_model
   from hybrid_ir.models import encoder as encoder_lib
   # The probe first, before the model and the compiles. Either way some processes read about one
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
   probe_flops, probes = bench_peer.matmul_probes()
   probe = bench_peer.interleaved({"xla": probes["probe XLA matmul"]}, 10, verbose=False)
   config, encoder, mesh, batch, step = bench_peer.our_step(args.data_dir)
-  tx, loss_and_grads = train.make_optimizer(config), train.make_loss_and_grads(encoder, config)
+  tx, loss_and_grads = train_step.make_optimizer(config), train_step.make_loss_and_grads(encoder, config)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def bare(state, b):
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
   full, lean, erfc = "train.py's step", "without norms and ok", "with jax's erfc GELU"
   fns = {full: [step.update, fresh()]}
   if not args.step_only:
-    erfc_step = train.make_train_step(encoder, config, mesh)
+    erfc_step = train_step.make_train_step(encoder, config, mesh)
     fns.update({lean: [bare, fresh()], erfc: [with_erfc_gelu, fresh()]})
   times, losses = {k: [] for k in fns}, {}
   for r in range(2 + args.reps):  # 2 warm-up rounds (compile)

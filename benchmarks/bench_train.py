@@ -5,7 +5,7 @@
 
 Prints per model: step time (median of --steps after 2 compile/warm-up steps), examples/s
 (queries), tokens/s (non-pad query + passage tokens), FLOPs/step from XLA's cost analysis of the
-compiled step, and MFU (`train.mfu`, the trainer's formula: one device's share of the FLOPs/step
+compiled step, and MFU (`train_step.mfu`, the trainer's formula: one device's share of the FLOPs/step
 / step time / one device's peak). The default peak, 256 GFLOP/s, is this 2-core CPU's f32 limit
 (2 cores x 2 FMA units x 8 f32 lanes (AVX2) x 2 flops x ~4 GHz); pass the accelerator's
 peak (e.g. H100 and H200 bf16 dense: 989000) when run on one.
@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from hybrid_ir import models, sharding, train
+from hybrid_ir import models, sharding, train_step
 
 WORDS = ("the river city museum history science north language music water children "
          "government century football island market ancient energy").split()
@@ -52,9 +52,9 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str, q_le
   tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
   # The trainer's own update step (sharding, AdamW, finite flag), so the bench measures what
   # train.py runs.
-  train_step = train.make_train_step(encoder, config, mesh)
+  train_step = train_step.make_train_step(encoder, config, mesh)
   state = train_step.init(encoder.params)
-  flops = train.step_flops(train_step.update.lower(state, batch).compile())
+  flops = train_step.step_flops(train_step.update.lower(state, batch).compile())
   times = []
   for i in range(steps + 2):
     t = time.perf_counter()
@@ -67,7 +67,7 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str, q_le
   return dict(model=model, dtype=dtype, device=jax.devices()[0].device_kind, params_m=n_params / 1e6,
               batch=batch_size, step_s=step, examples_per_s=batch_size / step,
               tokens_per_s=tokens / step, gflops_per_step=flops / 1e9,
-              mfu=train.mfu(flops, step, peak * 1e9), loss=float(loss))
+              mfu=train_step.mfu(flops, step, peak * 1e9), loss=float(loss))
 
 
 def main():

@@ -205,7 +205,7 @@ class DenseTable:
   encoder names a token table.
 
   trainable = {'params', 'loss_params'}; the table is params at `path`. `tx` is the whole tree's
-  optimizer with `optax.identity()` standing in for its clip (train.make_optimizer's clip_slot):
+  optimizer with `optax.identity()` standing in for its clip (train_step.make_optimizer's clip_slot):
   the optimizer state is the one the clipped optax optimizer keeps, so checkpoints of either
   restore into the other. The clip (global norm `grad_clip`; 0: off) is taken here over the
   gradient of the compact table (`compact`) and the rest: the dense norm, as every other row's

@@ -140,7 +140,7 @@ def test_gradcache_chunks_of_a_packed_batch_are_packed_batches_of_their_texts():
            "b c d e f g h a b c d e f g", "d e f g h a b c d e f g", "e f g h a b c d e f g h"]
   padded = np.asarray(enc.apply(enc.params, enc.tokenize(texts, "passage")))
   packed = enc.tokenize_packed(texts, "passage", row_multiple=2, chunks=2)
-  # train.make_loss_and_grads's chunk c: rows and texts c, c+2, ...
+  # train_step.make_loss_and_grads's chunk c: rows and texts c, c+2, ...
   for c, part in enumerate(tokenizers_lib.split_chunks(packed, 2)):
     np.testing.assert_allclose(enc.apply(enc.params, part), padded[c::2], atol=2e-5)
   with pytest.raises(ValueError, match="8 texts do not split into 3 GradCache chunks"):

@@ -42,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hybrid_ir import checkpoint, config_flags, run_dir, sharding, train
+from hybrid_ir import checkpoint, config_flags, run_dir, sharding, train, train_step
 from hybrid_ir import eval as eval_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ def test_damaged_latest_falls_back_to_the_previous_good_step(run, evaluation, tm
   DAMAGE[damage](step_dir(run, TOTAL))
   # The trainer's restore: its full state, as train.py builds the target.
   mesh = sharding.make_mesh(config.mesh)
-  state = train.make_train_step(encoder, config, mesh).init(encoder.params)
+  state = train_step.make_train_step(encoder, config, mesh).init(encoder.params)
   manager = checkpoint.make_manager(run, read_only=True, async_save=False)
   passed_over = []
   restored = checkpoint.restore_latest(manager, checkpoint.abstract(state),
@@ -398,14 +398,14 @@ def param_norms(workdir) -> dict[int, float]:
     meta = mngr.item_metadata(step)["params"]
     mngr.close()
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
-    out[step] = train.params_norm(checkpoint.restore_params(workdir, step, target))
+    out[step] = train_step.params_norm(checkpoint.restore_params(workdir, step, target))
   return out
 
 
 def test_nan_names_the_first_bad_step_and_no_checkpoint_follows_it(tmp_path, monkeypatch):
   """A NaN injected into the loss and gradients of step 7 alone (between checkpoints 6 and 8,
   not a log step): the trainer names step 7, and checkpoints stop at 6."""
-  real_loss_and_grads, real_to_device = train.make_loss_and_grads, train.to_device_batch
+  real_loss_and_grads, real_to_device = train_step.make_loss_and_grads, train_step.to_device_batch
   calls = []
 
   def to_device_batch(batch, mesh):
@@ -420,8 +420,8 @@ def test_nan_names_the_first_bad_step_and_no_checkpoint_follows_it(tmp_path, mon
       return (loss * batch["poison"], m), jax.tree.map(lambda g: g * batch["poison"], grads)
     return poisoned
 
-  monkeypatch.setattr(train, "to_device_batch", to_device_batch)
-  monkeypatch.setattr(train, "make_loss_and_grads", make_loss_and_grads)
+  monkeypatch.setattr(train_step, "to_device_batch", to_device_batch)
+  monkeypatch.setattr(train_step, "make_loss_and_grads", make_loss_and_grads)
   with pytest.raises(FloatingPointError, match=r"^step 7: non-finite training values") as e:
     train.train(get_config(total_steps=12, log_every=5, **{"checkpoint.every": 2}), tmp_path)
   assert "the last good checkpoint is 6" in str(e.value)
@@ -437,7 +437,7 @@ def test_parameters_blowing_up_are_caught_before_a_nan(tmp_path):
     train.train(config, tmp_path)
   bad = int(str(e.value).split()[1].rstrip(":"))
   from hybrid_ir import models
-  limit = 100 * train.params_norm(models.load_encoder(config.model).params)
+  limit = 100 * train_step.params_norm(models.load_encoder(config.model).params)
   norms = param_norms(tmp_path)
   assert sorted(norms) == list(range(1, bad)), (norms, bad)
   assert all(n <= limit for n in norms.values()), (norms, limit)

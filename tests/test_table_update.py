@@ -1,4 +1,4 @@
-"""optimizer.embedding_update (hybrid_ir.table_update) through train.make_train_step, sharded
+"""optimizer.embedding_update (hybrid_ir.table_update) through train_step.make_train_step, sharded
 over 8 fake devices, against the dense AdamW step on a tiny BERT.
 
 Proves: `compact` changes nothing the encoder computes; the default dense update (DenseTable)
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from hybrid_ir import checkpoint, config_flags, sharding, table_update, train
+from hybrid_ir import checkpoint, config_flags, sharding, table_update, train_step
 from test_train import CONFIG
 
 VOCAB, LEN = 1000, 16
@@ -63,12 +63,12 @@ def make_config(mode: str, chunks: int = 0, loss: dict | None = None, **optimize
 def run(encoder, mode: str, batches, chunks: int = 0, loss: dict | None = None,
         plain: bool = False, state=None, **optimizer):
   """(final state, per-step metrics) of make_train_step over `batches`. plain: optax's clipped
-  AdamW (train.make_optimizer) applied to the whole tree, as the dense step was computed before
+  AdamW (train_step.make_optimizer) applied to the whole tree, as the dense step was computed before
   DenseTable. state: a host state to start from instead of the encoder's weights."""
   config = make_config(mode, chunks, loss, **optimizer)
   mesh = sharding.make_mesh(config.mesh)
-  step = train.make_train_step(encoder, config, mesh,
-                               tx=train.make_optimizer(config) if plain else None)
+  step = train_step.make_train_step(encoder, config, mesh,
+                               tx=train_step.make_optimizer(config) if plain else None)
   if state is None:
     state = step.init(jax.tree.map(jnp.copy, encoder.params))
   else:
@@ -217,7 +217,7 @@ def test_dense_equals_optax_adamw_on_the_whole_tree(encoder, case):
   both Adam moments on every row."""
   optimizer, loss, chunks = DENSE_CASES[case]
   optimizer = dict(optimizer, warmup_steps=2)
-  assert isinstance(train.make_table_update(encoder, make_config("dense", loss=loss, **optimizer)),
+  assert isinstance(train_step.make_table_update(encoder, make_config("dense", loss=loss, **optimizer)),
                     table_update.DenseTable)
   batches = spread_batches()
   ref, mr = run(encoder, "dense", batches, chunks, loss=loss, plain=True, **optimizer)
@@ -260,8 +260,8 @@ def test_dense_resumes_a_checkpoint_of_the_plain_optax_step(encoder, tmp_path):
   batches = spread_batches(4)
   config = make_config("dense", warmup_steps=2)
   mesh = sharding.make_mesh(config.mesh)
-  plain = train.make_train_step(encoder, config, mesh, tx=train.make_optimizer(config))
-  dense = train.make_train_step(encoder, config, mesh)
+  plain = train_step.make_train_step(encoder, config, mesh, tx=train_step.make_optimizer(config))
+  dense = train_step.make_train_step(encoder, config, mesh)
   shapes = lambda step: jax.tree.map(  # noqa: E731
       lambda x: (x.shape, x.dtype), jax.eval_shape(step.init, encoder.params))
   assert jax.tree.structure(shapes(dense)) == jax.tree.structure(shapes(plain))
@@ -288,11 +288,11 @@ def test_dense_resumes_a_checkpoint_of_the_plain_optax_step(encoder, tmp_path):
 def test_dense_without_a_token_table_is_optax_on_the_whole_tree(encoder):
   no_table = copy.copy(encoder)
   no_table.token_table = None
-  assert train.make_table_update(no_table, make_config("dense")) is None
-  assert isinstance(train.make_table_update(encoder, make_config("dense")),
+  assert train_step.make_table_update(no_table, make_config("dense")) is None
+  assert isinstance(train_step.make_table_update(encoder, make_config("dense")),
                     table_update.DenseTable)
   with pytest.raises(ValueError, match="names no token-embedding table"):
-    train.make_table_update(no_table, make_config("lazy"))
+    train_step.make_table_update(no_table, make_config("lazy"))
 
 
 @pytest.mark.parametrize("axis", [0, 1])

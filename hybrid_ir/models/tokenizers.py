@@ -223,7 +223,7 @@ def split_chunks(packed: dict[str, np.ndarray], chunks: int) -> list[dict[str, n
 
 def join_chunks(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   """Packed batches of equal shapes -> one batch whose row k*len(parts)+c and text k*len(parts)+c
-  are part c's row and text k. That is how GradCache chunks a batch (train.make_loss_and_grads:
+  are part c's row and text k. That is how GradCache chunks a batch (train_step.make_loss_and_grads:
   chunk c = rows c, c+chunks, ..., so every chunk keeps rows of every device), so each of its
   chunks is one part, whole."""
   return {k: np.stack([p[k] for p in parts], axis=1).reshape(-1, *parts[0][k].shape[1:])
