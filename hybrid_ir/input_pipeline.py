@@ -5,7 +5,7 @@ Shape (docs/design.md, "The data flow"):
   `input.prepare` is 'auto')
   -> `sampler.Sampler`: the global batch of step s (type, source, languages, groups), the same
      on every host
-  -> `sampler.host_slice`: this host's share
+  -> `sampler.batch_rows` at `sharding.host_rows`: this host's share
   -> a tf.data map, in parallel: read the slice's texts from the store by random access and
      tokenize them (`tokenize_fn`), then prefetch.
 
@@ -29,11 +29,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from absl import logging
+import jax
 import numpy as np
 import tensorflow as tf
 
 from hybrid_ir import data as data_lib
 from hybrid_ir import sampler as sampler_lib
+from hybrid_ir import sharding
 from hybrid_ir.data import store as store_lib
 
 TokenizeFn = Callable[[list[str], str], dict[str, np.ndarray]]
@@ -150,12 +152,13 @@ class Pipeline:
                tokenize_fn: TokenizeFn, *, process_index: int | None = None,
                process_count: int | None = None, state: Mapping[str, Any] | None = None):
     if process_index is None or process_count is None:
-      import jax  # pylint: disable=g-import-not-at-top
       process_index, process_count = jax.process_index(), jax.process_count()
     self.sampler = sampler_lib.Sampler(sources, config)
     if self.sampler.batch_size % process_count:
       raise ValueError(f'input: batch_size {self.sampler.batch_size} must be a multiple of the '
                        f'process count {process_count}')
+    # This host's rows of every global batch.
+    self.rows = sharding.host_rows(self.sampler.batch_size, process_index, process_count)
     if state is not None:
       self.sampler.set_state(state)
     self.process_index, self.process_count = process_index, process_count
@@ -168,8 +171,7 @@ class Pipeline:
     _LIVE_PIPELINES.add(self)
 
   def _make_dataset(self, prefetch: int) -> tf.data.Dataset:
-    local, k = self.local_batch_size, self.num_negatives
-    process_index, process_count = self.process_index, self.process_count
+    local, k, rows = self.local_batch_size, self.num_negatives, self.rows
     # What the dataset's Python functions use, reached only through this dict: TensorFlow keeps
     # those functions registered after the dataset is gone, so `close` empties it, and a closed
     # pipeline holds no sampler, stores or tokenizer (a process that trains run after run, such
@@ -181,7 +183,7 @@ class Pipeline:
       while live:
         sampler = live['sampler']
         glob = sampler.next_batch()
-        batch = sampler_lib.host_slice(glob, process_index, process_count)
+        batch = sampler_lib.batch_rows(glob, rows)
         yield {'step': batch['step'], 'batch_type': batch['batch_type'],
                'fingerprint': sampler_lib.batch_fingerprint(glob),
                'source': batch['source'], 'query_lang': np.array(batch['query_lang']),

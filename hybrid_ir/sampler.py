@@ -6,9 +6,10 @@ fill the slots of global batch `step` -> the slots draw from their streams, neve
 of one passage identity in a batch.
 
 Topology-independent: every host computes the same *global* batch (a few hundred integers; it
-reads no text) and then fetches only its own slice (`host_slice`). So the batch at step s is a
-function of (data, config, seed, step) alone, identical on 1, 2 or 4 processes, and hosts' slices
-are disjoint parts of one random draw rather than correlated streams of their own.
+reads no text) and then fetches only its own rows (`batch_rows`, at `sharding.host_rows`). So the
+batch at step s is a function of (data, config, seed, step) alone, identical on 1, 2 or 4
+processes, and hosts' slices are disjoint parts of one random draw rather than correlated streams
+of their own.
 
 Streams: the groups of a stream in epoch e are in the order of a counter-based permutation
 (`index_shuffle`, as Grain shuffles) keyed by (seed, stream, epoch): the k-th draw is computed
@@ -134,7 +135,7 @@ class Sampler:
   `too_few` ('drop' | 'error'), and the schedule fields (`type_probs`, `source_temperature`,
   `mono_lang_sampling`, `lang_temperature`, `cross_pairs`; see `schedule.make_spec`).
   Recommended for: the input pipeline, and for inspecting what a run trains on.
-  Related: `host_slice`, `hybrid_ir.input_pipeline.Pipeline`.
+  Related: `batch_rows`, `hybrid_ir.input_pipeline.Pipeline`.
   """
 
   def __init__(self, sources: Mapping[str, Source], config: Any):
@@ -322,16 +323,9 @@ def batch_fingerprint(batch: Mapping[str, Any]) -> int:
                                 batch.get('rows'), batch.get('content')]).encode())
 
 
-def host_slice(batch: Mapping[str, Any], process_index: int, process_count: int
-               ) -> dict[str, Any]:
-  """This host's contiguous share of a global batch (the hosts' slices in process order make up
-  the global batch, as `jax.make_array_from_process_local_data` assembles it)."""
-  n = len(batch['group'])
-  if not 0 <= process_index < process_count or n % process_count:
-    raise ValueError(f'host_slice: batch of {n} over {process_count} processes '
-                     f'(process_index {process_index}): batch_size must be a multiple of the '
-                     'process count')
-  k = n // process_count
-  lo, hi = process_index * k, (process_index + 1) * k
-  return {key: (v[lo:hi] if key in ('query_lang', 'passage_lang', 'group', 'epoch') else v)
+def batch_rows(batch: Mapping[str, Any], rows: slice) -> dict[str, Any]:
+  """Rows `rows` of a global batch: its per-example fields cut, its per-batch fields (step,
+  type, source, ...) as they are. Which rows a host takes is `sharding.host_rows`' rule (the
+  input pipeline's use); the hosts' parts in process order make up the global batch."""
+  return {key: (v[rows] if key in ('query_lang', 'passage_lang', 'group', 'epoch') else v)
           for key, v in batch.items()}

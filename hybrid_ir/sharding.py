@@ -8,7 +8,7 @@ under `jax.jit` with NamedShardings; no pmap.
 Config (`config.mesh`, all optional): data, fsdp, model: ints, -1 = "all remaining devices"
 (exactly one axis may be -1; default data=-1, fsdp=1, model=1).
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import logging
 import os
 from typing import Any
@@ -114,18 +114,53 @@ def local_batch_shards(mesh: Mesh) -> int:
   return n_local // mesh.shape.get("model", 1)
 
 
+def host_rows(global_rows: int, process_index: int, process_count: int) -> slice:
+  """The rows of a global batch that process `process_index` of `process_count` holds: the
+  process_index-th of process_count equal, contiguous blocks.
+
+  Inputs: the global batch's row count (a multiple of process_count) and the process. The one
+  rule for "which rows are this host's": the input pipeline fetches these rows of the sampler's
+  global batch, and `process_batch_start` checks that the mesh places a process's rows there
+  (`make_mesh` lays devices out in process order). Related: `host_local_to_global`.
+  """
+  if not 0 <= process_index < process_count or global_rows % process_count:
+    raise ValueError(f"host_rows: batch of {global_rows} over {process_count} processes "
+                     f"(process_index {process_index}): batch_size must be a multiple of the "
+                     "process count")
+  k = global_rows // process_count
+  return slice(process_index * k, (process_index + 1) * k)
+
+
+def mesh_host_rows(mesh: Mesh, global_rows: int, process_index: int, process_count: int,
+                   process_of: Callable[[jax.Device], int] = lambda d: d.process_index) -> slice:
+  """`host_rows(global_rows, process_index, process_count)`, checked to be the rows of a
+  `global_rows`-row batch field that the process's devices hold on `mesh` (split as
+  `batch_sharding` splits it); ValueError naming the rows where they are not.
+
+  Inputs: the mesh, the field's rows, the process and the process count, and which process owns
+  a device (default: the device's own `process_index`; a test passes another owner to lay
+  several processes out on one machine's devices). Related: `process_batch_start`.
+  """
+  rows = host_rows(global_rows, process_index, process_count)
+  # Devices over the model axis hold the same rows: each distinct block counts once.
+  blocks = {s.indices(global_rows)[:2] for d, (s, *_) in
+            batch_sharding(mesh).devices_indices_map((global_rows,)).items()
+            if process_of(d) == process_index}
+  held = sorted(blocks)
+  if [lo for lo, _ in held[1:]] != [hi for _, hi in held[:-1]] or not held or (
+      held[0][0], held[-1][1]) != (rows.start, rows.stop):
+    raise ValueError(f"process {process_index} of {process_count} holds rows {held} of a "
+                     f"{global_rows}-row batch on the mesh, not the one block "
+                     f"{rows.start}..{rows.stop} its input pipeline fetches: the mesh's batch axes "
+                     "must lay out the processes' devices contiguously and in process order")
+  return rows
+
+
 def process_batch_start(mesh: Mesh, n_local: int) -> int:
   """Where this process's `n_local` rows start in a global batch field that `host_local_to_global`
-  makes (every process passes n_local rows)."""
-  total = n_local * jax.process_count()
-  held = batch_sharding(mesh).addressable_devices_indices_map((total,)).values()
-  start = min(s[0].start or 0 for s in held)
-  stop = max(total if s[0].stop is None else s[0].stop for s in held)
-  if stop - start != n_local:
-    raise ValueError(f"process {jax.process_index()} holds rows {start}..{stop} of a {total}-row "
-                     f"batch, not one block of its {n_local}: its devices are not contiguous on "
-                     "the mesh's batch axes")
-  return start
+  makes (every process passes n_local rows): `host_rows`, checked against the mesh."""
+  count = jax.process_count()
+  return mesh_host_rows(mesh, n_local * count, jax.process_index(), count).start
 
 
 def host_local_to_global(batch: Any, mesh: Mesh) -> Any:

@@ -12,6 +12,7 @@ import pytest
 
 from hybrid_ir import data
 from hybrid_ir import sampler as sampler_lib
+from hybrid_ir import sharding
 from hybrid_ir.data import lareqa
 
 N_BATCHES = 10_000
@@ -62,7 +63,8 @@ def test_no_false_negatives_in_10000_batches_on_one_and_two_hosts(dataset, batch
   false_negatives = deferrals = 0
   for _ in range(N_BATCHES):
     batch = one.next_batch()
-    slices = [sampler_lib.host_slice(h.next_batch(), i, 2) for i, h in enumerate(hosts)]
+    slices = [sampler_lib.batch_rows(h.next_batch(), sharding.host_rows(BATCH, i, 2))
+              for i, h in enumerate(hosts)]
     two = {k: np.concatenate([s[k] for s in slices]) for k in ('group', 'passage_lang')}
     np.testing.assert_array_equal(two['group'], batch['group'])
     false_negatives += count_false_negatives(batch, relevant, lang_index)
@@ -90,7 +92,7 @@ def test_host_slices_are_no_closer_than_random(dataset, hosts):
     n = len(eligible)
     p_near, p_para = 2 / n, float((sizes * (sizes - 1)).sum()) / (n * (n - 1))
     rank = np.searchsorted(eligible, batch['group'])  # position in the stream's group list
-    slices = np.array_split(np.arange(BATCH), hosts)
+    slices = [np.arange(BATCH)[sharding.host_rows(BATCH, h, hosts)] for h in range(hosts)]
     for a in range(hosts):
       for b in range(a + 1, hosts):
         ia, ib = slices[a][:, None], slices[b][None, :]

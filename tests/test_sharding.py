@@ -110,3 +110,49 @@ def test_host_local_to_global_errors():
     sharding.host_local_to_global({"s": np.array(["a"] * 8)}, mesh)
   out = sharding.host_local_to_global({"x": np.arange(16).reshape(8, 2)}, mesh)
   np.testing.assert_array_equal(out["x"], np.arange(16).reshape(8, 2))
+
+
+def _owners(devices, processes):
+  """Process p of `processes` owns the p-th block of `devices`, as jax orders a pod's devices."""
+  return {d: i * processes // len(devices) for i, d in enumerate(devices)}
+
+
+@pytest.mark.parametrize("mesh_config", [{}, {"fsdp": 2}, {"data": -1, "model": 2},
+                                         {"fsdp": 4, "model": 2}])
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_each_process_rows_are_where_the_mesh_places_its_local_data(mesh_config, processes):
+  devices = jax.devices()
+  owner = _owners(devices, processes)
+  mesh = sharding.make_mesh(mesh_config, devices)
+  n = 24
+  rows = [sharding.mesh_host_rows(mesh, n, p, processes, process_of=owner.get)
+          for p in range(processes)]
+  assert rows == [sharding.host_rows(n, p, processes) for p in range(processes)]
+  assert sum((list(range(n))[r] for r in rows), []) == list(range(n))
+  # Where host_local_to_global really puts row i, the device's owner is the process whose rows
+  # hold i.
+  placed = sharding.host_local_to_global({"x": np.arange(n)}, mesh)["x"]
+  for shard in placed.addressable_shards:
+    r = rows[owner[shard.device]]
+    assert set(np.asarray(shard.data).tolist()) <= set(range(r.start, r.stop))
+  # One process (this test's): its rows start at 0.
+  assert sharding.process_batch_start(mesh, n) == 0
+
+
+def test_a_mesh_that_does_not_place_processes_in_order_is_refused():
+  devices = jax.devices()
+  reversed_mesh = sharding.make_mesh({}, devices[::-1])
+  with pytest.raises(ValueError, match=r"process 0 of 2 holds rows \[\(4, 5\).*not the one "
+                                       r"block 0\.\.4"):
+    sharding.mesh_host_rows(reversed_mesh, 8, 0, 2, process_of=_owners(devices, 2).get)
+  interleaved = {d: i % 2 for i, d in enumerate(devices)}
+  with pytest.raises(ValueError, match=r"process 1 of 2 holds rows \[\(1, 2\), \(3, 4\)"):
+    sharding.mesh_host_rows(sharding.make_mesh({}, devices), 8, 1, 2, process_of=interleaved.get)
+
+
+def test_host_rows_refuses_a_batch_that_does_not_divide_over_the_processes():
+  assert sharding.host_rows(6, 1, 3) == slice(2, 4)
+  with pytest.raises(ValueError, match="batch of 6 over 4 processes"):
+    sharding.host_rows(6, 0, 4)
+  with pytest.raises(ValueError, match="process_index 2"):
+    sharding.host_rows(6, 2, 2)
