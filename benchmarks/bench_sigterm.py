@@ -7,7 +7,8 @@ Each run starts `python -m hybrid_ir.train` in a fresh workdir, waits for its fi
 "saved; exiting" line (the final checkpoint is written: the line comes only once it is final),
 from that line to the process exit, and in all; plus the exit code and the step saved. The
 issue's target on this 2-core CPU: exit 0 within 10 s of the signal, within 5 s of the save.
-tests/test_faults.py checks the behaviour (exit 0, a finalized checkpoint) but asserts no time.
+tests/integration/test_faults.py checks the behaviour (exit 0, a finalized checkpoint) but asserts
+no time.
 """
 import argparse
 import os

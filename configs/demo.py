@@ -13,7 +13,7 @@ languages. Why USE-m3: it encodes far faster than e5-small on a CPU, so the demo
 MLQA-R evaluations and its training fit in minutes; the README gives the demo's output and its
 measured times, each with its machine. Related: experiment 1's hybrid run is this run (the same
 config but for checkpointing, so the same batches); its saved results are the README's demo table,
-and tests/test_docs_commands.py keeps the two configs and the table in step.
+and tests/integration/test_docs_commands.py keeps the two configs and the table in step.
 `configs/demo.py:runlocal` shrinks everything to a smoke test.
 """
 import ml_collections

@@ -31,7 +31,7 @@ import traceback
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = "colab/demo.ipynb"
 LAUNCH_SCRIPTS = tuple(sorted(p.name for p in (REPO / "launch").glob("*.sh")
                               if p.name != "common.sh"))
@@ -851,7 +851,8 @@ def test_placeholders_and_expansion():
         ["python", "-m", "hybrid_ir.eval", "--once"]]
 
 
-# --- The worker: `python tests/test_docs_commands.py --worker IN.json OUT.json`, one per module.
+# --- The worker: `python tests/integration/test_docs_commands.py --worker IN.json OUT.json`,
+# one per module.
 
 def _dummy_sources(sources):
   """SourceSpecs as the sampler would build them, from each source's declared languages."""

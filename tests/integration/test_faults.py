@@ -21,7 +21,7 @@
   15  a full disk (a small tmpfs): named at the failing save, with the last good checkpoint
   16  --allow_config_change on a data-state key: refused before anything is touched
 Store faults (a folder in the way, damaged stores, the same data elsewhere) are in
-tests/test_faults_store.py.
+tests/integration/test_faults_store.py.
 
 One trained run (15 steps, checkpoints 1, 5, 10, 15) serves the tests, each on its own copy.
 """
@@ -45,8 +45,8 @@ import pytest
 from hybrid_ir import checkpoint, config_flags, run_dir, sharding, train, train_step
 from hybrid_ir import eval as eval_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = REPO / "tests" / "configs_test_faults.py"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = REPO / "tests" / "integration" / "configs_test_faults.py"
 TOTAL = 15
 STEPS = [1, 5, 10, TOTAL]  # checkpoints: every 5, and Orbax saves the first step
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
@@ -58,7 +58,8 @@ def get_config(**overrides):
 
 
 def binary(module, workdir, *flags, timeout=600):
-  """`python -m hybrid_ir.<module> --config tests/configs_test_faults.py --workdir W ...`."""
+  """`python -m hybrid_ir.<module> --config tests/integration/configs_test_faults.py
+  --workdir W ...`."""
   return subprocess.run([sys.executable, "-m", f"hybrid_ir.{module}", f"--config={CONFIG}",
                          f"--workdir={workdir}", *flags], cwd=REPO, env=ENV, capture_output=True,
                         text=True, timeout=timeout)
@@ -463,7 +464,7 @@ def test_no_test_asserts_wall_clock_time():
   """An assert on a value computed from the clock fails on a loaded machine (the timing tests
   print their numbers; benchmarks/ measure)."""
   found = []
-  for path in sorted((REPO / "tests").glob("test_*.py")):
+  for path in sorted((REPO / "tests").rglob("test_*.py")):  # unit and integration
     tree = ast.parse(path.read_text())
     for fn in ast.walk(tree):
       if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -472,7 +473,7 @@ def test_no_test_asserts_wall_clock_time():
                and _reads_clock(n.value, set()) for t in n.targets if isinstance(t, ast.Name)}
       for n in ast.walk(fn):
         if isinstance(n, ast.Assert) and _reads_clock(n.test, timed):
-          found.append(f"{path.name}:{n.lineno}")
+          found.append(f"{path.relative_to(REPO)}:{n.lineno}")
   assert not found, found
 
 

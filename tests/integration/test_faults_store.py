@@ -31,7 +31,7 @@ from hybrid_ir import input_pipeline
 from hybrid_ir import sampler as sampler_lib
 from hybrid_ir.data import store as store_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 REBUILD = 'python -m hybrid_ir.prepare --config <config> --overwrite'
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from hybrid_ir import checkpoint, config_flags, input_pipeline, sampler, train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "configs_test_train.py"
 STEPS = 12
 OVERRIDES = {"total_steps": STEPS, "log_every": 1, "checkpoint.every": 3, "checkpoint.keep": 10}
