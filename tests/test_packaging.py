@@ -97,8 +97,12 @@ def test_the_library_never_imports_the_repositorys_configs():
 
 
 @pytest.mark.parametrize("name", sorted(_modules()))
-def test_every_module_imports(name):
-  importlib.import_module(name)
+def test_every_module_imports_and_says_what_it_is(name):
+  module = importlib.import_module(name)
+  # What was imported is this checkout's file (not an installed copy elsewhere), and it opens
+  # with a docstring that says what it holds (the house rule for every module).
+  assert pathlib.Path(module.__file__).resolve() == _modules()[name].resolve()
+  assert module.__doc__ and module.__doc__.strip(), f"{name}: no module docstring"
 
 
 def venv_without_hybrid_ir(env_dir: pathlib.Path) -> pathlib.Path:
