@@ -19,8 +19,13 @@ Polling ends when the trainer is done: its `finished.json` marker is there, or t
 with the newest checkpoint says that step is its last (`total_steps`), and every checkpoint has
 been seen; else after --max_idle_seconds without a new checkpoint. SIGINT (Ctrl-C) and SIGTERM
 stop it with the summary and no traceback (exit 130 and 0).
+
+LSAR (config.model.lsar: a rank and a training source, see `hybrid_ir.lsar` and
+docs/evaluation.md): each evaluated model's language subspace is estimated from that source once,
+kept in <workdir>/lsar/<tag>-<key>.npz (read again by later runs, search and export), and
+projected out inside the encoder; the `lsar` field of <tag>.json names it.
 """
-import functools
+import dataclasses
 import json
 import signal
 import sys
@@ -32,6 +37,7 @@ from absl import logging
 from etils import epath
 
 from hybrid_ir import config_flags
+from hybrid_ir import lsar
 from hybrid_ir import run_dir
 
 
@@ -81,11 +87,18 @@ def _say(msg: str) -> None:
 
 
 def evaluate(config, encoder, params, tag: str, out_dir: epath.Path,
-             built: dict[str, Any] | None = None) -> dict[str, float]:
+             built: dict[str, Any] | None = None,
+             lsar_dir: epath.Path | None = None) -> dict[str, float]:
   """Runs every evaluator on `params`; prints the table, then writes `<tag>.json` and `<tag>.md`;
-  returns the metrics. built: the evaluators (`make_evaluators`), else built here."""
+  returns the metrics. built: the evaluators (`make_evaluators`), else built here. With
+  config.model.lsar on, the params' subspace (`lsar.estimate`, kept in lsar_dir, default
+  <out_dir>/lsar) is removed from every embedding."""
   from hybrid_ir import evaluators, models
   built = built if built is not None else make_evaluators(config, encoder)
+  sub = lsar.estimate(config, encoder, params, directory=lsar_dir or out_dir / "lsar", tag=tag)
+  if sub is not None:
+    _say(sub.summary())
+    params = lsar.Projected(params, sub.basis)
   uncovered = _uncovered_langs(config, built, models)
   if uncovered:
     logging.warning("%s was not trained on %s: those rows measure an unseen language.",
@@ -102,7 +115,11 @@ def evaluate(config, encoder, params, tag: str, out_dir: epath.Path,
   print(table, flush=True)
   report = {"tag": tag, "model": config.model.name, "uncovered_langs": list(uncovered),
             "types": evaluators.types(config.evals), "metrics": metrics, "details": details,
-            "truncations": dict(getattr(encoder.tokenizer, "stats", {}) or {})}
+            "truncations": dict(getattr(encoder.tokenizer, "stats", {}) or {}),
+            "lsar": None if sub is None else {
+                **dataclasses.asdict(sub.settings), "langs": list(sub.langs),
+                "counts": list(sub.counts), "path": str(sub.path), "key": sub.key,
+                "singular_values": [float(x) for x in sub.singular_values]}}
   (out_dir / f"{tag}.json").write_text(json.dumps(report, default=float))
   (out_dir / f"{tag}.md").write_text(table + "\n")
   logging.info("wrote %s", out_dir / f"{tag}.json")
@@ -124,14 +141,15 @@ def make_evaluators(config, encoder, *, pretrained: bool = False) -> dict[str, A
 
   With config.cache_dir, embeddings are cached for the untrained model (to re-derive metrics
   without encoding again); the entries are named by the params' fingerprint as well, so a cache
-  is never read for other weights.
+  is never read for other weights (nor LSAR embeddings for plain ones: `lsar.Projected` weights
+  fingerprint with their basis).
   """
   from hybrid_ir import evaluators
-  predict_fn = functools.partial(encoder.encode, batch_size=config.get("eval_batch_size", 64))
+  predict_fn = lsar.predict_fn(encoder, config.get("eval_batch_size", 64))
   extra = {}
   if pretrained and config.get("cache_dir"):
-    extra = dict(cache_dir=config.cache_dir, cache_key=json.dumps(config.model.to_dict(),
-                                                                   sort_keys=True))
+    extra = dict(cache_dir=config.cache_dir, cache_key=json.dumps(
+        lsar.encoding_settings(config.model), sort_keys=True))
   return evaluators.make(config.evals, predict_fn, **extra)
 
 
@@ -216,7 +234,8 @@ def poll(config, encoder, workdir: epath.Path, *, once: bool, poll_seconds: floa
         if params is not None:
           if done.skipped:
             _say(f"eval: evaluating checkpoint {step}, the newest good one")
-          evaluate(config, encoder, params, f"step_{step}", out_dir, built)
+          evaluate(config, encoder, params, f"step_{step}", out_dir, built,
+                   lsar.default_dir(workdir))
           done.append(f"step_{step}")
           return done
       raise checkpoint.CorruptCheckpointError(
@@ -235,7 +254,8 @@ def poll(config, encoder, workdir: epath.Path, *, once: bool, poll_seconds: floa
         for step in todo:
           params = _restore(workdir, step, target, done)
           if params is not None:
-            evaluate(config, encoder, params, f"step_{step}", out_dir, built)
+            evaluate(config, encoder, params, f"step_{step}", out_dir, built,
+                     lsar.default_dir(workdir))
             done.append(f"step_{step}")
         idle_since = time.time()
         continue  # scan again at once: checkpoints may have come meanwhile
@@ -268,6 +288,7 @@ def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = F
     if not config.get("evals"):
       raise config_flags.ConfigError("the config has no `evals` to run (a training-only "
                                      f"config?); keys: {sorted(config.keys())}")
+    lsar.check(config)  # a bad model.lsar fails before the model loads
     from hybrid_ir import models  # heavy import; keeps --help fast
     encoder = models.load_encoder(config.model)
     # Before anything is evaluated: results must have somewhere to go. The workdir is created if
@@ -280,7 +301,8 @@ def run(config, workdir: epath.Path, *, pretrained: bool = False, once: bool = F
   built = make_evaluators(config, encoder, pretrained=pretrained)
   if pretrained:
     done = Evaluated()
-    evaluate(config, encoder, encoder.params, "pretrained", out_dir, built)
+    evaluate(config, encoder, encoder.params, "pretrained", out_dir, built,
+             lsar.default_dir(workdir))
     done.append("pretrained")
     return done
   return poll(config, encoder, workdir, once=once, out_dir=out_dir, built=built, **poll_kwargs)

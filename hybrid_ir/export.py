@@ -14,7 +14,7 @@ What is written (the classic sentence-transformers layout, which sentence-transf
                                    `XLMRobertaModel` (position ids from padding_idx + 1), float32,
                                    tensor names from `weights.hf_name_map` (the import map, inverted)
   tokenizer.json, tokenizer_config.json, special_tokens_map.json   the encoder's own tokenizer
-  modules.json                     Transformer -> Pooling -> [Dense] -> Normalize
+  modules.json                     Transformer -> Pooling -> [Dense] -> [Dense (LSAR)] -> Normalize
   sentence_bert_config.json        max_seq_length = the largest bucket (longer texts are truncated,
                                    as our tokenizer does); model_args add_pooling_layer=False
                                    where no pooler was trained, so that no random one is built
@@ -22,6 +22,9 @@ What is written (the classic sentence-transformers layout, which sentence-transf
   2_Dense/                         pooling 'pooler' only (LaBSE): CLS pooling + a Dense layer holding
                                    the pooler's weights with tanh, exactly how LaBSE ships in
                                    sentence-transformers (the pooler is also in model.safetensors)
+  N_Dense/ (LSAR)                  with config.model.lsar on (`hybrid_ir.lsar`): the language
+                                   subspace U of these params projected out, a Dense layer of
+                                   weight I - U U^T, no bias, identity activation
   N_Normalize/                     L2 normalisation, as our `Encoder.apply`
   config_sentence_transformers.json   prompts {'query': query_prefix, 'passage': passage_prefix}
   README.md                        the model card (`model_card`): base model, training sources and
@@ -135,15 +138,16 @@ def write_tokenizer(tokenizer, out_dir: pathlib.Path) -> dict[str, str]:
 
 
 def export_encoder(encoder, params: Any, out_dir: str | pathlib.Path, *,
-                   provenance: str = "", card: Callable[..., str] | None = None
-                   ) -> pathlib.Path:
+                   provenance: str = "", card: Callable[..., str] | None = None,
+                   lsar_basis: np.ndarray | None = None) -> pathlib.Path:
   """Writes `encoder` with `params` as a sentence-transformers directory (see module docstring).
 
   Inputs: encoder, a BERT-family `hybrid_ir.models.Encoder`; params, its params pytree (e.g. from
   `checkpoint.restore_params`); out_dir, created if missing (must be empty if it exists);
   provenance, one line for a plain README; card, instead, `model_card` with all but the
-  encoder's own fields (prefixes, pooling, max_len, has_pooler) bound. Returns
-  out_dir. Raises ValueError for non-BERT encoders.
+  encoder's own fields (prefixes, pooling, max_len, has_pooler, lsar_layer) bound; lsar_basis,
+  an LSAR basis [hidden, r] (`hybrid_ir.lsar`) written as a Dense layer before Normalize.
+  Returns out_dir. Raises ValueError for non-BERT encoders.
   """
   import safetensors.numpy
   from hybrid_ir.models import encoder as encoder_lib
@@ -182,6 +186,18 @@ def export_encoder(encoder, params: Any, out_dir: str | pathlib.Path, *,
                                  "linear.bias": tensors["pooler.dense.bias"]},
                                 str(d / "model.safetensors"), metadata={"format": "pt"})
     modules.append(("sentence_transformers.models.Dense", d.name))
+  lsar_layer = None
+  if lsar_basis is not None:
+    # (I - U U^T) is symmetric, so torch's weight [out, in] is the same matrix.
+    u = np.asarray(lsar_basis, np.float64)
+    d = out / f"{len(modules)}_Dense"
+    _write_json(d / "config.json", {"in_features": h, "out_features": h, "bias": False,
+                                    "activation_function": "torch.nn.modules.linear.Identity"})
+    safetensors.numpy.save_file(
+        {"linear.weight": np.ascontiguousarray(np.eye(h) - u @ u.T, np.float32)},
+        str(d / "model.safetensors"), metadata={"format": "pt"})
+    modules.append(("sentence_transformers.models.Dense", d.name))
+    lsar_layer = (d.name, u.shape[1])
   norm = out / f"{len(modules)}_Normalize"
   norm.mkdir()
   modules.append(("sentence_transformers.models.Normalize", norm.name))
@@ -199,7 +215,8 @@ def export_encoder(encoder, params: Any, out_dir: str | pathlib.Path, *,
       "similarity_fn_name": "cosine"})
   has_pooler = "pooler.dense.weight" in tensors
   (out / "README.md").write_text(
-      card(prefixes=tok.prefixes, pooling=cfg.pooling, max_len=tok.max_len, has_pooler=has_pooler)
+      card(prefixes=tok.prefixes, pooling=cfg.pooling, max_len=tok.max_len, has_pooler=has_pooler,
+           lsar_layer=lsar_layer)
       if card else f"# {encoder.name} (exported by hybrid_ir)\n\n{provenance}\n\n"
       + how_to_load(out.name, tok.prefixes, has_pooler))
   make_world_readable(out)
@@ -272,13 +289,16 @@ def _metrics_section(report: dict[str, Any], source: str) -> list[str]:
 
 def model_card(saved: dict[str, Any], *, name: str, checkpoint: str, workdir: str | None,
                report: dict[str, Any] | None, report_path: str | None, prefixes: dict,
-               pooling: str, max_len: int, has_pooler: bool) -> str:
+               pooling: str, max_len: int, has_pooler: bool,
+               lsar_layer: tuple[str, int] | None = None, lsar_source: str | None = None
+               ) -> str:
   """README.md of an export: what the model is, what it was trained on and how, what it scored,
   and how to load it.
 
   Inputs: saved, the config saved with the checkpoint (`checkpoint.saved_config`; the --config
   given for a pretrained export); checkpoint, 'step_<N>' or 'pretrained'; report, the eval JSON of
-  that checkpoint (`<workdir>/eval/<checkpoint>.json`, written by hybrid_ir.eval) or None.
+  that checkpoint (`<workdir>/eval/<checkpoint>.json`, written by hybrid_ir.eval) or None;
+  lsar_layer, (folder, rank) of the LSAR Dense layer, and lsar_source, what estimated it.
   """
   model = saved.get("model") or {}
   base = model.get("name", "?")
@@ -299,7 +319,12 @@ def model_card(saved: dict[str, Any], *, name: str, checkpoint: str, workdir: st
             f"- Base model: `{base}`" + (f" ([{base_hf}](https://huggingface.co/{base_hf}))"
                                          if base_hf else ""),
             f"- Pooling: {pooling}, then L2 normalisation; max_seq_length {max_len}; "
-            f"prompts {dict(prefixes)}; similarity: cosine", ""]
+            f"prompts {dict(prefixes)}; similarity: cosine"]
+  if lsar_layer:
+    lines.append(f"- Language subspace removed (LSAR, Xie et al. 2024): rank {lsar_layer[1]}, "
+                 f"estimated from {lsar_source or 'the training source'}; the `{lsar_layer[0]}` "
+                 "layer (I - U U^T) before the normalisation")
+  lines.append("")
   if checkpoint == "pretrained":
     lines += ["## Training", "", "Not fine-tuned: the base model as hybrid_ir loads it.", ""]
   else:
@@ -334,8 +359,8 @@ def model_card(saved: dict[str, Any], *, name: str, checkpoint: str, workdir: st
 
 
 def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path | None = None,
-           step: int | None = None, pretrained: bool = False,
-           log_file: bool = False) -> pathlib.Path:
+           step: int | None = None, pretrained: bool = False, log_file: bool = False,
+           lsar_dir: str | pathlib.Path | None = None) -> pathlib.Path:
   """Loads `config.model`, takes params from `workdir`'s checkpoint `step` (None: the latest
   finished one) or, with `pretrained=True`, as loaded, and exports them (`export_encoder`) with a
   model card (`model_card`) from the checkpoint's saved config and its `<workdir>/eval/step_<N>.json`
@@ -344,9 +369,12 @@ def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path |
   Recommended after `hybrid_ir.train` on the same config. Raises ValueError for a USE-m3 config
   (before loading anything) and FileNotFoundError naming the finished steps for a missing step.
   log_file: the log (backend probe, Orbax) goes to `<out_dir's parent>/export.INFO` from before
-  the model loads (the binary), so the console shows only export's own line.
+  the model loads (the binary), so the console shows only export's own line. With
+  config.model.lsar on, the params' language subspace (`hybrid_ir.lsar.estimate`, kept in
+  lsar_dir, default <workdir>/lsar or cache/lsar) becomes a Dense layer of the export.
   """
   from hybrid_ir import checkpoint
+  from hybrid_ir import lsar
   from hybrid_ir import models
   from hybrid_ir import run_dir
   name = config.model.get("name")
@@ -358,6 +386,7 @@ def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path |
                      "architecture and cannot be exported; serve it with "
                      "hybrid_ir.models.load_encoder + checkpoint.restore_params, or train a "
                      "BERT-family model (e.g. configs/e5_small.py) to export")
+  lsar.check(config)  # a bad model.lsar fails before the model loads
   out = pathlib.Path(out_dir)
   with run_dir.HeldLog() as log:
     if log_file:
@@ -370,6 +399,10 @@ def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path |
       step = checkpoint.latest_finished_step(workdir) if step is None else step
       params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
       tag, saved = f"step_{step}", checkpoint.saved_config(workdir, step)
+  sub = lsar.estimate(config, encoder, params, tag=tag,
+                      directory=lsar_dir or lsar.default_dir(workdir))
+  if sub is not None:
+    print(sub.summary(), flush=True)
   report_path = pathlib.Path(workdir, "eval", f"{tag}.json") if workdir else None
   report = None
   if report_path is not None and report_path.is_file():
@@ -378,10 +411,14 @@ def export(config, out_dir: str | pathlib.Path, *, workdir: str | pathlib.Path |
     except ValueError as e:
       raise ValueError(f"export: {report_path} is not valid JSON ({e}); run hybrid_ir.eval "
                        "again or move it away") from None
-  card = functools.partial(model_card, saved, name=out.name, checkpoint=tag,
-                           workdir=str(workdir) if workdir else None, report=report,
-                           report_path=str(report_path) if report else None)
-  return export_encoder(encoder, params, out, card=card)
+  card = functools.partial(
+      model_card, saved, name=out.name, checkpoint=tag,
+      workdir=str(workdir) if workdir else None, report=report,
+      report_path=str(report_path) if report else None,
+      lsar_source=None if sub is None else (
+          f"source {sub.settings.source!r} ({', '.join(sub.langs)}; {sum(sub.counts)} texts)"))
+  return export_encoder(encoder, params, out, card=card,
+                        lsar_basis=None if sub is None else sub.basis)
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:

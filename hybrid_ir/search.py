@@ -34,16 +34,21 @@ Outputs:
 The console shows search's own lines and the encoder's progress; the log (JAX's backend probe,
 Orbax, warnings, an error's traceback) goes to search.INFO next to the run file.
 
+LSAR (config.model.lsar: a rank and a training source, see `hybrid_ir.lsar` and
+docs/evaluation.md): the checkpoint's language subspace, estimated once from that source and kept
+in <workdir>/lsar/ (cache/lsar without --workdir), is projected out of queries and documents
+inside the encoder.
+
 Cache: corpus embeddings are kept in --cache_dir/<corpus file>-<key>/ (shards + manifest; a
-killed encode resumes), key = sha256 of (model config, a sha256 of every parameter's bytes, the
-corpus file's sha256). Another checkpoint, a retrained step or an edited corpus gets a new entry;
-identical params and corpus reuse the old one. Old entries are never deleted: remove them by hand.
+killed encode resumes), key = sha256 of (model config, a sha256 of every parameter's bytes and of
+the LSAR basis if any, the corpus file's sha256). Another checkpoint, a retrained step or an edited
+corpus gets a new entry; identical params and corpus reuse the old one. Old entries are never
+deleted: remove them by hand.
 
 Recommended for: a trained model on your own corpus (Tevatron's encode -> index -> search in one
 command). Related: `hybrid_ir.eval` (LAReQA/MIRACL benchmarks), `hybrid_ir.evaluators.miracl`
 (MIRACL's file layout), `hybrid_ir.export` (a sentence-transformers model for other tools).
 """
-import functools
 import hashlib
 import json
 import os
@@ -54,6 +59,7 @@ from absl import flags
 import numpy as np
 
 from hybrid_ir import config_flags
+from hybrid_ir import lsar
 from hybrid_ir.data import store as store_lib
 from hybrid_ir.data import text_files
 
@@ -67,10 +73,9 @@ DEFAULT_MEASURES = ("nDCG@10", "R@100", "RR@10")
 
 def cache_entry(cache_dir: str | os.PathLike, model_config: Any, params_fp: str,
                 corpus_path: str | os.PathLike) -> tuple[pathlib.Path, str]:
-  """(directory, key) of a corpus' cached embeddings (see the module docstring)."""
-  if hasattr(model_config, "to_dict"):
-    model_config = model_config.to_dict()
-  ident = {"model": model_config, "params_sha256": params_fp,
+  """(directory, key) of a corpus' cached embeddings (see the module docstring). params_fp:
+  the fingerprint of the weights encoded with (`lsar.Projected` ones include the basis)."""
+  ident = {"model": lsar.encoding_settings(model_config), "params_sha256": params_fp,
            "corpus_sha256": store_lib.file_digest(corpus_path)}
   key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
   return pathlib.Path(cache_dir) / f"{pathlib.Path(corpus_path).name}-{key[:16]}", key
@@ -190,7 +195,8 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
         query_block: int = 256, cand_block: int = 8192, encoder=None,
         log_file: bool = False) -> dict:
   """What the binary does, callable in-process. Returns {'run': path, 'cache': dir or None,
-  'metrics': evaluate_run's dict or None, 'tag': step_<N> | pretrained}.
+  'metrics': evaluate_run's dict or None, 'tag': step_<N> | pretrained, 'lsar': the subspace's
+  .npz or None}.
 
   cache_dir: None -> <workdir>/search/cache, or cache/search without a workdir; '' -> no cache.
   encoder: an already built encoder of `config.model` (tests, notebooks); default: built here.
@@ -201,6 +207,7 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
     raise ValueError("pass --workdir (a training run's checkpoints) or --pretrained")
   if pretrained and step is not None:
     raise ValueError("--step reads a checkpoint; it cannot go with --pretrained")
+  lsar.check(config)  # a bad model.lsar fails before anything is read
   queries_t = text_files.read_texts(queries, "queries")
   corpus_t = text_files.read_texts(corpus, "corpus")
   qrels_d = text_files.read_qrels(qrels, queries_t, corpus_t) if qrels else None
@@ -223,6 +230,12 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
       params = encoder.params
     else:
       params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
+  batch_size = batch_size or config.get("eval_batch_size", 64)
+  sub = lsar.estimate(config, encoder, params, directory=lsar.default_dir(workdir), tag=run_tag,
+                      batch_size=batch_size)
+  if sub is not None:
+    print(sub.summary(), flush=True)
+    params = lsar.Projected(params, sub.basis)
   if cache_dir is None:
     cache_dir = os.path.join(workdir, "search", "cache") if workdir else os.path.join(
         "cache", "search")
@@ -233,8 +246,7 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
                         corpus)
     hit = (cache[0] / "manifest.json").is_file()
     print(f"corpus embeddings: {cache[0]} ({'cached' if hit else 'encoding'})", flush=True)
-  batch_size = batch_size or config.get("eval_batch_size", 64)
-  predict_fn = functools.partial(encoder.encode, batch_size=batch_size)
+  predict_fn = lsar.predict_fn(encoder, batch_size)
   print(f"search: {len(queries_t)} queries x {len(corpus_t)} documents, top {k}, "
         f"{config.model.name} ({run_tag})", flush=True)
   scores, indices = search(predict_fn, params, queries_t, corpus_t, k=k, cache=cache,
@@ -255,7 +267,7 @@ def run(config, *, corpus: str, queries: str, workdir: str | None = None, step: 
                                     if unjudged else ""), flush=True)
     print(f"wrote {path}", flush=True)
   return {"run": str(out), "cache": str(cache[0]) if cache else None, "metrics": metrics,
-          "tag": run_tag}
+          "tag": run_tag, "lsar": str(sub.path) if sub is not None else None}
 
 
 def define_flags() -> None:

@@ -278,7 +278,8 @@ class Encoder:
       idx = order[s:s + batch_size]
       length = self.tokenizer.bucket_for(len(ids[idx[-1]]), self.tokenizer.encode_buckets)
       batch = self.tokenizer.pad([ids[i] for i in idx], length, batch_size=batch_size)
-      out[idx] = np.asarray(self._jit_apply(params, batch, basis))[:len(idx)]
+      args = (params, batch) if basis is None else (params, batch, basis)
+      out[idx] = np.asarray(self._jit_apply(*args))[:len(idx)]
     return out
 
 
