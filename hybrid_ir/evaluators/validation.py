@@ -95,7 +95,7 @@ def heldout_data(source: Mapping[str, Any]) -> lareqa_data.LareqaData:
   if source.get('files') or folder.name not in lareqa_data.LANGS:
     raise ValueError(f"validation source {name!r}: `path` must be a LAReQA set's folder (named "
                      f"one of {sorted(lareqa_data.LANGS)}); got path={path!r}"
-                     + (f" and files" if source.get('files') else ''))
+                     + (' and files' if source.get('files') else ''))
   keep_ids, articles = heldout_fold(source)
   full = lareqa_data.load_lareqa(folder.parent, folder.name, source.get('langs'))
   article = _article_of_candidates(full)
