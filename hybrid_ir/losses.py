@@ -118,3 +118,17 @@ def info_nce(
     metrics.update(loss_p2q=loss_pq, acc_p2q=acc_pq)
     loss = (loss + loss_pq) / 2
   return loss, metrics
+
+
+def distill_mse(student: jax.Array, teacher: jax.Array) -> jax.Array:
+  """Multilingual distillation's term (hybrid_ir.distill): the mean over rows of the squared L2
+  distance between the student's and the teacher's embedding of a row.
+
+  Inputs: student [B, D] (the embeddings being trained, any language version), teacher [B, D]
+  (the frozen teacher's embedding of the same group's pivot version; no gradient flows to it).
+  For unit vectors this is 2 - 2 cos, so it reads on the same scale whatever D is; it is D times
+  the element-wise mean sentence-transformers' MSELoss reports. The gradient with respect to
+  row i is 2 (s_i - t_i) / B.
+  """
+  diff = student.astype(jnp.float32) - jax.lax.stop_gradient(teacher.astype(jnp.float32))
+  return jnp.mean(jnp.sum(diff * diff, axis=-1))

@@ -57,6 +57,7 @@ import jax
 
 from hybrid_ir import checkpoint as ckpt_lib
 from hybrid_ir import config_flags
+from hybrid_ir import distill
 from hybrid_ir import hardware
 from hybrid_ir import run_dir
 from hybrid_ir import sharding
@@ -193,12 +194,14 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
 
   # ----------------------------------------------------------------------------------------------
   # Update step. A batch holds queries, their positive passages (and optional hard negatives) of
-  # several languages, as the sampler mixed them (X-X-mono, X-Y, or hybrid: mono with
-  # probability input.mono). Every device embeds its rows with the shared encoder; the InfoNCE
-  # loss (losses.info_nce) scores each query against every passage of the *global* batch and every
-  # device's negatives, masking passages of the query's own passage identity; AdamW updates the
-  # weights (train_step.make_optimizer; the token table by hybrid_ir.table_update). One jit,
-  # state donated, shardings pinned; `ok` flags a step whose state must never be saved.
+  # several languages, as the sampler drew its type (input.type_probs: X-X-mono, X-Y, or both:
+  # hybrid). Every device embeds its rows with the shared encoder; the InfoNCE loss
+  # (losses.info_nce) scores each query against every passage of the *global* batch and every
+  # device's negatives, masking passages of the query's own passage identity. With
+  # loss.distill, a term pulls each row's embeddings to a frozen teacher's embedding of the
+  # group's pivot version (hybrid_ir.distill). AdamW updates the weights
+  # (train_step.make_optimizer; the token table by hybrid_ir.table_update). One jit, state
+  # donated, shardings pinned; `ok` flags a step whose state must never be saved.
   # ----------------------------------------------------------------------------------------------
   tokenize = train_step.training_tokenizer(encoder, config, mesh)
   step_fn = train_step.make_train_step(encoder, config, mesh)
@@ -250,6 +253,12 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
       # The binary exits at once instead (see _exit_now): closing waits on tf.data's threads.
       cleanup.callback(pipeline.close)
     hardware.log_memory("input pipeline")
+    teacher_targets = None
+    if distill.settings(config):  # the frozen teacher's embeddings, computed once per store
+      student_dim = jax.eval_shape(encoder.apply, encoder.params,
+                                   encoder.tokenize(["x"], "query")).shape[-1]
+      teacher_targets = distill.teacher_targets(config, pipeline.sampler.sources,
+                                                models.load_encoder, student_dim, say=console.say)
     writer = run_dir.MetricWriter(workdir, start, say=console.say)
     cleanup.callback(writer.close)
     saver = _Saver(workdir, manager, pipeline, config, lease, step_fn.max_param_norm)
@@ -284,7 +293,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
     cleanup.callback(console.close)
     with run_dir.StopRequests() as stops:
       for step in range(start + 1, total + 1):
-        batch = next(pipeline)
+        batch = distill.attach(next(pipeline), teacher_targets)
         if lease is not None:
           lease.check()  # never write after another trainer took the workdir over
         if batch["step"] != step - 1:
@@ -296,7 +305,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
         state, m = update(state, gbatch)
         _log_memory_of_first_steps(step - start, m)
         saver.pending.append((step, m))
-        meter.add(batch, m["loss"])
+        meter.add(batch, m)
         if step % log_every == 0 or step == total:
           saver.check_steps()
           out, by_type = meter.flush(jax.device_get(m))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hybrid_ir import distill
 from hybrid_ir import losses
 from hybrid_ir import sharding
 from hybrid_ir import table_update
@@ -108,22 +109,32 @@ def make_loss_and_grads(encoder, config):
   """(trainable, batch) -> ((loss, metrics), grads); trainable = {'params', 'loss_params'}.
 
   batch (global arrays): 'query', 'passage', ['negative'] token dicts, 'identity',
-  ['negative_identity', 'negative_valid'].
+  ['negative_identity', 'negative_valid'], and with config.loss.distill 'teacher_query' and
+  'teacher_passage' [B, D] (`distill.attach`).
+  The loss is InfoNCE (losses.info_nce), plus loss.distill.weight times `losses.distill_mse` of
+  queries and passages averaged, or that term alone with loss.distill.only.
   With config.grad_cache_chunks > 1 the gradient is computed GradCache-style (Gao et al. 2021).
   """
   lc = config.loss
   chunks = grad_cache_chunks(config)
+  distilled = distill.settings(config)
 
   def loss_from_embeddings(loss_params, q, p, n, batch):
     temp = (losses.temperature_from_log(loss_params["log_temperature"])
             if lc.get("learn_temperature") else lc.temperature)
     mask = lc.get("mask_false_negatives", True)
-    return losses.info_nce(
+    loss, metrics = losses.info_nce(
         q, p, n, temperature=temp, variant=lc.get("variant", "standard"),
         symmetric=lc.get("symmetric", False),
         identities=batch["identity"] if mask else None,
         negative_identities=batch.get("negative_identity") if mask else None,
         negative_valid=batch.get("negative_valid"))
+    if distilled:  # the teacher's pivot embeddings of each row's group (hybrid_ir.distill)
+      mse = (losses.distill_mse(q, batch["teacher_query"])
+             + losses.distill_mse(p, batch["teacher_passage"])) / 2
+      metrics.update(info_nce=loss, distill_mse=mse)
+      loss = distilled["weight"] * mse + (0.0 if distilled["only"] else loss)
+    return loss, metrics
 
   def embed_all(params, batch):
     return [encoder.apply(params, batch[k]) if k in batch else None
@@ -319,7 +330,7 @@ def place_packed_batch(batch: dict, mesh, encoder, chunks: int = 1) -> dict:
 def to_device_batch(batch: dict, mesh) -> dict:
   """Host-local pipeline batch -> global arrays the update step takes (strings -> int ids)."""
   keep = {k: batch[k] for k in ("query", "passage", "negative", "identity", "negative_identity",
-                                "negative_valid") if k in batch}
+                                "negative_valid", *distill.BATCH_FIELDS) if k in batch}
   return sharding.host_local_to_global(keep, mesh)
 
 
@@ -333,6 +344,8 @@ def why_not_ok(metrics: dict, max_norm: float) -> str:
 
 
 class StepMeter:
+  PER_TYPE = ("loss", "distill_mse")
+
   """What the steps between two log steps measured: the loss per batch type, examples, tokens
   and token slots per second, the share of slots that held real tokens (what padding costs) and,
   with `peak_flops` (one device's peak), MFU from XLA's cost analysis of each batch shape.
@@ -349,7 +362,7 @@ class StepMeter:
 
   def _restart(self):
     self.t0, self.examples, self.tokens, self.slots = time.time(), 0, 0, 0
-    self.losses: dict[str, list] = {}
+    self.per_type: dict[str, list[dict]] = {}
 
   def measure_flops(self, update, state, device_batch) -> None:
     """Compiles `update` once per new batch shape to read its FLOPs (only with peak_flops)."""
@@ -357,21 +370,23 @@ class StepMeter:
         self.flops_by_shape:
       self.flops_by_shape[shape] = step_flops(update.lower(state, device_batch).compile())
 
-  def add(self, batch: dict, loss) -> None:
+  def add(self, batch: dict, metrics: dict) -> None:
     masks = [batch[k]["attention_mask"] for k in ("query", "passage", "negative") if k in batch]
     hosts = jax.process_count()
     self.examples += len(batch["group"]) * hosts
     self.tokens += sum(int(m.sum()) for m in masks) * hosts
     self.slots += sum(m.size for m in masks) * hosts
-    self.losses.setdefault(batch["batch_type"], []).append(loss)
+    self.per_type.setdefault(batch["batch_type"], []).append(
+        {k: metrics[k] for k in self.PER_TYPE if k in metrics})
     self.fingerprint = batch["fingerprint"]
 
   def flush(self, metrics: dict) -> tuple[dict[str, Any], dict[str, float]]:
     dt = time.time() - self.t0
     out = {f"train/{k}": float(v) for k, v in metrics.items() if k != "ok"}
-    by_type = {bt: float(np.mean(jax.device_get(ls))) for bt, ls in self.losses.items()}
-    out.update({f"train/loss_{bt}": v for bt, v in by_type.items()})
-    steps = sum(map(len, self.losses.values()))
+    for bt, rows in jax.device_get(self.per_type).items():
+      out.update({f"train/{k}_{bt}": float(np.mean([r[k] for r in rows])) for k in rows[0]})
+    by_type = {bt: out[f"train/loss_{bt}"] for bt in self.per_type}
+    steps = sum(map(len, self.per_type.values()))
     out.update({"train/batch_fingerprint": self.fingerprint,  # of the log step's batch
                 "train/examples_per_s": self.examples / dt,
                 "train/tokens_per_s": self.tokens / dt,

@@ -133,10 +133,13 @@ def test_step_meter_reports_the_window_per_batch_type():
   for loss, batch_type in ((2.0, "mono"), (4.0, "cross"), (3.0, "mono")):
     meter.add({"group": [0, 1], "batch_type": batch_type, "fingerprint": f"fp-{loss}",
                "query": {"attention_mask": mask([2, 4], 4)},
-               "passage": {"attention_mask": mask([1, 1], 4)}}, np.float32(loss))
+               "passage": {"attention_mask": mask([1, 1], 4)}},
+              {"loss": np.float32(loss), "distill_mse": np.float32(loss / 10), "ok": True})
   out, by_type = meter.flush({"loss": np.float32(3.0), "ok": True})
   assert by_type == {"mono": 2.5, "cross": 4.0}
   assert out["train/loss_mono"] == 2.5 and out["train/loss"] == 3.0 and "train/ok" not in out
+  assert out["train/distill_mse_mono"] == pytest.approx(0.25)
+  assert out["train/distill_mse_cross"] == pytest.approx(0.4)
   assert out["train/real_token_share"] == pytest.approx(8 / 16)
   assert out["train/batch_fingerprint"] == "fp-3.0"
   assert out["train/examples_per_s"] / out["train/tokens_per_s"] == pytest.approx(6 / 24)
