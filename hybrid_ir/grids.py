@@ -27,6 +27,10 @@ The recipe's switches (issue "results that hold up"; each off by default):
               embeddings from fewer tokens; BERT family)
   curve       points of the parallel-query distance curve measured during training (0: off; the
               ratio experiment measures 10), on held-out questions of the evaluation set
+  validation  points of a validation curve (0: off): a fifth of the training set's articles is
+              held out of training and measured during training (held-out InfoNCE loss and
+              LAReQA mAP, hybrid_ir.evaluators.validation); the runner reports the best step by
+              the held-out loss as well as the last
 
 Related: `hybrid_ir.experiments` (runs a grid), `hybrid_ir.report` (tables from its summaries).
 """
@@ -39,7 +43,7 @@ from hybrid_ir.data import lareqa
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
                 symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense",
-                pack=0)
+                pack=0, validation=0)
 # Short model names of the arg -> `model_config.name`, from the models registry's presets.
 MODELS = {short: preset["name"] for short, preset in models.PRESETS.items()}
 SIZES = ("full", "mini")

@@ -16,6 +16,10 @@ Config keys read here (besides `model`, `mesh`, `input`, `evals`, owned by their
         identity with a query's positive; the sampler already avoids them, see losses.info_nce)
   max_param_norm_growth: a step whose parameter norm exceeds this times the initial one is a
         divergence, treated like NaN (see Faults; optional, default 100; 0: no bound)
+  selection: {metric, mode} (optional): model selection on a metric of train_evals (e.g.
+        'validation/loss', 'min'): every evaluated step is evaluated first, then saved with its
+        metrics, and the checkpoint manager keeps the best step by it besides the latest
+        `checkpoint.keep` (checkpoint.make_manager(keep_best=...)).
 Optional keys (peak_flops, max_param_norm_growth, b1, b2, eps) are not in every shipped config,
 whose keys are locked: add them to the config file rather than as --config overrides.
   grad_cache_chunks: 0/1 = off; n > 1 = GradCache: embed in n chunks without activations kept,
@@ -162,7 +166,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
   if lease is not None and lease.took_over:
     console.say(f"took over the stale lease of {lease.path} ({lease.took_over})")
   logging.info("config:\n%s", config)
-  _check_loss_has_negatives(config)
+  _check_config(config)
   config_json = ckpt_lib.config_to_json(config)
   total = int(config.total_steps)
   console.say(f"hybrid_ir.train: {workdir}\n  log:         {log_path or 'stderr'}\n"
@@ -212,9 +216,12 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
   # Checkpoint load (auto-resume, falling back over damaged steps) and input pipeline.
   # ----------------------------------------------------------------------------------------------
   cc = config.checkpoint
+  selection = config.get("selection")
   manager = ckpt_lib.make_manager(workdir, max_to_keep=cc.get("keep", 3),
                                   save_interval_steps=cc.get("every", 1000),
-                                  async_save=cc.get("async_save", True))
+                                  async_save=cc.get("async_save", True),
+                                  keep_best=selection.metric if selection else None,
+                                  best_mode=selection.get("mode") if selection else None)
   with contextlib.ExitStack() as cleanup:  # closed in reverse, on any exit
     cleanup.callback(manager.close)
     state = step_fn.init(encoder.params)
@@ -269,10 +276,11 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
     eval_every = int(config.get("eval_every", 0))
     evals = _train_evaluators(config, encoder) if eval_every else {}
 
-    def run_evals(step):
-      """Runs the evaluators; a stop request (preemption) abandons them at once."""
+    def run_evals(step) -> dict[str, float]:
+      """Runs the evaluators; a stop request (preemption) abandons them at once. Returns the
+      metrics of those that finished."""
       from hybrid_ir import evaluators
-      ran = evaluators.run(evals, state["params"])
+      ran, out = evaluators.run(evals, state["params"]), {}
       for name in evals:
         try:
           with stops.interruptible():
@@ -280,8 +288,10 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
         except run_dir.Interrupted:
           console.say(f"{stops.signal} during the {name} evaluation at step {step}: evaluation "
                       "abandoned")
-          return
+          return out
         writer.write(step, results)
+        out.update(results)
+      return out
 
     # --------------------------------------------------------------------------------------------
     # Train loop.
@@ -313,11 +323,13 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
           logging.info("step %d/%d loss %.4f (%.2f s/step, %.0f tokens/s)", step, total,
                        out["train/loss"], out["train/step_seconds"], out["train/tokens_per_s"])
           console.progress(step, total, by_type, out["train/step_seconds"])
-        saved = saver.save(step, state, force=step == total or stops.signal is not None)
-        if evals and (step % eval_every == 0 or step == total) and not stops.signal:
-          run_evals(step)
-          if stops.signal and not saved:
-            saver.save(step, state, force=True)  # the signal came during the evaluation
+        evaluate = bool(evals) and (step % eval_every == 0 or step == total) and not stops.signal
+        # Evaluate, then save with what was measured: with config.selection the manager keeps
+        # the best step by its metric, so every evaluated step is saved. A signal during the
+        # evaluation abandons it, and the step is saved (without a claim to be the best).
+        measured = run_evals(step) if evaluate else None
+        saver.save(step, state, metrics=measured if selection else None,
+                   force=step == total or stops.signal is not None or (evaluate and selection))
         if stops.signal:
           break
     # Said only once the (async) save is final: a checkpoint announced is one that exists.
@@ -330,7 +342,15 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
 # ------------------------------------------------------------------------------------------------
 # What the run does around the method: checks before it starts, saving only good steps, the end.
 # ------------------------------------------------------------------------------------------------
-def _check_loss_has_negatives(config) -> None:
+def _check_config(config) -> None:
+  """What can be refused before anything loads."""
+  distill.settings(config)
+  selection = config.get("selection")
+  during = (config.get("train_evals") or list(config.get("evals") or {})
+            if int(config.get("eval_every", 0)) else [])
+  if selection and selection.metric.split("/")[0] not in during:
+    raise ValueError(f"config.selection.metric={selection.metric!r}: no evaluator of {during} "
+                     "(config.train_evals, run every config.eval_every steps) measures it")
   no_negatives = [c.get("name") for c in config.input.sources if not c.get("num_negatives")]
   if config.loss.get("variant") == "paper" and no_negatives:
     raise ValueError("loss.variant='paper' learns only from hard negatives, but sources "
@@ -409,8 +429,10 @@ class _Saver:
       with ckpt_lib.disk_full_named(self.manager, self.writing):
         self.manager.wait_until_finished()
 
-  def save(self, step: int, state, force: bool = False) -> bool:
-    """Saves when the interval says so or `force`; whether a save started."""
+  def save(self, step: int, state, force: bool = False,
+           metrics: dict[str, float] | None = None) -> bool:
+    """Saves when the interval says so or `force`, with the step's evaluation `metrics` (for
+    the manager's keep_best); whether a save started."""
     if not (force or self.manager.should_save(step)):
       return False
     self.check_steps()
@@ -420,7 +442,7 @@ class _Saver:
     with ckpt_lib.disk_full_named(self.manager, step):
       ckpt_lib.check_free_space(self.manager, step)
       started = ckpt_lib.save(self.manager, step, state, self.pipeline.get_state(), self.config,
-                              force=force)
+                              force=force, metrics=metrics)
     first, self.writing = self.writing is None, step
     if first:  # once a run: what a save holds on the host, measured while nothing else runs
       self.finish()

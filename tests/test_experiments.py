@@ -548,13 +548,7 @@ def test_languages_v2_grid_runs_in_the_order_that_answers_most_when_stopped():
   assert all(r.args.get("seed", 0) == 0 for r in other)
 
 
-@pytest.fixture
-def validation_arg(monkeypatch):
-  """The `validation` grid arg (default 0), until hybrid_ir.grids.DEFAULTS carries it."""
-  monkeypatch.setitem(grids.DEFAULTS, "validation", grids.DEFAULTS.get("validation", 0))
-
-
-def test_validation_holds_a_fold_of_the_training_set_out_and_off_changes_nothing(validation_arg):
+def test_validation_holds_a_fold_of_the_training_set_out_and_off_changes_nothing():
   from configs.experiments import base
   plain, config = base.get_config("size=mini,steps=8"), base.get_config(
       "size=mini,steps=8,validation=4")
@@ -572,20 +566,18 @@ def test_validation_holds_a_fold_of_the_training_set_out_and_off_changes_nothing
   assert (both.eval_every, list(both.train_evals)) == (2, ["parallel", "validation"])
 
 
-def test_a_validated_run_reports_its_best_and_its_last_checkpoint(tmp_path, validation_arg,
-                                                                  monkeypatch):
+def test_a_validated_run_reports_its_best_and_its_last_checkpoint(tmp_path, monkeypatch):
   from hybrid_ir import run_dir
   from hybrid_ir import selection
   real = experiments.load_config
 
-  def keep_every_step(path, arg):
-    # Every evaluated step kept (keep=None) while train.py does not yet hand the validation
-    # metrics to the checkpoint manager (checkpoint.make_manager(keep_best=...)).
+  def keep_one_latest(path, arg):
+    # The latest one checkpoint only: the best step survives through the manager's keep_best.
     config = real(path, arg)
-    config.checkpoint.keep = None
+    config.checkpoint.keep = 1
     return config
 
-  monkeypatch.setattr(experiments, "load_config", keep_every_step)
+  monkeypatch.setattr(experiments, "load_config", keep_one_latest)
   run = grids.Run("xquad-r-hybrid", dict(train="xquad-r", mono=0.5, cross=0.5, validation=2))
   common = dict(MINI, steps=4)
   out = experiments.execute("strategies", run, common, tmp_path / "results", tmp_path / "w")
@@ -612,7 +604,7 @@ def test_a_validated_run_reports_its_best_and_its_last_checkpoint(tmp_path, vali
   report.write_report("strategies", tmp_path / "results" / "strategies")
 
 
-def test_a_best_step_without_a_checkpoint_is_named(tmp_path, validation_arg):
+def test_a_best_step_without_a_checkpoint_is_named(tmp_path):
   from configs.experiments import base
   from hybrid_ir import run_dir
   config = base.get_config("size=mini,steps=4,validation=2")
