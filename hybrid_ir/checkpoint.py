@@ -42,6 +42,7 @@ import logging
 import os
 import pathlib
 import shutil
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Sequence
 
 from etils import epath
@@ -50,6 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from hybrid_ir import config_flags
 from hybrid_ir import selection
 
 STATE_ITEMS = ("params", "train_state", "data", "config", "integrity")
@@ -551,3 +553,79 @@ def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params
   finally:
     manager.close()
   return out["params"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume policy: the config given against the config saved in the checkpoint.
+# ------------------------------------------------------------------------------------------------
+
+# Keys that may differ on resume without --allow_config_change: they change how a run is watched,
+# stored or laid out on devices, not what it computes (resume is exact on any mesh; GradCache
+# gives the plain gradients, packing the padded batch's embeddings; a store is checked against
+# its sources by hybrid_ir.data itself; model.lsar acts at evaluation only, hybrid_ir.lsar).
+RESUME_SAFE_KEYS = ("log_every", "eval_every", "evals", "train_evals", "eval_batch_size", "cache_dir",
+                    "peak_flops", "mesh", "grad_cache_chunks", "checkpoint.every",
+                    "checkpoint.keep", "checkpoint.async_save", "input.prefetch",
+                    "input.store_dir", "input.prepare", "input.packing", "model.lsar")
+
+# Keys added to the configs after checkpoints had been written without them, with the value that
+# an absent key meant then: a checkpoint saved before the key existed resumes under that value.
+ADDED_KEYS = {"optimizer.embedding_update": "dense", "loss.temperature_lr": 0.0}
+
+
+# Keys that decide which example comes at which step: the input pipeline's saved position means
+# nothing under other values, so no --allow_config_change can let them differ on resume.
+DATA_STATE_KEYS = ("input", "seed")
+
+
+def check_allowed_changes(allow: Sequence[str]) -> None:
+  """Refuses an --allow_config_change naming a data-state key (DATA_STATE_KEYS, except those in
+  RESUME_SAFE_KEYS) up front, before anything in the workdir is touched."""
+  refused = [k for k in allow if any(_covers(d, k) or _covers(k, d) for d in DATA_STATE_KEYS)
+             and not any(_covers(safe, k) for safe in RESUME_SAFE_KEYS)]
+  if refused:
+    raise ConfigChangedError(
+        f"--allow_config_change={','.join(refused)}: these keys decide which examples the input "
+        "pipeline draws at each step, and the checkpoint's saved position in that stream means "
+        "nothing under other values, so a run cannot resume with them changed. Train with them "
+        "in a fresh --workdir (nothing in this one was touched)")
+
+
+class ConfigChangedError(ValueError):
+  """Resuming with a config that differs from the checkpoint's in keys not allowed to change."""
+
+
+def _covers(allowed: str, key: str) -> bool:
+  return key == allowed or key.startswith(allowed + ".") or key.startswith(allowed + "[")
+
+
+def config_changes(saved: Mapping, current: Mapping, allow: Sequence[str] = ()
+                   ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+  """(refused, allowed) differences [(key, saved value, current value)] between two JSON configs
+  (see `checkpoint.config_to_json`); a key in `allow` or RESUME_SAFE_KEYS allows its sub-keys.
+  A key absent on one side shows as '<absent>', except that one of ADDED_KEYS absent from the
+  saved config takes the value it stood for."""
+  a, b = config_flags.flatten(saved), config_flags.flatten(current)
+  absent = "<absent>"
+  a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **a}
+  diffs = [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
+           if a.get(k, absent) != b.get(k, absent)]
+  ok = lambda k: any(_covers(x, k) for x in (*RESUME_SAFE_KEYS, *allow))  # noqa: E731
+  return [d for d in diffs if not ok(d[0])], [d for d in diffs if ok(d[0])]
+
+
+def check_resume_config(saved: Mapping, current: Mapping, allow: Sequence[str], where: str
+                        ) -> list[tuple[str, Any, Any]]:
+  """Raises ConfigChangedError listing the refused differences; returns the allowed ones.
+
+  where: the checkpoint the saved config comes from (named in the message).
+  """
+  refused, allowed = config_changes(saved, current, allow)
+  if refused:
+    lines = "\n".join(f"  {k}: {s!r} (checkpoint) -> {c!r} (now)" for k, s, c in refused)
+    keys = ",".join(k for k, _, _ in refused)
+    raise ConfigChangedError(
+        f"the config differs from the one saved with {where} in {len(refused)} key(s):\n{lines}\n"
+        f"Resume with the checkpoint's config, use a fresh --workdir, or allow these changes "
+        f"with --allow_config_change={keys}")
+  return allowed

@@ -41,7 +41,7 @@ Faults (docs/faults.md):
   Another trainer on the workdir -> refused before anything is touched (run_dir.Lease).
   Resume: the newest checkpoint that restores and passes its checksums; damaged newer ones are
     named and moved to <workdir>/corrupt_checkpoints/. The config must equal the one saved with
-    it, except config_flags.RESUME_SAFE_KEYS and the keys --allow_config_change=k1,k2 names.
+    it, except checkpoint.RESUME_SAFE_KEYS and the keys --allow_config_change=k1,k2 names.
   NaN/Inf, or parameters blowing up (norm above max_param_norm_growth, default 100, times the
     initial one): every step's update computes an `ok` flag on device; a step not ok is not
     applied, and the flags are read whenever metrics come to the host (log steps) and before
@@ -108,11 +108,10 @@ def _native_stderr_to(path: str | None):
 
 def main(argv) -> None:
   del argv
-  f = flags.FLAGS
   config_flags.require("workdir")
   sharding.maybe_initialize_distributed(**sharding.distributed_args_from_flags())
-  _BINARY.update(allow_config_change=tuple(f.allow_config_change), exits_after=True)
-  train(f.config, f.workdir)  # errors: one line on the console (config_flags.run)
+  _BINARY.update(allow_config_change=tuple(flags.FLAGS.allow_config_change), exits_after=True)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)  # errors: one line (config_flags.run)
 
 
 def _exit_now(code) -> None:
@@ -141,7 +140,7 @@ def train(config, workdir: str | os.PathLike, *,
   """
   allow = tuple(_BINARY["allow_config_change"] if allow_config_change is None
                 else allow_config_change)
-  config_flags.check_allowed_changes(allow)  # before anything in the workdir is touched
+  ckpt_lib.check_allowed_changes(allow)  # before anything in the workdir is touched
   # ----------------------------------------------------------------------------------------------
   # The workdir: one trainer at a time (process 0 holds the lease), then the log file.
   # ----------------------------------------------------------------------------------------------
@@ -235,7 +234,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
       if restored.bad:
         _quarantine(workdir, manager, restored.bad, console)
       if restored.step != checked:
-        config_flags.check_resume_config(restored.config, config_json, allow,
+        ckpt_lib.check_resume_config(restored.config, config_json, allow,
                                          f"checkpoint {restored.step}")
       state, data_state = restored.state, restored.data
     start = int(state["step"])
@@ -368,7 +367,7 @@ def _check_saved_config(workdir, config_json: dict, allow: tuple[str, ...],
       saved = ckpt_lib.saved_config(workdir, step)
     except (ckpt_lib.CorruptCheckpointError, FileNotFoundError):
       continue  # damaged: named when the state is restored
-    for key, old, new in config_flags.check_resume_config(saved, config_json, allow,
+    for key, old, new in ckpt_lib.check_resume_config(saved, config_json, allow,
                                                           f"checkpoint {step}"):
       console.say(f"config change on resume: {key}: {old!r} -> {new!r}")
     return step

@@ -1,4 +1,5 @@
 """checkpoint.py: round trip of a sharded train state, keep-N, and unfinished steps stay invisible."""
+import re
 import shutil
 
 import jax
@@ -171,3 +172,38 @@ def test_poller_during_async_save_sees_only_finished_steps(tmp_path):
   assert_tree_equal(checkpoint.restore_params(tmp_path, 5, checkpoint.abstract(state["params"])),
                     state["params"])
   mngr.close()
+
+
+def test_a_checkpoint_saved_before_a_key_was_added_resumes_under_its_old_meaning():
+  saved = {"optimizer": {"lr": 0.1}}
+  assert checkpoint.config_changes(
+      saved, {"optimizer": {"lr": 0.1, "embedding_update": "dense"}}) == ([], [])
+  refused, _ = checkpoint.config_changes(
+      saved, {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}})
+  assert refused == [("optimizer.embedding_update", "dense", "lazy")]
+  # A saved value is compared as saved.
+  refused, _ = checkpoint.config_changes(
+      {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}}, {"optimizer": {"lr": 0.1}})
+  assert refused == [("optimizer.embedding_update", "lazy", "<absent>")]
+
+
+def test_resume_policy_allows_safe_and_named_keys_and_refuses_the_rest():
+  saved = {"optimizer": {"lr": 0.1}, "log_every": 10, "mesh": {"data": 1}, "total_steps": 5}
+  now = {"optimizer": {"lr": 0.2}, "log_every": 50, "mesh": {"data": 2}, "total_steps": 9}
+  with pytest.raises(checkpoint.ConfigChangedError) as e:
+    checkpoint.check_resume_config(saved, now, (), "checkpoint 4")
+  message = str(e.value)
+  assert "with checkpoint 4 in 2 key(s)" in message
+  assert "optimizer.lr: 0.1 (checkpoint) -> 0.2 (now)" in message
+  assert message.endswith("--allow_config_change=optimizer.lr,total_steps")
+  # Watching and layout keys may change; a named key allows its sub-keys.
+  allowed = checkpoint.check_resume_config(saved, now, ("optimizer", "total_steps"), "c")
+  assert [k for k, _, _ in allowed] == ["log_every", "mesh.data", "optimizer.lr", "total_steps"]
+
+
+@pytest.mark.parametrize("key", ["input", "input.batch_size", "seed", "input.sources[0].langs"])
+def test_data_state_keys_can_never_be_allowed_to_change(key):
+  with pytest.raises(checkpoint.ConfigChangedError,
+                     match=re.escape(f"--allow_config_change={key}: these keys decide which")):
+    checkpoint.check_allowed_changes(["total_steps", key])
+  checkpoint.check_allowed_changes(["total_steps", "input.prefetch", "optimizer.lr"])

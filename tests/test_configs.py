@@ -75,19 +75,6 @@ def test_the_table_update_can_be_set_on_every_training_config(path, arg, monkeyp
   assert config.optimizer.embedding_update == "lazy"
 
 
-def test_a_checkpoint_saved_before_a_key_was_added_resumes_under_its_old_meaning():
-  saved = {"optimizer": {"lr": 0.1}}
-  assert config_flags.config_changes(
-      saved, {"optimizer": {"lr": 0.1, "embedding_update": "dense"}}) == ([], [])
-  refused, _ = config_flags.config_changes(
-      saved, {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}})
-  assert refused == [("optimizer.embedding_update", "dense", "lazy")]
-  # A saved value is compared as saved.
-  refused, _ = config_flags.config_changes(
-      {"optimizer": {"lr": 0.1, "embedding_update": "lazy"}}, {"optimizer": {"lr": 0.1}})
-  assert refused == [("optimizer.embedding_update", "lazy", "<absent>")]
-
-
 def test_recipe_config_is_the_experiment_config_with_its_args_and_takes_overrides(monkeypatch):
   monkeypatch.chdir(REPO)
   from configs import recipe

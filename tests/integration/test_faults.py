@@ -356,7 +356,7 @@ def test_eval_on_a_read_only_workdir_fails_before_evaluating(run):
 # ------------------------------------------------------------------------------------------------
 
 def test_a_changed_config_on_resume_is_refused_with_the_differences(run):
-  with pytest.raises(config_flags.ConfigChangedError) as e:
+  with pytest.raises(checkpoint.ConfigChangedError) as e:
     train.train(get_config(**{"optimizer.lr": 1e-2, "total_steps": 17}), run)
   message = str(e.value)
   assert f"checkpoint {TOTAL}" in message
