@@ -17,6 +17,10 @@ r"""The paper's experiments as grids of runs: `python -m hybrid_ir.experiments <
               (--directions xquad-r leaves those out). Its report (hybrid_ir.report's
               languages_v2 command) is the scaling analysis: slopes in log k per strategy and
               their differences.
+  methods     hybrid against the other ways to align languages: hybrid, hybrid +
+              distillation, X-X-mono + distillation, distillation alone and the untrained
+              model, each also with LSAR and with the validation-selected checkpoint; 3 seeds
+              on XQuAD-R, 2 on MLQA-R (its runs carry their seeds: leave --seeds alone).
 
   python -m hybrid_ir.experiments languages_v2 --model e5-small --steps 300 --batch 32 \
       --results results/e5_small
@@ -33,10 +37,15 @@ Its small summary (metrics, per-language rows, matrices, per-query vectors for p
 curve, wall time) goes to `<results>/<name>/<run>.json`; a run with a validation split
 (`--set validation=<points>`) also gets the best step's results by the held-out loss (`best`,
 `selection`, `validation_curve`; see `evaluate_selected`), the last step's staying the
-summary's own. `python -m hybrid_ir.report <name>
+summary's own. A run with `lsar=<rank>` is evaluated a second time with that LSAR rank
+(`evaluate_lsar`; output in <workdir>/eval_lsar/, so the plain eval/<tag>.json stays), saved as
+the summary's `lsar` (its own `datasets`, and `best` with a validation split). With
+distillation on (`distill=<weight>`), the MSE term's curve per batch type is the summary's
+`distill_curve`. `python -m hybrid_ir.report <name>
 --results <results>` turns those into tables and plots without rerunning anything. Finished runs
 are skipped on a rerun.
 """
+import copy
 import json
 import os
 import pathlib
@@ -52,6 +61,9 @@ from hybrid_ir import hardware
 from hybrid_ir import report
 
 CONFIG = "configs/experiments/base.py"
+# Where a run's LSAR evaluation writes (eval.py's --output_dir): apart from eval/, whose
+# <tag>.json of the same step holds the plain results.
+LSAR_EVAL = "eval_lsar"
 
 
 def define_flags() -> None:
@@ -156,6 +168,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   path = find_config(config_path)
   spec = f"{path}:{run.config_arg(common)}"
   config = load_config(path, run.config_arg(common))
+  lsar_settings = grids.lsar_eval(grids.parse(run.config_arg(common)))
   t0 = time.time()
   cli = f"--config '{spec}' --workdir {workdir}"
   selected = None
@@ -163,6 +176,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
     print(f"+ python -m hybrid_ir.eval {cli} --pretrained", flush=True)
     eval_lib.run(config, workdir, pretrained=True)
     tag = "pretrained"
+    tags = [tag]
   else:
     # With config.selection, eval without --once evaluates every kept checkpoint: the best step
     # by the validation metric and the last one.
@@ -179,11 +193,20 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
     if config.get("selection"):
       selected = evaluate_selected(config, workdir, finished["step"], run.name)
       tag = f"step_{finished['step']}"
+      tags = [selected["best"]["tag"], tag]
     else:
       tag = eval_lib.run(config, workdir, once=True)[-1]
+      tags = [tag]
   summary = report.summarize_run(workdir, tag)
   if selected is not None:
     summary.update(selected)
+  if lsar_settings is not None:
+    lsar_cli = (f"{cli} --output_dir {workdir / LSAR_EVAL} --config.model.lsar.rank="
+                f"{lsar_settings['rank']} --config.model.lsar.source={lsar_settings['source']}")
+    print(f"+ python -m hybrid_ir.eval {lsar_cli}"
+          + (" --pretrained" if run.pretrained else "" if selected else " --once"), flush=True)
+    summary["lsar"] = evaluate_lsar(config, workdir, lsar_settings, tags, run.name,
+                                    pretrained=run.pretrained)
   summary.update(run=run.name, experiment=name, config=spec, args=args,
                  wall_seconds=time.time() - t0,
                  hardware=hardware.describe())
@@ -234,6 +257,48 @@ def evaluate_selected(config, workdir: pathlib.Path, last: int, run_name: str = 
           "validation_curve": curve}
 
 
+def evaluate_lsar(config, workdir: pathlib.Path, settings: dict, tags: list[str],
+                  run_name: str = "", pretrained: bool = False) -> dict:
+  """Evaluates the run's models (`tags`: the best step's then the last's, one tag without a
+  validation split, or ['pretrained']) again with LSAR; returns the summary's `lsar` part:
+    rank, source (`settings`, from `grids.lsar_eval`); tag, datasets (the last tag's, as
+    `report.summarize_run`'s); best: {tag, datasets} when `tags` holds a best step besides the
+    last; subspace: {langs, counts, singular_values} the last model's LSAR was estimated from.
+
+  The evaluation sets only (the LAReQA evals; a validation or parallel-curve evaluator would
+  repeat what the plain evaluation measured), written to <workdir>/eval_lsar/ (LSAR_EVAL) so
+  that the plain eval/<tag>.json of the same step stays. The subspace of each model is kept in
+  <workdir>/lsar/ (`hybrid_ir.lsar`). Raises RuntimeError naming a tag that got no evaluation.
+  """
+  import ml_collections
+
+  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import lsar
+  cfg = copy.deepcopy(config)
+  cfg.model.lsar = dict(lsar.DEFAULTS, **settings)
+  cfg.evals = ml_collections.ConfigDict(
+      {n: e.to_dict() for n, e in config.evals.items() if e.get("type") == "lareqa"})
+  out = workdir / LSAR_EVAL
+  if pretrained:
+    eval_lib.run(cfg, workdir, pretrained=True, output_dir=str(out))
+  elif len(tags) > 1:  # every kept checkpoint: the best step and the last
+    eval_lib.run(cfg, workdir, output_dir=str(out), poll_seconds=0, max_idle_seconds=0)
+  else:
+    eval_lib.run(cfg, workdir, once=True, output_dir=str(out))
+  missing = [t for t in tags if not (out / f"{t}.json").exists()]
+  if missing:
+    raise RuntimeError(f"{run_name}: {missing} could not be evaluated with LSAR (see the eval "
+                       f"log in {out}); no summary written")
+  subspace = json.loads((out / f"{tags[-1]}.json").read_text())["lsar"]
+  result = {**settings, "tag": tags[-1],
+            "datasets": report.summarize_run(workdir, tags[-1], LSAR_EVAL)["datasets"],
+            "subspace": {k: subspace[k] for k in ("langs", "counts", "singular_values")}}
+  if len(tags) > 1:
+    result["best"] = {"tag": tags[0],
+                      "datasets": report.summarize_run(workdir, tags[0], LSAR_EVAL)["datasets"]}
+  return result
+
+
 def main(argv) -> None:
   if len(argv) != 2 or argv[1] not in grids.EXPERIMENTS:
     raise app.UsageError("usage: python -m hybrid_ir.experiments "
@@ -248,7 +313,11 @@ def main(argv) -> None:
     common = shared_args(f.model, f.steps, f.batch, f.size, f.set)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  grid = grids.with_seeds(runs(name, tuple(f.directions)), [int(x) for x in f.seeds])
+  seeds = [int(x) for x in f.seeds]
+  if name in grids.OWN_SEEDS and seeds != [0]:
+    raise app.UsageError(f"--seeds {','.join(f.seeds)}: the {name} grid carries its own "
+                         "training seeds (hybrid_ir.grids); leave --seeds out")
+  grid = grids.with_seeds(runs(name, tuple(f.directions)), seeds)
   if f.only:
     unknown = set(f.only) - {r.name for r in grid}
     if unknown:

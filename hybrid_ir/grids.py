@@ -31,6 +31,14 @@ The recipe's switches (issue "results that hold up"; each off by default):
               held out of training and measured during training (held-out InfoNCE loss and
               LAReQA mAP, hybrid_ir.evaluators.validation); the runner reports the best step by
               the held-out loss as well as the last
+  distill     the weight of the multilingual distillation term (0: off; hybrid_ir.distill): every
+              row's query and passage pulled to the frozen initial model's embedding of its
+              group's English version (loss.distill: teacher 'initial', pivot 'en')
+  distill_only 1: the distillation term alone, InfoNCE left out (needs distill > 0)
+  lsar        an LSAR rank (0: off; hybrid_ir.lsar): after training, the runner also evaluates
+              the run's checkpoints (or the untrained model) with model.lsar = {rank, source:
+              the training set} and saves those results beside the plain ones (`lsar_eval`);
+              training itself is unchanged. Below the number of training languages.
 
 Related: `hybrid_ir.experiments` (runs a grid), `hybrid_ir.report` (tables from its summaries).
 """
@@ -43,7 +51,7 @@ from hybrid_ir.data import lareqa
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
                 symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense",
-                pack=0, validation=0)
+                pack=0, validation=0, distill=0.0, distill_only=0, lsar=0)
 # Short model names of the arg -> `model_config.name`, from the models registry's presets.
 MODELS = {short: preset["name"] for short, preset in models.PRESETS.items()}
 SIZES = ("full", "mini")
@@ -69,6 +77,29 @@ SCALING_LONG = 2 * SCALING_STEPS
 SCALING_KS = {"xquad-r": (2, 4, 7, 11), "mlqa-r": (2, 4, 7)}
 SCALING_SEEDS = {"xquad-r": (0, 1), "mlqa-r": (0,)}
 PIVOT = "en"  # every language set keeps it (the paper's pivot language)
+# The methods comparison (issue "hybrid batching against the other ways to align languages").
+# Every run: the e5 recipe's temperature, no bitext (the Bible has verses without an English
+# version, which the distillation term refuses, and parallel text is itself an alignment method
+# that every row would carry), a validation fold measured 10 times (best and last checkpoint),
+# and LSAR evaluated besides the plain model. Packing (the recipe's pack=1) changes no loss, only
+# the speed, and only BERT-family encoders take it: give it with --set pack=1 for e5-small.
+METHODS_ARGS = dict(temp=0.02, validation=10, lsar=4)
+# LSAR rank 4: one rank for every run, the largest that every direction allows for both models
+# (USE-m3 trains MLQA-R on 5 languages, ar de en es zh: rank < 5), that is that case's whole
+# span of language means.
+# Distillation weight 1: the term is 2 - 2cos on unit vectors (about 0.1-1 between translations),
+# InfoNCE about 0.1-3, so at weight 1 neither term drowns the other.
+DISTILL = dict(distill=1.0)
+# Distillation alone draws hybrid batches: with InfoNCE off, the mix only decides which language
+# versions of a group the rows hold.
+METHODS = (("hybrid", dict(mono=0.5, cross=0.5, mixed=0.0)),
+           ("hybrid-distill", dict(mono=0.5, cross=0.5, mixed=0.0, **DISTILL)),
+           ("mono-distill", dict(mono=1.0, cross=0.0, mixed=0.0, **DISTILL)),
+           ("distill", dict(mono=0.5, cross=0.5, mixed=0.0, distill_only=1, **DISTILL)))
+# Training seeds per direction, and the order in which (direction, seed) blocks run: every method
+# of a block before the next block, so a grid stopped early has whole blocks.
+METHODS_SEEDS = {"xquad-r": (0, 1, 2), "mlqa-r": (0, 1)}
+METHODS_ORDER = (("xquad-r", 0), ("xquad-r", 1), ("mlqa-r", 0), ("xquad-r", 2), ("mlqa-r", 1))
 
 
 def parse(arg: str | None) -> dict:
@@ -85,6 +116,11 @@ def parse(arg: str | None) -> dict:
     raise ValueError(f"model={out['model']!r}; known: {tuple(MODELS)}")
   if out["size"] not in SIZES:
     raise ValueError(f"size={out['size']!r}; known: {', '.join(SIZES)}")
+  if out["distill_only"] and not out["distill"] > 0:
+    raise ValueError(f"distill_only={out['distill_only']} needs distill=<weight> > 0 (got "
+                     f"distill={out['distill']:g}): with InfoNCE left out nothing would train")
+  if out["distill"] < 0 or out["lsar"] < 0:
+    raise ValueError(f"distill={out['distill']:g}, lsar={out['lsar']}: must be >= 0 (0: off)")
   return out
 
 
@@ -100,6 +136,25 @@ def train_langs(a: dict) -> tuple[str, ...]:
   if unknown:
     raise ValueError(f"langs {unknown} are not in {a['train']}; available: {available}")
   return langs
+
+
+def lsar_eval(a: dict) -> dict | None:
+  """The `model.lsar` the runner evaluates a run with besides the plain model, or None (lsar=0).
+
+  Inputs: a parsed arg. The subspace is estimated from the training source only (its name is
+  the training set's, as configs/experiments/base.py names it), in the languages the run trains
+  on; its centred language means span at most len(train_langs) - 1 directions, so a rank of the
+  number of training languages or more is refused here, naming them, before anything trains.
+  Related: hybrid_ir.lsar (the math and the config's checks), hybrid_ir.experiments (the runner).
+  """
+  if not a["lsar"]:
+    return None
+  langs = train_langs(a)
+  if a["lsar"] >= len(langs):
+    raise ValueError(f"lsar={a['lsar']}: an LSAR rank must be below the number of training "
+                     f"languages, {len(langs)} ({'+'.join(langs)} of {a['train']} for "
+                     f"{a['model']}); at most {len(langs) - 1}")
+  return dict(rank=a["lsar"], source=a["train"])
 
 
 def evaluated_on(a: dict) -> str:
@@ -244,11 +299,27 @@ def _languages_v2(directions) -> list[Run]:
           for r in _scaling_runs(train)]
 
 
+def _methods(directions) -> list[Run]:
+  """Per training set in `directions`, in METHODS_ORDER's blocks: the untrained model (with its
+  set's first block), then every METHODS row at that block's seed (with_seeds' names)."""
+  out = []
+  for train, seed in METHODS_ORDER:
+    if train not in directions or seed not in METHODS_SEEDS[train]:
+      continue
+    if seed == METHODS_SEEDS[train][0]:
+      out.append(Run(f"{train}-pretrained", dict(train=train, **METHODS_ARGS), pretrained=True))
+    out += with_seeds([Run(f"{train}-{method}", dict(train=train, **METHODS_ARGS, **change))
+                       for method, change in METHODS], (seed,))
+  return out
+
+
 # Experiment name -> the function that builds its grid (one per experiment, as `runs` lists).
 _GRIDS = {"strategies": _strategies, "ratio": _ratio, "languages": _languages,
           "recipe": _recipe, "ingredients": _ingredients, "table": _table,
-          "languages_v2": _languages_v2}
+          "languages_v2": _languages_v2, "methods": _methods}
 EXPERIMENTS = tuple(_GRIDS)
+# Grids whose runs carry their own training seeds: --seeds must stay 0 for them.
+OWN_SEEDS = ("languages_v2", "methods")
 
 
 def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
@@ -272,6 +343,11 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
               training seeds at k = 11, and one hybrid k = 11 run at twice the steps. With
               'mlqa-r' in `directions`, then the same on MLQA-R (k = 2, 4, 7; one seed),
               evaluated on XQuAD-R. Order: `_scaling_runs`.
+  methods     hybrid against the other ways to align languages, per training set in
+              `directions`: hybrid; hybrid + distillation; X-X-mono + distillation;
+              distillation alone; the untrained model; every run with LSAR evaluated as well and
+              a validation fold (best and last checkpoint; METHODS_ARGS). 3 training seeds on
+              XQuAD-R, 2 on MLQA-R, in METHODS_ORDER's blocks.
   """
   if name not in _GRIDS:
     raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")

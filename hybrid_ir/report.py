@@ -99,15 +99,27 @@ def parallel_curve(workdir: pathlib.Path) -> list[dict]:
           if "parallel/sq_dist" in r]
 
 
-def summarize_run(workdir: pathlib.Path, tag: str) -> dict:
-  """The results/ summary of one evaluated run: compact results per dataset + loss curve."""
-  path = workdir / "eval" / f"{tag}.json"
+def distill_curve(workdir: pathlib.Path) -> list[dict]:
+  """The distillation term per logged step, overall and per batch type, with the InfoNCE part
+  (`train/distill_mse`, `train/distill_mse_<type>`, `train/info_nce`; hybrid_ir.distill), from
+  metrics.jsonl; [] when the run trained without it."""
+  rows = run_dir.read_metrics(workdir)
+  return [{k: v for k, v in r.items()
+           if k == "step" or k.startswith("train/distill_mse") or k == "train/info_nce"}
+          for r in rows if "train/distill_mse" in r]
+
+
+def summarize_run(workdir: pathlib.Path, tag: str, eval_dir: str = "eval") -> dict:
+  """The results/ summary of one evaluated run: compact results per dataset (of
+  <workdir>/<eval_dir>/<tag>.json), loss, parallel-distance and distillation curves."""
+  path = workdir / eval_dir / f"{tag}.json"
   if not path.exists():
     raise FileNotFoundError(f"{path}: no evaluation output (run hybrid_ir.eval first)")
   ev = json.loads(path.read_text())
   return {"model": ev["model"], "tag": tag, "uncovered_langs": ev.get("uncovered_langs", []),
           "datasets": {name: compact(d) for name, d in lareqa_details(ev).items()},
-          "loss_curve": loss_curve(workdir), "parallel_curve": parallel_curve(workdir)}
+          "loss_curve": loss_curve(workdir), "parallel_curve": parallel_curve(workdir),
+          "distill_curve": distill_curve(workdir)}
 
 
 def _vectors(dataset_summary: dict) -> dict[str, np.ndarray]:

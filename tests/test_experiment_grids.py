@@ -82,3 +82,62 @@ def test_languages_v2_miniature_reaches_the_scaling_report(tmp_path):
   mul = next(l for l in text.splitlines() if l.startswith("| Mul mAP |"))
   assert mul.count(" p=") == 1 and "(k=2,11)" in mul  # hybrid's slope alone
   assert (out_dir / "scaling_mlqa-r.png").stat().st_size > 0
+
+
+def test_methods_grid_runs_every_method_per_seed_block_in_the_order_that_answers_first():
+  from configs.experiments import base
+  grid = experiments.runs("methods")
+  names = [r.name for r in grid]
+  methods = ["hybrid", "hybrid-distill", "mono-distill", "distill"]
+  # Seed 0 of XQuAD-R -> MLQA-R first, whole: the untrained model and every method.
+  assert names[:5] == ["xquad-r-pretrained"] + [f"xquad-r-{m}" for m in methods]
+  assert names[5:9] == [f"xquad-r-{m}-seed1" for m in methods]
+  assert names[9:14] == ["mlqa-r-pretrained"] + [f"mlqa-r-{m}" for m in methods]
+  assert names[14:] == ([f"xquad-r-{m}-seed2" for m in methods]
+                        + [f"mlqa-r-{m}-seed1" for m in methods])
+  # 3 seeds on XQuAD-R, 2 on MLQA-R, each a run's config seed and input seed.
+  seeds = {}
+  for r in grid:
+    if not r.pretrained:
+      seeds.setdefault(r.args["train"], set()).add(r.args.get("seed", 0))
+  assert seeds == {"xquad-r": {0, 1, 2}, "mlqa-r": {0, 1}}
+  assert len(set(names)) == len(names) == 2 + 4 * 5
+  # Every run: validation-selected and last checkpoints, LSAR, the recipe's temperature.
+  for r in grid:
+    assert (r.args["validation"], r.args["lsar"], r.args["temp"]) == (10, 4, 0.02), r.name
+  by_name = {r.name: r for r in grid}
+  for train in ("xquad-r", "mlqa-r"):
+    mix = lambda n: tuple(by_name[f"{train}-{n}"].args[k] for k in ("mono", "cross"))
+    assert mix("hybrid") == mix("hybrid-distill") == (0.5, 0.5) and mix("mono-distill") == (1, 0)
+    assert "distill" not in by_name[f"{train}-hybrid"].args
+    assert by_name[f"{train}-distill"].args["distill_only"] == 1
+    for name in (f"{train}-{m}" for m in methods):
+      config = base.get_config(by_name[name].config_arg(dict(model="e5-small", steps=300)))
+      distill = config.loss.get("distill")
+      assert (dict(distill) if distill else None) == (
+          None if name.endswith("-hybrid") else
+          dict(weight=1.0, only=name == f"{train}-distill", teacher="initial", pivot="en"))
+      assert config.selection.metric == "validation/loss" and config.eval_every == 30
+  # LSAR's rank stays below the training languages in every direction of both models.
+  for model in grids_lib.MODELS:
+    for r in grid:
+      a = grids_lib.parse(r.config_arg(dict(model=model)))
+      assert grids_lib.lsar_eval(a) == dict(rank=4, source=a["train"])
+  # --directions xquad-r leaves MLQA-R out; the blocks keep their order.
+  assert [r.name for r in experiments.runs("methods", ("xquad-r",))] == [
+      n for n in names if n.startswith("xquad-r")]
+
+
+def test_methods_args_are_checked_before_anything_trains():
+  from configs.experiments import base
+  with pytest.raises(ValueError, match="distill_only=1 needs distill=<weight> > 0"):
+    base.get_config("size=mini,distill_only=1")
+  with pytest.raises(ValueError, match=r"lsar=5: an LSAR rank must be below the number of "
+                     r"training languages, 5 \(ar\+de\+en\+es\+zh of mlqa-r for use-m3\); at most 4"):
+    base.get_config("size=mini,train=mlqa-r,lsar=5")
+  assert grids_lib.lsar_eval(grids_lib.parse("lsar=0")) is None
+  # The ratio sweep takes the distillation term from --set, every run alike.
+  common = experiments.shared_args("use-m3", 150, 32, "full", ["distill=1"])
+  assert common["distill"] == 1.0
+  for run in experiments.runs("ratio"):
+    assert base.get_config(run.config_arg(common)).loss.distill.weight == 1.0

@@ -11,7 +11,10 @@ lr, seed, size; `hybrid_ir.grids` documents them and owns their parsing (the run
 read the same arg). validation=<points> holds a fold of the training set's articles out of
 training and measures it <points> times during training (`hybrid_ir.evaluators.validation`);
 the experiment runner then reports the best step by its loss as well as the last
-(`config.selection`). USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
+(`config.selection`). distill=<weight> adds the multilingual distillation term (loss.distill,
+teacher: the initial model, pivot: en; distill_only=1 leaves InfoNCE out). lsar=<rank> changes
+nothing here: the experiment runner evaluates the run with model.lsar as well
+(`grids.lsar_eval`, checked here so that a bad rank fails before training). USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
 them out of training.
 """
 import ml_collections
@@ -49,6 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        learn_temperature=bool(a.get("learn_temp", 0)),
                        temperature=float(a.get("temp", 0.05)),
                        temperature_lr=float(a.get("temp_lr", 0.0)))
+  if float(a.get("distill", 0.0)):
+    c.loss.distill = dict(weight=float(a["distill"]), only=bool(a.get("distill_only", 0)),
+                          teacher="initial", pivot="en")
+  grids.lsar_eval(a)  # raises for a rank the training languages cannot carry
   c.grad_cache_chunks = int(a.get("chunks", 0))
   # Every 50 steps too: a run killed on a shared machine (e.g. out of memory) resumes from there,
   # bit-exact, instead of from step 0; one kept, so no more disk.
