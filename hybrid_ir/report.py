@@ -23,7 +23,10 @@ also pooled: mean ± sd over seeds and a two-level bootstrap (seeds, then querie
 `stats.seed_bootstrap`, so that a difference is judged against seed-to-seed variance too.
 languages_v2 (strategy x number of training languages k) pools each cell's runs (language sets,
 seeds) the same two-level way for the cell means, per-strategy slopes in log2 k and their
-differences (`scaling_analysis`, `stats.contrast_bootstrap`).
+differences (`scaling_analysis`, `stats.contrast_bootstrap`). methods (hybrid, distillation,
+LSAR; last and validation-selected checkpoints) pools each method's seeds per checkpoint and LSAR
+variant and pairs every cell with the recipe (hybrid, last step) the same two-level way
+(`methods_table`, `questions_table`), with a headline against the paper's targets.
 """
 import argparse
 from collections.abc import Sequence
@@ -192,11 +195,32 @@ def _seed_groups(runs: dict[str, dict]) -> dict[str, list[str]]:
   return out
 
 
-def _seed_values(runs: dict[str, dict], names: list[str], dataset: str, k: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """[seeds, queries] values of metric k, and the query languages."""
-  vecs = [_vectors(runs[n]["datasets"][dataset]) for n in names]
+def _seed_values(results: list[dict], k: str) -> tuple[np.ndarray, np.ndarray]:
+  """[seeds, queries] values of metric k of one dataset's results (one per training seed, as
+  run summaries hold them), and the query languages."""
+  vecs = [_vectors(r) for r in results]
   return np.stack([v[k] for v in vecs]), vecs[0]["lang"]
+
+
+def seed_cell(results: list[dict], k: str, base: list[dict] | None = None) -> str:
+  """One table cell of metric k over training seeds (`stats.seed_bootstrap`, queries where every
+  seed has a value): 'mean ± sd [95% CI]' of `results`, or with `base` (the baseline's seeds)
+  'Δ [95% CI] p=…' of results minus base; '—' when no query has values in all of them.
+
+  Inputs: one dataset's results per seed (a run summary's datasets[d], best.datasets[d] or
+  lsar.datasets[d]); the queries of every entry are the same, in one order."""
+  a, lang = _seed_values(results, k)
+  b = None if base is None else _seed_values(base, k)[0]
+  ok = ~np.isnan(a).any(0) & (np.ones(a.shape[1], bool) if b is None else ~np.isnan(b).any(0))
+  if not ok.any():
+    return "—"
+  r = stats.seed_bootstrap(a[:, ok], None if b is None else b[:, ok], strata=lang[ok],
+                           n_resamples=N_RESAMPLES)
+  if b is None:
+    return (f"{lareqa.format_metric(r.mean, k)} ± {lareqa.format_metric(r.seed_sd, k)} "
+            f"[{lareqa.format_metric(r.ci_low, k)}, {lareqa.format_metric(r.ci_high, k)}]")
+  d = 1 if k == "rank_distance" else 3
+  return f"{r.mean:+.{d}f} [{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}] p={r.p_value:.3g}"
 
 
 def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = (),
@@ -208,23 +232,9 @@ def seed_table(runs: dict[str, dict], dataset: str, baselines: Sequence[str] = (
   groups = _seed_groups(runs) if groups is None else groups
 
   def cells(names, base_names=None):
-    out = []
-    for k in TESTED:
-      a, lang = _seed_values(runs, names, dataset, k)
-      b = None if base_names is None else _seed_values(runs, base_names, dataset, k)[0]
-      ok = ~np.isnan(a).any(0) & (np.ones(a.shape[1], bool) if b is None else ~np.isnan(b).any(0))
-      if not ok.any():
-        out.append("—")
-        continue
-      r = stats.seed_bootstrap(a[:, ok], None if b is None else b[:, ok], strata=lang[ok],
-                               n_resamples=N_RESAMPLES)
-      if b is None:
-        out.append(f"{lareqa.format_metric(r.mean, k)} ± {lareqa.format_metric(r.seed_sd, k)} [{lareqa.format_metric(r.ci_low, k)}, "
-                   f"{lareqa.format_metric(r.ci_high, k)}]")
-      else:
-        d = 1 if k == "rank_distance" else 3
-        out.append(f"{r.mean:+.{d}f} [{r.ci_low:+.{d}f}, {r.ci_high:+.{d}f}] p={r.p_value:.3g}")
-    return out
+    results = [runs[n]["datasets"][dataset] for n in names]
+    base = None if base_names is None else [runs[n]["datasets"][dataset] for n in base_names]
+    return [seed_cell(results, k, base) for k in TESTED]
 
   seeds = {name: ",".join(map(str, sorted(grids.seed_of(n)[1] for n in names)))
            for name, names in groups.items()}
@@ -381,29 +391,38 @@ def _plt():
   return plt
 
 
-def _loss_kinds(runs: dict[str, dict]) -> list[str]:
-  """The batch types whose loss any of `runs` logged, in a fixed order."""
+# A training curve of run summaries: (the summary's key, the metric's prefix, what it measures).
+LOSS = ("loss_curve", "train/loss", "InfoNCE loss")
+DISTILL = ("distill_curve", "train/distill_mse",
+           "distillation term (2 − 2cos to the teacher's English embedding)")
+
+
+def _loss_kinds(runs: dict[str, dict], curve=LOSS) -> list[str]:
+  """The batch types whose loss (or other `curve`) any of `runs` logged, in a fixed order."""
+  key, prefix, _ = curve
   return [k for k in ("mono", "cross", "mixed")
-          if any(f"train/loss_{k}" in r for run in runs.values() for r in run["loss_curve"])]
+          if any(f"{prefix}_{k}" in r for run in runs.values() for r in run.get(key) or [])]
 
 
-def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
+def plot_loss_curves(runs: dict[str, dict], path: pathlib.Path, curve=LOSS) -> None:
   """One panel per batch type, one line per run: each batch type has its own difficulty (an X-Y
-  batch's loss sits above a mono batch's), so only same-type curves are comparable."""
+  batch's loss sits above a mono batch's), so only same-type curves are comparable. curve: LOSS,
+  or DISTILL for the distillation term."""
   plt = _plt()
-  kinds = _loss_kinds(runs)
+  key, prefix, what = curve
+  kinds = _loss_kinds(runs, curve)
   fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), sharey=True,
                            squeeze=False)
   colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
   for ax, kind in zip(axes[0], kinds):
     for name, run in runs.items():
-      pts = [(r["step"], r[f"train/loss_{kind}"]) for r in run["loss_curve"]
-             if f"train/loss_{kind}" in r]
+      pts = [(r["step"], r[f"{prefix}_{kind}"]) for r in run.get(key) or []
+             if f"{prefix}_{kind}" in r]
       if pts:
         ax.plot(*zip(*pts), "-", color=colors[name], label=name, lw=1.2)
     ax.set(xlabel="step", title=f"{kind} batches")
     ax.legend(fontsize=7)
-  axes[0][0].set_ylabel("InfoNCE loss (mean over each log window)")
+  axes[0][0].set_ylabel(f"{what.split(' (')[0]} (mean over each log window)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -423,6 +442,11 @@ def plot_parallel_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def plot_distill_curves(runs: dict[str, dict], path: pathlib.Path) -> None:
+  """The distillation term per batch type, one line per run (`plot_loss_curves` of DISTILL)."""
+  plot_loss_curves(runs, path, DISTILL)
+
+
 def parallel_table(runs: dict[str, dict]) -> str:
   """Each run's parallel-query distance at the first, middle and last point of its curve."""
   lines = ["Squared distance between the embeddings of parallel queries (held-out questions, "
@@ -435,18 +459,20 @@ def parallel_table(runs: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-def loss_table(runs: dict[str, dict]) -> str:
+def loss_table(runs: dict[str, dict], curve=LOSS) -> str:
   """Each run's mean loss per batch type over the first fifth of the log windows that saw that
   type and over the last fifth (at least one each): one window is noisy, and the types differ in
-  difficulty, so only a cell's own change and one column's runs are comparable."""
-  kinds = _loss_kinds(runs)
-  lines = ["Mean InfoNCE loss per batch type, first fifth of its log windows → last fifth:", "",
+  difficulty, so only a cell's own change and one column's runs are comparable. curve: LOSS, or
+  DISTILL for the distillation term."""
+  key, prefix, what = curve
+  kinds = _loss_kinds(runs, curve)
+  lines = [f"Mean {what} per batch type, first fifth of its log windows → last fifth:", "",
            "| run | " + " | ".join(f"{k} batches" for k in kinds) + " |",
            "|---|" + "---|" * len(kinds)]
   for name, run in runs.items():
     cells = []
     for kind in kinds:
-      values = [r[f"train/loss_{kind}"] for r in run["loss_curve"] if f"train/loss_{kind}" in r]
+      values = [r[f"{prefix}_{kind}"] for r in run.get(key) or [] if f"{prefix}_{kind}" in r]
       k = -(-len(values) // 5)
       cells.append(f"{np.mean(values[:k]):.3f} → {np.mean(values[-k:]):.3f}" if values else "—")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -906,6 +932,200 @@ def write_scaling_report(directory: pathlib.Path, n_resamples: int = N_RESAMPLES
 
 
 # ------------------------------------------------------------------------------------------------
+# The methods comparison: hybrid against distillation and LSAR, last and selected checkpoints.
+# ------------------------------------------------------------------------------------------------
+
+# The paper's XLM-R hybrid rows and the targets set from them, by evaluation set (the other set
+# trains): Mo, Cr, Mul mAP (higher is better) and rank distance (lower is better).
+PAPER_HYBRID = {"mlqa-r": dict(mo_map=.648, cr_map=.623, mul_map=.512, rank_distance=227),
+                "xquad-r": dict(mo_map=.798, cr_map=.705, mul_map=.593, rank_distance=287)}
+TARGETS = {"mlqa-r": dict(mo_map=.66, cr_map=.62, mul_map=.52, rank_distance=230),
+           "xquad-r": dict(mo_map=.80, cr_map=.71, mul_map=.60, rank_distance=285)}
+# A methods run's results: (checkpoint, with LSAR). 'last': the summary's own; 'selected': the
+# best step by the validation loss (`best`); LSAR: the summary's `lsar` part.
+VARIANTS = (("last", False), ("selected", False), ("last", True), ("selected", True))
+REFERENCE = ("hybrid", "last", False)  # the recipe as it stands: what every row is paired with
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One row of the methods table: a method (a run name without its training set and seed),
+  a checkpoint and LSAR on or off, with each seed's results on one dataset (and run name)."""
+  method: str
+  checkpoint: str  # last | selected | untrained
+  lsar: bool
+  results: tuple[dict, ...]
+  runs: tuple[str, ...]
+
+  @property
+  def key(self) -> tuple[str, str, bool]:
+    return (self.method, "last" if self.checkpoint == "untrained" else self.checkpoint, self.lsar)
+
+  def label(self) -> str:
+    return f"{self.method}, {self.checkpoint}" + (", LSAR" if self.lsar else "")
+
+  def mean(self, k: str) -> float:
+    return float(np.mean([r["metrics"][k] for r in self.results]))
+
+
+def _variant(run: dict, dataset: str, checkpoint: str, with_lsar: bool) -> dict | None:
+  """One dataset's results of a run summary for a checkpoint and LSAR (VARIANTS), or None when
+  the run has none (no validation split, no LSAR evaluation, an untrained model's 'selected')."""
+  part = run.get("lsar") if with_lsar else run
+  if part and checkpoint == "selected":
+    part = part.get("best")
+  return ((part or {}).get("datasets") or {}).get(dataset)
+
+
+def method_cells(runs: dict[str, dict], dataset: str) -> list[Cell]:
+  """The methods table's rows on `dataset`: every method (seeds pooled by name, training-set
+  prefix dropped) in the runs' order, each VARIANT its runs have results for."""
+  methods: dict[str, list[str]] = {}
+  for name, run in runs.items():
+    if dataset in run["datasets"]:
+      base = grids.seed_of(name)[0]
+      train = (run.get("args") or {}).get("train", "")
+      methods.setdefault(base[len(train) + 1:] if base.startswith(f"{train}-") else base,
+                         []).append(name)
+  cells = []
+  for method, names in methods.items():
+    names = sorted(names, key=lambda n: grids.seed_of(n)[1])
+    untrained = not runs[names[0]].get("loss_curve")
+    for checkpoint, with_lsar in VARIANTS:
+      results = [_variant(runs[n], dataset, checkpoint, with_lsar) for n in names]
+      if all(r is not None for r in results):
+        shown = "untrained" if untrained else checkpoint
+        cells.append(Cell(method, shown, with_lsar, tuple(results), tuple(names)))
+  return cells
+
+
+def _selected_steps(runs: dict[str, dict], cell: Cell) -> str:
+  """The steps a cell's seeds evaluated: the selected one or the last (comma-joined)."""
+  if cell.checkpoint == "untrained":
+    return "—"
+  steps = [runs[n]["selection"]["step"] if cell.checkpoint == "selected" else
+           runs[n].get("selection", {}).get("last_step") or runs[n]["tag"] for n in cell.runs]
+  return ",".join(str(s).removeprefix("step_") for s in steps)
+
+
+def methods_table(runs: dict[str, dict], cells: list[Cell], dataset: str) -> str:
+  """Every cell: mean ± sd over seeds [95% CI over seeds and queries] of the tested metrics,
+  and the mean over seeds of the R@k metrics; then each cell paired with REFERENCE."""
+  rk = [k for k in METRICS if k not in TESTED]
+  rows = [[c.method, c.checkpoint, "yes" if c.lsar else "no", str(len(c.results)),
+           _selected_steps(runs, c), *(seed_cell(list(c.results), k) for k in TESTED),
+           *(lareqa.format_metric(c.mean(k), k) for k in rk)] for c in cells]
+  lines = [f"Every method on {dataset}: mean ± sd over training seeds [95% CI over seeds and "
+           f"queries, two-level bootstrap, {N_RESAMPLES} resamples]; R@k: mean over seeds. "
+           "'selected': the step with the lowest held-out validation loss; 'last': the final "
+           "step.", "",
+           markdown_table(["method", "checkpoint", "LSAR", "seeds", "steps",
+                           *(HEADERS[k] for k in TESTED), *(HEADERS[k] for k in rk)], rows)]
+  ref = next((c for c in cells if c.key == REFERENCE), None)
+  if ref is None:
+    return "\n".join(lines + ["", f"(No {REFERENCE[0]} run with a {REFERENCE[1]} checkpoint: "
+                              "nothing to pair with.)"])
+  lines += ["", f"Against **{ref.label()}** (the recipe as it stands), across seeds: seeds "
+            "resampled separately for each row, queries paired; Δ [95% CI] and two-sided "
+            "bootstrap p:", "",
+            markdown_table(["method", "checkpoint", "LSAR", *_deltas(TESTED)],
+                           [[c.method, c.checkpoint, "yes" if c.lsar else "no",
+                             *(seed_cell(list(c.results), k, list(ref.results))
+                               for k in TESTED)] for c in cells if c is not ref])]
+  return "\n".join(lines)
+
+
+# The questions the grid answers, as (question, cell, baseline cell) keys: what hybrid batching
+# adds once distillation is in, what distillation and LSAR add to hybrid, what selection adds.
+QUESTIONS = (
+    ("hybrid batches vs X-X-mono, both distilled", ("hybrid-distill", "last", False),
+     ("mono-distill", "last", False)),
+    ("hybrid InfoNCE on top of distillation", ("hybrid-distill", "last", False),
+     ("distill", "last", False)),
+    ("distillation on top of hybrid", ("hybrid-distill", "last", False),
+     ("hybrid", "last", False)),
+    ("LSAR on top of hybrid", ("hybrid", "last", True), ("hybrid", "last", False)),
+    ("LSAR on top of hybrid + distillation", ("hybrid-distill", "last", True),
+     ("hybrid-distill", "last", False)),
+    ("hybrid training vs LSAR alone (untrained)", ("hybrid", "last", False),
+     ("pretrained", "last", True)),
+    ("hybrid training on top of LSAR", ("hybrid", "last", True), ("pretrained", "last", True)),
+    ("validation selection, hybrid", ("hybrid", "selected", False), ("hybrid", "last", False)),
+    ("validation selection, hybrid + distillation", ("hybrid-distill", "selected", False),
+     ("hybrid-distill", "last", False)))
+
+
+def questions_table(cells: list[Cell]) -> str:
+  """QUESTIONS' contrasts that these cells can make, across seeds as in `methods_table`."""
+  by_key = {c.key: c for c in cells}
+  rows = [[question, f"{by_key[a].label()} − {by_key[b].label()}",
+           *(seed_cell(list(by_key[a].results), k, list(by_key[b].results)) for k in TESTED)]
+          for question, a, b in QUESTIONS if a in by_key and b in by_key]
+  if not rows:
+    return ""
+  return "\n".join(["What each ingredient adds (a − b across seeds; the same two-level bootstrap; "
+                    "LSAR and selection rows compare the same runs, resampled as if apart, so "
+                    "their CIs are conservative):", "",
+                    markdown_table(["question", "a − b", *_deltas(TESTED)], rows)])
+
+
+def best_cell(cells: list[Cell]) -> Cell:
+  """The cell with the highest mean Mul mAP over seeds (the paper's language-bias-sensitive
+  metric: every language's candidates in one pool); the earlier cell on a tie."""
+  return cells[max(range(len(cells)), key=lambda i: (cells[i].mean("mul_map"), -i))]
+
+
+def headline_table(cells: list[Cell], dataset: str) -> str:
+  """The best cell (`best_cell`) and the recipe (REFERENCE) against the targets on `dataset`
+  and the paper's XLM-R hybrid row: means over seeds, ✓ where a target is met."""
+  if dataset not in TARGETS:
+    return ""
+  target, paper = TARGETS[dataset], PAPER_HYBRID[dataset]
+
+  def met(k, v):
+    ok = v <= target[k] if k == "rank_distance" else v >= target[k]
+    return f"{lareqa.format_metric(v, k)} {'✓' if ok else '✗'}"
+
+  best = best_cell(cells)
+  ref = next((c for c in cells if c.key == REFERENCE), None)
+  ours = [("best: " + best.label(), best)] + ([("recipe: " + ref.label(), ref)]
+                                               if ref is not None and ref is not best else [])
+  other = "xquad-r" if dataset == "mlqa-r" else "mlqa-r"
+  rows = [[f"target ({other} → {dataset})",
+           *((("≤ " if k == "rank_distance" else "≥ ") + lareqa.format_metric(target[k], k))
+             for k in TESTED), ""],
+          ["paper, XLM-R hybrid", *(lareqa.format_metric(paper[k], k) for k in TESTED), "1"]]
+  rows += [[label, *(met(k, c.mean(k)) for k in TESTED), str(len(c.results))]
+           for label, c in ours]
+  return "\n".join([f"Headline on {dataset}: the best cell by mean Mul mAP against the targets "
+                    "(✓ met, ✗ not; means over seeds):", "",
+                    markdown_table(["", *(HEADERS[k] for k in TESTED), "seeds"], rows)])
+
+
+def write_methods_report(directory: pathlib.Path) -> str:
+  """Writes `<directory>/report.md` and `distill_<dataset>.png` of the methods grid from the run
+  summaries there; returns the markdown. Per evaluation set: the headline, every method x
+  checkpoint x LSAR cell (`methods_table`), the ingredients' contrasts (`questions_table`), and
+  the distillation term's curves per batch type (summaries' `distill_curve`)."""
+  runs = _in_grid_order(load_runs(directory), "methods")
+  parts = ["# Experiment: methods (hybrid against distillation and LSAR, over seeds)", ""]
+  for dataset in sorted({d for r in runs.values() for d in r["datasets"]}):
+    group = {n: r for n, r in runs.items() if dataset in r["datasets"]}
+    cells = method_cells(group, dataset)
+    parts += [f"## Evaluated on {dataset}", "", headline_table(cells, dataset), "",
+              methods_table(group, cells, dataset), ""]
+    questions = questions_table(cells)
+    if questions:
+      parts += [questions, ""]
+    distilled = {n: r for n, r in group.items() if r.get("distill_curve")}
+    if distilled:
+      parts += [loss_table(distilled, DISTILL), ""]
+      parts += _figure(directory, f"distill_{dataset}.png", "distillation term",
+                       plot_distill_curves, distilled)
+  return _write_markdown(directory / "report.md", parts)
+
+
+# ------------------------------------------------------------------------------------------------
 # Reports.
 # ------------------------------------------------------------------------------------------------
 
@@ -965,6 +1185,10 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
       raise ValueError("--seed_sd_from is not used by languages_v2: its cells hold several runs "
                        "(language sets or seeds) whose spread the CIs cover already")
     return write_scaling_report(directory)
+  if experiment == "methods":
+    if seed_sd_from:
+      raise ValueError("--seed_sd_from is not used by methods: its rows pool their own seeds")
+    return write_methods_report(directory)
   runs = _in_grid_order(load_runs(directory), experiment)
   parts = [f"# Experiment: {experiment}", ""]
   datasets = sorted({d for r in runs.values() for d in r["datasets"]})
@@ -995,6 +1219,12 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
           old.unlink()
       parts += _figure(directory, name, "heatmap", plot_heatmap, trained[best], dataset,
                        f"{best}: mAP, query x candidate language")
+    distilled = {n: r for n, r in trained.items() if r.get("distill_curve")}
+    if distilled:
+      # The ratio sweep with --set distill=<weight>: how alpha changes the MSE term's convergence.
+      parts += [loss_table(distilled, DISTILL), ""]
+      parts += _figure(directory, f"distill_{dataset}.png", "distillation term",
+                       plot_distill_curves, distilled)
     if experiment == "ratio":
       alphas = sorted((r["args"]["mono"], n) for n, r in group.items()
                       if n.startswith("alpha"))

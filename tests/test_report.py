@@ -245,3 +245,106 @@ def test_runs_evaluated_on_other_queries_are_named_not_paired(tmp_path):
   with pytest.raises(ValueError, match="runs xquad-r-cross-k2-set0 and xquad-r-mono-k2-set0 hold "
                                        "different mlqa-r queries"):
     _analysis(tmp_path, n_resamples=10)
+
+
+# The methods grid's planted effects on every query's score (mAP metrics; rank distance falls as
+# they rise): per method, then what the selected checkpoint and LSAR add.
+METHOD_EFFECT = {"pretrained": -0.20, "hybrid": 0.0, "hybrid-distill": 0.10, "mono-distill": 0.05,
+                 "distill": -0.05}
+SELECTED_EFFECT, LSAR_EFFECT = {"hybrid-distill": 0.02}, 0.03
+
+
+def _write_methods(directory, *, run_sd=0.005, seed=0) -> dict[str, dict]:
+  """Writes the XQuAD-R runs of the methods grid as the runner saves them: the last step's
+  results, `best` (the selected step's), `lsar` (both again with LSAR), `selection` and the
+  distilled runs' `distill_curve`; returns {run name: {variant: per-query values}}."""
+  rng = np.random.default_rng(seed)
+  lang = np.repeat(np.array(EVAL_LANGS), PER_LANG)
+  base = rng.uniform(0.35, 0.45, lang.size)
+  directory.mkdir(parents=True, exist_ok=True)
+  planted = {}
+  for run in grids.runs("methods", ("xquad-r",)):
+    method = grids.seed_of(run.name)[0].removeprefix("xquad-r-")
+    last = base + METHOD_EFFECT[method] + rng.normal(0, run_sd)
+    values = {("last", False): last, ("selected", False): last + SELECTED_EFFECT.get(method, 0),
+              ("last", True): last + LSAR_EFFECT,
+              ("selected", True): last + SELECTED_EFFECT.get(method, 0) + LSAR_EFFECT}
+    summary = _summary(run, values["last", False], lang)
+    part = lambda key: _summary(run, values[key], lang)["datasets"]
+    summary["lsar"] = {"rank": 4, "source": "xquad-r", "tag": summary["tag"],
+                       "datasets": part(("last", True))}
+    if run.pretrained:
+      summary.update(loss_curve=[], tag="pretrained")
+    else:
+      summary["selection"] = {"metric": "validation/loss", "mode": "min", "step": 120,
+                              "value": 0.5, "last_step": 300, "curve": [[120, 0.5], [300, 0.6]]}
+      summary["best"] = {"tag": "step_120", "datasets": part(("selected", False))}
+      summary["lsar"]["best"] = {"tag": "step_120", "datasets": part(("selected", True))}
+    if run.args.get("distill"):
+      kinds = ("mono",) if method == "mono-distill" else ("mono", "cross")
+      summary["distill_curve"] = [{"step": s, "train/distill_mse": 0.5 / s,
+                                   **{f"train/distill_mse_{k}": 0.5 / s for k in kinds}}
+                                  for s in range(1, 11)]
+    (directory / f"{run.name}.json").write_text(json.dumps(summary))
+    planted[run.name] = values
+  return planted
+
+
+def _row(text: str, start: str) -> list[str]:
+  line = next(l for l in text.splitlines() if l.startswith(start))
+  return [c.strip() for c in line.split("|")[1:-1]]
+
+
+def test_methods_report_pairs_every_cell_with_hybrid_over_seeds_and_picks_the_best(tmp_path):
+  directory = tmp_path / "methods"
+  planted = _write_methods(directory)
+  text = report.write_report("methods", directory)
+  lang = np.repeat(np.array(EVAL_LANGS), PER_LANG)
+  # Every method x checkpoint x LSAR cell, seeds pooled; the untrained model once per LSAR.
+  table = text.split("Against **hybrid, last**")[0]
+  for method in ("hybrid", "hybrid-distill", "mono-distill", "distill"):
+    for checkpoint in ("last", "selected"):
+      for lsar in ("no", "yes"):
+        row = _row(table, f"| {method} | {checkpoint} | {lsar} |")
+        assert row[3:5] == ["3", "120,120,120" if checkpoint == "selected" else "300,300,300"]
+  assert _row(table, "| pretrained | untrained | no |")[3] == "1"
+  assert _row(table, "| pretrained | untrained | yes |")[3] == "1"
+  # The paired difference across seeds and queries is the two-level bootstrap of the planted
+  # values: hybrid + distillation, last step, against hybrid, last step (+.10 planted).
+  names = lambda m: [f"xquad-r-{m}"] + [f"xquad-r-{m}-seed{s}" for s in (1, 2)]
+  a = np.stack([planted[n]["last", False] for n in names("hybrid-distill")])
+  b = np.stack([planted[n]["last", False] for n in names("hybrid")])
+  r = stats.seed_bootstrap(a, b, strata=lang, n_resamples=report.N_RESAMPLES)
+  paired = text.split("Against **hybrid, last**")[1].split("What each ingredient adds")[0]
+  cell = _row(paired, "| hybrid-distill | last | no |")[5]  # Δ Mul mAP
+  assert cell == f"{r.mean:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] p={r.p_value:.3g}"
+  assert r.ci_low < 0.10 < r.ci_high and r.ci_low > 0.05
+  # The same run's LSAR and selected cells carry the planted extras.
+  for start, effect in (("| hybrid-distill | selected | no |", .12),
+                        ("| hybrid-distill | last | yes |", .13),
+                        ("| distill | last | no |", -.05)):
+    delta = float(_row(paired, start)[5].split()[0])
+    assert delta == pytest.approx(effect, abs=0.02), start
+  # The questions: hybrid batching adds +.05 over X-X-mono once both are distilled.
+  questions = text.split("What each ingredient adds")[1]
+  row = _row(questions, "| hybrid batches vs X-X-mono, both distilled |")
+  assert row[1] == "hybrid-distill, last − mono-distill, last"
+  assert float(row[4].split()[0]) == pytest.approx(0.05, abs=0.02)
+  assert "| LSAR on top of hybrid |" in questions
+  # Headline: the best cell by mean Mul mAP (hybrid + distillation, selected, with LSAR: +.15),
+  # against the targets (MLQA-R Mul >= .52 met at ~.55; Mo >= .66 and rank distance not).
+  head = text.split("Every method on mlqa-r")[0]
+  best = _row(head, "| best: hybrid-distill, selected, LSAR |")
+  mul = np.mean([report.stats.macro_mean(planted[n]["selected", True], lang)
+                 for n in names("hybrid-distill")])
+  assert best[3] == f"{mul:.3f} ✓" and best[1].endswith("✗") and best[4].endswith("✗")
+  assert best[5] == "3"
+  assert _row(head, "| paper, XLM-R hybrid |")[1:5] == ["0.648", "0.623", "0.512", "227.0"]
+  assert _row(head, "| recipe: hybrid, last |")[3].endswith("✗")
+  # The distillation term per batch type, from the summaries alone.
+  assert "Mean distillation term" in text
+  # Ten log windows of 0.5 / step: the first fifth is steps 1-2, the last fifth steps 9-10.
+  first, final = np.mean([0.5, 0.25]), np.mean([0.5 / 9, 0.05])
+  assert _row(text, "| xquad-r-mono-distill |")[1:] == [f"{first:.3f} → {final:.3f}", "—"]
+  assert _row(text, "| xquad-r-hybrid-distill-seed2 |")[2] == f"{first:.3f} → {final:.3f}"
+  assert (directory / "distill_mlqa-r.png").stat().st_size > 0
