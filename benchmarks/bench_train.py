@@ -34,11 +34,13 @@ def texts(n: int, words: int, seed: int) -> list[str]:
 
 
 def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str, q_len: int = 32,
-          p_len: int = 64) -> dict:
+          p_len: int = 64, distill_weight: float = 0.0) -> dict:
+  """One model's step, timed; distill_weight > 0 adds the distillation term (loss.distill) with
+  random unit teacher targets in the batch, as train.py attaches them."""
   config = ml_collections.ConfigDict(dict(
       total_steps=1000, grad_cache_chunks=0, model=common.model(model),
       optimizer=dict(lr=3e-5, weight_decay=0.01, warmup_steps=100, decay="linear", grad_clip=1.0),
-      loss=common.loss()))
+      loss=dict(common.loss(), distill=dict(weight=distill_weight))))
   config.model.dtype = dtype
   encoder = models.load_encoder(config.model)
   mesh = sharding.make_mesh({"data": -1})
@@ -47,18 +49,23 @@ def bench(model: str, batch_size: int, steps: int, peak: float, dtype: str, q_le
       texts(batch_size, 3 * length // 4, seed=length), kind)]
   q = encoder.tokenizer.pad(ids("query", q_len), q_len)
   p = encoder.tokenizer.pad(ids("passage", p_len), p_len)
-  batch = sharding.host_local_to_global(
-      {"query": q, "passage": p, "identity": np.arange(batch_size, dtype=np.int32)}, mesh)
+  host = {"query": q, "passage": p, "identity": np.arange(batch_size, dtype=np.int32)}
+  if distill_weight:
+    dim = jax.eval_shape(encoder.apply, encoder.params, q).shape[-1]
+    targets = np.random.default_rng(0).normal(size=(2, batch_size, dim)).astype(np.float32)
+    targets /= np.linalg.norm(targets, axis=-1, keepdims=True)
+    host.update(teacher_query=targets[0], teacher_passage=targets[1])
+  batch = sharding.host_local_to_global(host, mesh)
   tokens = int(q["attention_mask"].sum() + p["attention_mask"].sum())
   # The trainer's own update step (sharding, AdamW, finite flag), so the bench measures what
   # train.py runs.
-  train_step = train_step.make_train_step(encoder, config, mesh)
-  state = train_step.init(encoder.params)
-  flops = train_step.step_flops(train_step.update.lower(state, batch).compile())
+  step_fn = train_step.make_train_step(encoder, config, mesh)
+  state = step_fn.init(encoder.params)
+  flops = train_step.step_flops(step_fn.update.lower(state, batch).compile())
   times = []
   for i in range(steps + 2):
     t = time.perf_counter()
-    state, m = train_step.update(state, batch)
+    state, m = step_fn.update(state, batch)
     loss = m["loss"].block_until_ready()
     if i >= 2:
       times.append(time.perf_counter() - t)
