@@ -26,6 +26,7 @@ import zlib
 import ml_collections
 
 from configs import common
+from hybrid_ir import config_flags
 
 DATA_KEYS = ("jsonl", "mmarco", "bitext")
 DEFAULTS = dict(model="e5-small", steps=100, batch=32, lr=3e-5, mono=0.5, cross=0.5, negatives=0,
@@ -33,13 +34,7 @@ DEFAULTS = dict(model="e5-small", steps=100, batch=32, lr=3e-5, mono=0.5, cross=
 
 
 def parse(arg: str | None) -> dict:
-  out = dict(DEFAULTS)
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in (*DEFAULTS, *DATA_KEYS):
-      raise ValueError(f"configs/own_data.py arg {item!r}: expected key=value with key in "
-                       f"{sorted((*DEFAULTS, *DATA_KEYS))}")
-    out[key] = value if key in DATA_KEYS or key == "model" else type(DEFAULTS[key])(value)
+  out = config_flags.parse_arg(arg, DEFAULTS, where="configs/own_data.py arg", text_keys=DATA_KEYS)
   data = [k for k in DATA_KEYS if k in out]
   if len(data) != 1:
     raise ValueError(f"configs/own_data.py: give exactly one of {DATA_KEYS} (e.g. "

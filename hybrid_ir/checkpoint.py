@@ -8,8 +8,8 @@ Layout: `<workdir>/checkpoints/<step>/{params, train_state, data, config, integr
   config       JSON: the run's config (resume compares it with the config given; see train.py).
   integrity    JSON: per array its shape, dtype and two 32-bit checksums computed on device when
                it was saved, and a sha256 of the data and config items. Orbax and TensorStore
-               read a bit-flipped data file without complaint (measured: every flip restored
-               silently), so every restore here recomputes and compares them.
+               restore a bit-flipped data file without complaint, so every restore here
+               recomputes and compares them (tests/integration/test_faults.py flips bits).
 
 Unfinished steps are invisible: Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and
 renames it when every item is committed (on GCS, where rename is not atomic, it writes a

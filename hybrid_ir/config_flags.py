@@ -91,6 +91,26 @@ def _list_first_in_help(name: str) -> None:
   cls.main_module_help = main_module_help
 
 
+def parse_arg(arg: str | None, defaults: Mapping[str, Any], *, where: str,
+              text_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+  """A config file's `key=value,key=value` arg -> `defaults` updated, each value converted to its
+  default's type; `text_keys` may be given too (as strings) and have no default.
+
+  Inputs: the arg (None or '' gives the defaults), where (names the arg in errors, e.g.
+  'configs/own_data.py arg'). Used by every config that takes such an arg: hybrid_ir.grids'
+  experiment arg, configs/own_data.py. An item that is not key=value, or whose key is unknown,
+  is one ValueError naming it and the valid keys.
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in (*defaults, *text_keys):
+      raise ValueError(f"{where} {item!r}: expected key=value with key in "
+                       f"{sorted((*defaults, *text_keys))}")
+    out[key] = value if key not in defaults else type(defaults[key])(value)
+  return out
+
+
 def load_config_file(spec: str, overrides: Mapping[str, Any] | None = None
                      ) -> ml_collections.ConfigDict:
   """Loads 'path/to/config.py[:arg]' -> get_config(arg) (as ml_collections does), then sets each

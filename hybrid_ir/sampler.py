@@ -58,8 +58,8 @@ def index_shuffle(index: int, size: int, seed: int, rounds: int = 4) -> int:
 
   A balanced Feistel network over the smallest power of four >= size, cycle-walked into
   [0, size) (at most 4 walks expected): the construction of Grain's `index_shuffle`. Grain's
-  own is not used because it is slow on small domains: 30 us per index for a 1,190-group stream
-  against 4 us for a million (measured here), i.e. ~1 ms per LAReQA batch.
+  own is not used because it is slower per index on small domains, such as a LAReQA stream of
+  about a thousand groups, than on large ones.
   """
   if not 0 <= index < size:
     raise ValueError(f'index_shuffle: index {index} not in [0, {size})')

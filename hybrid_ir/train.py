@@ -116,9 +116,9 @@ def main(argv) -> None:
 
 def _exit_now(code) -> None:
   """Ends the binary once `train` has returned: the checkpoint is final, the metrics and log
-  flushed. Interpreter teardown after that only destroys TF/XLA objects (3 s measured here) and
-  can wait up to a minute on the tf.data iterator's autotuning thread, past a preemption's grace
-  period; os._exit skips both."""
+  flushed. Interpreter teardown after that only destroys TF/XLA objects (seconds) and can wait
+  up to a minute on the tf.data iterator's autotuning thread, past a preemption's grace period;
+  os._exit skips both (benchmarks/bench_sigterm.py)."""
   if isinstance(code, str):
     print(code, file=sys.stderr)
     code = 1

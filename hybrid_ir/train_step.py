@@ -290,9 +290,9 @@ def params_norm(params) -> float:
 def mfu(flops_per_step: float, step_seconds: float, peak_flops_per_device: float) -> float:
   """Model FLOPs utilisation from XLA's cost analysis of the compiled step.
 
-  XLA's cost analysis of an SPMD-partitioned program counts one device's share (measured here: a
-  matmul sharded over 8 devices reports 1/8 of its FLOPs), so it is divided by one device's peak;
-  equivalently, the global FLOPs over peak x devices.
+  XLA's cost analysis of an SPMD-partitioned program counts one device's share (a matmul sharded
+  over 8 devices reports 1/8 of its FLOPs), so it is divided by one device's peak; equivalently,
+  the global FLOPs over peak x devices.
   """
   return flops_per_step / step_seconds / peak_flops_per_device
 

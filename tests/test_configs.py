@@ -103,3 +103,18 @@ def test_shape_presets_are_the_shapes_of_the_models_they_name():
   xlmr = encoder.BertConfig(vocab_size=250002, **common.SHAPES["xlmr-base-shape"])
   shapes = jax.tree.leaves(nnx.state(encoder.abstract_bert(xlmr)))
   assert sum(int(np.prod(x.shape)) for x in shapes) == 278_043_648 - (768 * 768 + 768)
+
+
+def test_parse_arg_types_values_by_their_defaults_and_names_bad_items():
+  defaults = dict(steps=100, lr=3e-5, model="e5-small")
+  a = config_flags.parse_arg("steps=7,lr=0.1,data=x.jsonl", defaults, where="my arg",
+                             text_keys=("data",))
+  assert a == dict(steps=7, lr=0.1, model="e5-small", data="x.jsonl")
+  assert config_flags.parse_arg(None, defaults, where="my arg") == defaults
+  with pytest.raises(ValueError, match=r"my arg 'alpha=1': expected key=value with key in "
+                                       r"\['lr', 'model', 'steps'\]"):
+    config_flags.parse_arg("steps=7,alpha=1", defaults, where="my arg")
+  with pytest.raises(ValueError, match="my arg 'steps': expected key=value"):
+    config_flags.parse_arg("steps", defaults, where="my arg")
+  with pytest.raises(ValueError, match="invalid literal"):
+    config_flags.parse_arg("steps=many", defaults, where="my arg")
