@@ -605,11 +605,9 @@ def config_changes(saved: Mapping, current: Mapping, allow: Sequence[str] = ()
   (see `checkpoint.config_to_json`); a key in `allow` or RESUME_SAFE_KEYS allows its sub-keys.
   A key absent on one side shows as '<absent>', except that one of ADDED_KEYS absent from the
   saved config takes the value it stood for."""
-  a, b = config_flags.flatten(saved), config_flags.flatten(current)
-  absent = "<absent>"
-  a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **a}
-  diffs = [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b))
-           if a.get(k, absent) != b.get(k, absent)]
+  now = config_flags.flatten(current)
+  then = {**{k: v for k, v in ADDED_KEYS.items() if k in now}, **config_flags.flatten(saved)}
+  diffs = config_flags.differences(then, now)
   ok = lambda k: any(_covers(x, k) for x in (*RESUME_SAFE_KEYS, *allow))  # noqa: E731
   return [d for d in diffs if not ok(d[0])], [d for d in diffs if ok(d[0])]
 

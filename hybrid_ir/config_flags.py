@@ -243,3 +243,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   else:
     out[prefix] = list(tree) if isinstance(tree, tuple) else tree
   return out
+
+
+def differences(a: Mapping, b: Mapping, absent: Any = "<absent>") -> list[tuple[str, Any, Any]]:
+  """[(key, a's value, b's value)] wherever two JSON-like trees differ, keys flattened as
+  `flatten` names them ('a.b', 'a.c[0].d') and sorted; a key missing on one side shows `absent`.
+
+  Used wherever saved settings are compared with wanted ones: the resume policy
+  (checkpoint.config_changes), stores (hybrid_ir.data), embedding caches and experiment runs.
+  """
+  fa, fb = flatten(a), flatten(b)
+  return [(k, fa.get(k, absent), fb.get(k, absent)) for k in sorted(set(fa) | set(fb))
+          if fa.get(k, absent) != fb.get(k, absent)]
+

@@ -118,3 +118,13 @@ def test_parse_arg_types_values_by_their_defaults_and_names_bad_items():
     config_flags.parse_arg("steps", defaults, where="my arg")
   with pytest.raises(ValueError, match="invalid literal"):
     config_flags.parse_arg("steps=many", defaults, where="my arg")
+
+
+def test_differences_flattens_both_trees_and_names_absent_keys():
+  saved = {"optimizer": {"lr": 0.1, "b1": 0.9}, "langs": ("en", "de"), "sources": [{"n": 1}]}
+  wanted = {"optimizer": {"lr": 0.2}, "langs": ["en", "de"], "sources": [{"n": 2}], "new": 1}
+  assert config_flags.differences(saved, wanted) == [
+      ("new", "<absent>", 1), ("optimizer.b1", 0.9, "<absent>"), ("optimizer.lr", 0.1, 0.2),
+      ("sources[0].n", 1, 2)]
+  assert config_flags.differences(saved, saved) == []
+  assert config_flags.differences({"a": 1}, {}, absent=None) == [("a", 1, None)]

@@ -29,6 +29,7 @@ from typing import Any
 
 from etils import epath
 
+from hybrid_ir import config_flags
 from hybrid_ir.data import store as store_lib
 
 # kind -> module, as `hybrid_ir.evaluators.TYPES` (type -> module). A new kind: a module with
@@ -98,10 +99,8 @@ def _what_differs(meta: dict, wanted: dict) -> str:
   out = []
   if meta.get('kind') != wanted['kind']:
     out.append(f'kind {meta.get("kind")!r} -> {wanted["kind"]!r}')
-  saved = meta.get('settings') or {}
-  for k in sorted(set(saved) | set(wanted['settings'])):
-    if saved.get(k) != wanted['settings'].get(k):
-      out.append(f'{k} {saved.get(k)!r} -> {wanted["settings"].get(k)!r}')
+  out += [f'{k} {then!r} -> {now!r}' for k, then, now in config_flags.differences(
+      meta.get('settings') or {}, wanted['settings'], absent=None)]
   have = meta.get('inputs') or []
   if len(have) != len(wanted['inputs']):
     out.append(f'{len(have)} input files -> {len(wanted["inputs"])}')

@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import tqdm
 
+from hybrid_ir import config_flags
+
 PredictFn = Callable[[Any, list[str], str], np.ndarray]
 
 
@@ -75,7 +77,7 @@ def encode_sharded(predict_fn: PredictFn, params, texts: list[str], out_dir: str
   manifest = {**ident, "done": []}
   if manifest_path.is_file():
     old = json.loads(manifest_path.read_text())
-    diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+    diff = config_flags.differences({k: old.get(k) for k in ident}, ident)
     if diff:
       raise ValueError(f"{manifest_path}: written for other inputs ({diff}); use another "
                        "directory or delete it")
