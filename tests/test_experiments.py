@@ -618,3 +618,52 @@ def test_a_best_step_without_a_checkpoint_is_named(tmp_path):
                                          r"\[\]\); the trainer keeps the best with "
                                          r"checkpoint.make_manager\(keep_best='validation/loss'\)"):
     experiments.evaluate_selected(config, workdir, 4, "run")
+
+
+def test_a_distilled_run_with_lsar_and_validation_saves_plain_lsar_best_and_last(tmp_path):
+  # The methods grid's hybrid + distillation run and its untrained model, in miniature, with the
+  # e5 command's packing (--set pack=1) and an LSAR rank the 3 evaluation languages would refuse
+  # but the 8 training languages allow.
+  from hybrid_ir import run_dir
+  by_name = {r.name: r for r in grids.runs("methods", ("xquad-r",))}
+  common = dict(MINI, steps=4, pack=1)
+  results, workdirs = tmp_path / "results", tmp_path / "w"
+  for name in ("xquad-r-pretrained", "xquad-r-hybrid-distill"):
+    run = by_name[name]
+    experiments.execute("methods", grids.Run(name, dict(run.args, validation=2),
+                                             run.pretrained), common, results, workdirs)
+  root = workdirs / "methods" / "use-m3_4_8_mini_1"
+  summary = json.loads((results / "methods" / "xquad-r-hybrid-distill.json").read_text())
+  workdir = root / "xquad-r-hybrid-distill"
+  best, last = summary["best"]["tag"], summary["tag"]
+  assert last == "step_4" and summary["selection"]["step"] in (2, 4)
+  lsar = summary["lsar"]
+  assert (lsar["rank"], lsar["source"], lsar["tag"], lsar["best"]["tag"]) == (4, "xquad-r", last, best)
+  assert lsar["subspace"]["langs"] == list(grids.train_langs(grids.parse("model=use-m3")))
+  assert len(lsar["subspace"]["singular_values"]) == 8
+  # Plain and LSAR results of both steps, each what eval.py wrote, in folders of their own: the
+  # LSAR evaluation of a step did not overwrite its plain one.
+  for tag, plain, removed in ((last, summary["datasets"], lsar["datasets"]),
+                              (best, summary["best"]["datasets"], lsar["best"]["datasets"])):
+    ev = json.loads((workdir / "eval" / f"{tag}.json").read_text())
+    ev_lsar = json.loads((workdir / experiments.LSAR_EVAL / f"{tag}.json").read_text())
+    assert ev["lsar"] is None and ev_lsar["lsar"]["rank"] == 4
+    assert plain["mlqa-r"]["metrics"] == ev["details"]["mlqa-r"]["metrics"]
+    assert removed["mlqa-r"]["metrics"] == ev_lsar["details"]["mlqa-r"]["metrics"]
+    assert removed["mlqa-r"]["per_query"]["mul_map"] != plain["mlqa-r"]["per_query"]["mul_map"]
+    assert list(ev_lsar["details"]) == ["mlqa-r"]  # the evaluation set only, no validation rerun
+  # The MSE term per batch type at every logged step, copied from metrics.jsonl.
+  logged = [r for r in run_dir.read_metrics(workdir) if "train/distill_mse" in r]
+  assert [r["step"] for r in summary["distill_curve"]] == [r["step"] for r in logged] == [1, 2, 3, 4]
+  for saved, row in zip(summary["distill_curve"], logged):
+    assert saved["train/distill_mse"] == row["train/distill_mse"] > 0
+    kinds = [k for k in saved if k.startswith("train/distill_mse_")]
+    assert kinds and all(saved[k] == row[k] for k in kinds) and "train/info_nce" in saved
+  untrained = json.loads((results / "methods" / "xquad-r-pretrained.json").read_text())
+  assert untrained["tag"] == untrained["lsar"]["tag"] == "pretrained" and "best" not in untrained
+  assert untrained["distill_curve"] == [] and "best" not in untrained["lsar"]
+  text = report.write_report("methods", results / "methods")
+  for start in ("| pretrained | untrained | yes |", "| hybrid-distill | selected | yes |",
+                "| hybrid-distill | last | no |"):
+    assert start in text
+  assert (results / "methods" / "distill_mlqa-r.png").stat().st_size > 0
