@@ -20,7 +20,8 @@ Hard negatives: `num_negatives` is set per source. Every batch carries K = the l
 source has fewer (QA pairs with none, a query with fewer), the slots hold a placeholder text
 and `negative_valid` is False, and the loss leaves them out. Example e of a stream in epoch
 `epoch` takes its negatives e*K, e*K+1, ... (mod the group's count), so epochs see different
-negatives.
+negatives. They are passages of the example's passage language; a source with
+`negative_langs: 'query+passage'` gives an X->Y example half of them in X (`sampler.example_rows`).
 """
 import atexit
 import json
@@ -102,11 +103,10 @@ def read_slice(source: sampler_lib.Source, local: Mapping[str, Any], num_negativ
     reads[q].append(q_row)
     plan.append((p, len(reads.setdefault(p, []))))
     reads[p].append(p_row)
-    pi = store.index(p)
-    for j, r in enumerate(take):
-      plan.append((p, len(reads[p])))
-      reads[p].append(int(r))
-      neg_ident[i * k + j] = pi.row_identity[r]
+    for j, (lang, r) in enumerate(take):
+      plan.append((lang, len(reads.setdefault(lang, []))))
+      reads[lang].append(r)
+      neg_ident[i * k + j] = store.index(lang).row_identity[r]
       neg_valid[i * k + j] = True
   texts = {l: store.texts(l, rows) for l, rows in reads.items()}
   it = iter(plan)

@@ -25,7 +25,8 @@ candidates, so the exclusions never shorten the window.
 X, not only with its query in L, and merged round-robin (L's first, then each X's in language
 order), without repeats: the passages of L that an X-L example confuses with its answer. The
 negatives of a group in L are always passages of L: the store keeps them per language, and the
-input pipeline reads a negative in the example's passage language.
+input pipeline reads a negative in the example's passage language, or, with the source's
+`negative_langs: 'query+passage'`, half of an X->L example's negatives in X.
 
 Output: per source, a store (`hybrid_ir.data.store`, same format and integrity checks) whose
 texts are hard links to the source store's texts (no copies; a copy only where a link cannot be

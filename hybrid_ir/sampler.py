@@ -92,6 +92,9 @@ class Stream:
     return (j if self.groups is None else int(self.groups[j])), epoch
 
 
+NEGATIVE_LANGS = ('passage', 'query+passage')
+
+
 @dataclasses.dataclass
 class Source:
   """One training source as the sampler sees it: a store, the languages drawn and options."""
@@ -100,6 +103,10 @@ class Source:
   langs: tuple[str, ...]
   num_negatives: int
   offset: int  # added to group indices so example ids are unique across sources
+  # 'passage': an example's hard negatives are passages of its passage language; 'query+passage':
+  # an X->Y example (X != Y) takes half of them in X, so that a cross-lingual query also meets
+  # wrong passages in its own language (`example_rows`).
+  negative_langs: str = 'passage'
 
   @property
   def group_identity(self) -> np.ndarray:
@@ -125,7 +132,11 @@ def make_source(name: str, store: store_lib.Store, cfg: Mapping[str, Any], offse
   k = int(cfg.get('num_negatives', 0) or 0)
   if k < 0:
     raise ValueError(f'input: source {name!r}: num_negatives must be >= 0, got {k}')
-  return Source(name, store, tuple(langs), k, offset)
+  negative_langs = cfg.get('negative_langs', 'passage')
+  if negative_langs not in NEGATIVE_LANGS:
+    raise ValueError(f'input: source {name!r}: negative_langs={negative_langs!r}; valid: '
+                     f'{", ".join(NEGATIVE_LANGS)}')
+  return Source(name, store, tuple(langs), k, offset, negative_langs)
 
 
 class Sampler:
@@ -161,6 +172,7 @@ class Sampler:
     self.fingerprint = hashlib.sha256(json.dumps(
         [dataclasses.asdict(self.spec), self.seed,
          {n: [s.store.fingerprint, s.langs, s.num_negatives, s.offset]
+          + ([s.negative_langs] if s.negative_langs != 'passage' else [])
           for n, s in sorted(self.sources.items())}], sort_keys=True, default=str
     ).encode()).hexdigest()[:16]
 
@@ -287,30 +299,47 @@ class Sampler:
     return {'step': plan.step, 'batch_type': plan.batch_type, 'source': plan.source,
             'query_lang': plan.query_langs, 'passage_lang': plan.passage_langs,
             'group': np.asarray(groups, np.int64), 'epoch': np.asarray(epochs, np.int64),
-            'rows': [[q, p, *n.tolist()] for q, p, n in rows],
+            # A negative outside the passage language is named with its language.
+            'rows': [[q, p, *(r if l == pl else f'{l}:{r}' for l, r in n)]
+                     for (q, p, n), pl in zip(rows, plan.passage_langs)],
             'content': source.store.content_digest}
 
 
 def example_rows(source: Source, query_lang: str, passage_lang: str, group: int, epoch: int,
-                 num_negatives: int) -> tuple[int, int, np.ndarray]:
-  """(query row in query_lang, positive row and negative rows in passage_lang) of one example.
+                 num_negatives: int) -> tuple[int, int, list[tuple[str, int]]]:
+  """(query row in query_lang, positive row in passage_lang, [(language, row)] of its hard
+  negatives) of one example.
 
-  Negatives: the example of epoch e takes its group's negatives e*K, e*K+1, ... (mod their
-  count), K = num_negatives, so epochs see different negatives. Used by the sampler (for the
-  batch fingerprint) and by `input_pipeline.read_slice` (to read them).
+  Negatives are passages of passage_lang; with the source's negative_langs 'query+passage', an
+  example whose languages differ takes K // 2 of them from the group's negatives in query_lang
+  (listed after the passage-language ones). From each list, the example of epoch e takes the
+  group's negatives e*k, e*k+1, ... (mod their count), k the number taken from it, so epochs see
+  different negatives. Used by the sampler (for the batch fingerprint) and by
+  `input_pipeline.read_slice` (to read them).
   """
   qi, pi = source.store.index(query_lang), source.store.index(passage_lang)
   q_row, p_row = int(qi.group_query[group]), int(pi.group_positive[group])
   if q_row < 0 or p_row < 0:
     raise RuntimeError(f'input: group {group} of {source.name} has no ({query_lang}, '
                        f'{passage_lang}) pair (a bug)')
-  negatives = np.zeros(0, np.int64)
-  if num_negatives:
-    rows = np.asarray(pi.negative_rows[pi.negative_offsets[group]:pi.negative_offsets[group + 1]])
-    if len(rows):
-      take = (int(epoch) * num_negatives + np.arange(min(num_negatives, len(rows)))) % len(rows)
-      negatives = rows[take].astype(np.int64)
-  return q_row, p_row, negatives
+  from_query = []
+  if source.negative_langs == 'query+passage' and query_lang != passage_lang:
+    from_query = _negatives(qi, group, epoch, num_negatives // 2)
+  from_passage = _negatives(pi, group, epoch, num_negatives - len(from_query))
+  return q_row, p_row, ([(passage_lang, r) for r in from_passage]
+                        + [(query_lang, r) for r in from_query])
+
+
+def _negatives(index: store_lib.LangIndex, group: int, epoch: int, k: int) -> list[int]:
+  """Up to k of a group's negative rows in one language, rotated by epoch."""
+  if not k:
+    return []
+  rows = np.asarray(index.negative_rows[index.negative_offsets[group]:
+                                        index.negative_offsets[group + 1]])
+  if not len(rows):
+    return []
+  take = (int(epoch) * k + np.arange(min(k, len(rows)))) % len(rows)
+  return [int(r) for r in rows[take]]
 
 
 def batch_fingerprint(batch: Mapping[str, Any]) -> int:

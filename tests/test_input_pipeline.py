@@ -246,6 +246,32 @@ def test_negatives_per_source_masks_and_rotation(tmp_path):
   p.close()
 
 
+def test_query_language_negatives_for_cross_lingual_examples(tmp_path):
+  # negative_langs='query+passage': an X->Y example reads K // 2 negatives in X, the rest in Y;
+  # a mono example reads all of them in its one language. Texts name group and language.
+  src = make_source(tmp_path, 'x', 40, negatives=6, num_negatives=4,  # 5 or 6 per group
+                    negative_langs='query+passage')
+  sampler = sampler_lib.Sampler({'x': src}, _config(type_probs={'mono': 0.5, 'cross': 0.5}))
+  kinds = set()
+  for _ in range(20):
+    b = sampler.next_batch()
+    t = texts_of(src, b, 4)
+    for i, (q, p) in enumerate(zip(b['query_lang'], b['passage_lang'])):
+      negs = t['negative_text'][4 * i:4 * i + 4]
+      gid = f"x{int(b['group'][i]):03d}"
+      assert all(n.split()[1] == gid for n in negs)  # the example's own group
+      want = [p, p, q, q] if q != p else [p] * 4
+      assert [n.split()[2] for n in negs] == want
+      kinds.add(q != p)
+      for j, n in enumerate(negs):  # identities are those of the rows read, in their language
+        idx = src.store.index(n.split()[2])
+        assert t['negative_identity'][4 * i + j] in np.asarray(idx.row_identity)
+    assert not set(t['negative_identity'].tolist()) & set(t['identity'].tolist())
+  assert kinds == {True, False}
+  with pytest.raises(ValueError, match="negative_langs='query'; valid: passage, query\\+passage"):
+    make_source(tmp_path, 'y', 10, negatives=1, num_negatives=1, negative_langs='query')
+
+
 def test_too_few_distinct_passages(tmp_path):
   # zh has only 5 of 40 groups: (zh, *) pairs cannot fill a batch of 8 distinct passages.
   src = make_source(tmp_path, 'a', 40, only={'zh': 5})

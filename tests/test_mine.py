@@ -215,7 +215,20 @@ def test_training_reads_the_mined_negatives_through_num_negatives(toy):
   source = sources["toy"]
   g1 = source.store.group_ids(range(source.store.num_groups)).index("g1")
   _, _, negatives = sampler_lib.example_rows(source, "de", "en", g1, 0, 2)
-  assert texts_of(source.store, "en", negatives) == ["n_a", "p2"]
+  assert [l for l, _ in negatives] == ["en", "en"]
+  assert texts_of(source.store, "en", [r for _, r in negatives]) == ["n_a", "p2"]
+  # negative_langs='query+passage': the de->en example takes one of them in de, its query's
+  # language (the first of its de negatives), and keeps the first en one.
+  both = sampler_lib.make_source("toy", source.store, dict(mined_cfg, negative_langs="query+passage"),
+                                 0)
+  _, _, negatives = sampler_lib.example_rows(both, "de", "en", g1, 0, 2)
+  assert [l for l, _ in negatives] == ["en", "de"]
+  de_first = int(source.store.negatives("de", g1)[0])
+  assert negatives == [("en", [r for _, r in sampler_lib.example_rows(
+      source, "de", "en", g1, 0, 2)[2]][0]), ("de", de_first)]
+  # A mono example is unchanged.
+  assert (sampler_lib.example_rows(both, "en", "en", g1, 0, 2)
+          == sampler_lib.example_rows(source, "en", "en", g1, 0, 2))
 
 
 def test_the_binary_mines_what_a_brute_force_ranking_of_the_same_model_gives(tmp_path, shared_data):
