@@ -50,20 +50,6 @@ def test_experiment_arg_errors_name_the_problem(monkeypatch):
     config_flags.load_config_file("configs/experiments/base.py:langs=en+xx")
 
 
-def test_overrides_set_dotted_keys_and_name_a_misspelt_one(monkeypatch):
-  monkeypatch.chdir(REPO)
-  config = config_flags.load_config_file("configs/demo.py", {"checkpoint.every": 7,
-                                                             "total_steps": 9})
-  plain = config_flags.load_config_file("configs/demo.py")
-  assert (config.checkpoint.every, config.total_steps) == (7, 9)
-  assert (plain.checkpoint.every, plain.total_steps) != (7, 9)
-  # Nothing but the two keys changes.
-  a, b = (config_flags.flatten(c.to_dict()) for c in (plain, config))
-  assert sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) == [
-      "checkpoint.every", "total_steps"]
-  with pytest.raises(KeyError, match="--config.checkpoint has no field 'evry'"):
-    config_flags.load_config_file("configs/demo.py", {"checkpoint.evry": 7})
-
 
 @pytest.mark.parametrize("path,arg", CASES)
 def test_the_table_update_can_be_set_on_every_training_config(path, arg, monkeypatch):
@@ -103,28 +89,3 @@ def test_shape_presets_are_the_shapes_of_the_models_they_name():
   xlmr = encoder.BertConfig(vocab_size=250002, **common.SHAPES["xlmr-base-shape"])
   shapes = jax.tree.leaves(nnx.state(encoder.abstract_bert(xlmr)))
   assert sum(int(np.prod(x.shape)) for x in shapes) == 278_043_648 - (768 * 768 + 768)
-
-
-def test_parse_arg_types_values_by_their_defaults_and_names_bad_items():
-  defaults = dict(steps=100, lr=3e-5, model="e5-small")
-  a = config_flags.parse_arg("steps=7,lr=0.1,data=x.jsonl", defaults, where="my arg",
-                             text_keys=("data",))
-  assert a == dict(steps=7, lr=0.1, model="e5-small", data="x.jsonl")
-  assert config_flags.parse_arg(None, defaults, where="my arg") == defaults
-  with pytest.raises(ValueError, match=r"my arg 'alpha=1': expected key=value with key in "
-                                       r"\['lr', 'model', 'steps'\]"):
-    config_flags.parse_arg("steps=7,alpha=1", defaults, where="my arg")
-  with pytest.raises(ValueError, match="my arg 'steps': expected key=value"):
-    config_flags.parse_arg("steps", defaults, where="my arg")
-  with pytest.raises(ValueError, match="invalid literal"):
-    config_flags.parse_arg("steps=many", defaults, where="my arg")
-
-
-def test_differences_flattens_both_trees_and_names_absent_keys():
-  saved = {"optimizer": {"lr": 0.1, "b1": 0.9}, "langs": ("en", "de"), "sources": [{"n": 1}]}
-  wanted = {"optimizer": {"lr": 0.2}, "langs": ["en", "de"], "sources": [{"n": 2}], "new": 1}
-  assert config_flags.differences(saved, wanted) == [
-      ("new", "<absent>", 1), ("optimizer.b1", 0.9, "<absent>"), ("optimizer.lr", 0.1, 0.2),
-      ("sources[0].n", 1, 2)]
-  assert config_flags.differences(saved, saved) == []
-  assert config_flags.differences({"a": 1}, {}, absent=None) == [("a", 1, None)]
