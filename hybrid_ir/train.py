@@ -13,19 +13,22 @@ Config keys read here (besides `model`, `mesh`, `input`, `evals`, owned by their
   loss: variant ('standard'|'paper'), temperature, learn_temperature, temperature_lr (its own
         peak learning rate; 0: optimizer.lr), symmetric,
         mask_false_negatives (mask in-batch positives and hard negatives that share a passage
-        identity with a query's positive; the sampler already avoids them, see losses.info_nce)
+        identity with a query's positive; the sampler already avoids them, see losses.info_nce),
+        distill (optional: {weight, only, teacher, pivot}, the multilingual distillation term;
+        hybrid_ir.distill)
+  grad_cache_chunks: 0/1 = off; n > 1 = GradCache: embed in n chunks without activations kept,
+        then back-propagate chunk by chunk (same gradients, ~1/n of the activation memory).
+  input.packing: pack training texts several to a row (`train_step.training_tokenizer`).
+  checkpoint: every, keep, async_save
   max_param_norm_growth: a step whose parameter norm exceeds this times the initial one is a
         divergence, treated like NaN (see Faults; optional, default 100; 0: no bound)
   selection: {metric, mode} (optional): model selection on a metric of train_evals (e.g.
         'validation/loss', 'min'): every evaluated step is evaluated first, then saved with its
         metrics, and the checkpoint manager keeps the best step by it besides the latest
         `checkpoint.keep` (checkpoint.make_manager(keep_best=...)).
-Optional keys (peak_flops, max_param_norm_growth, b1, b2, eps) are not in every shipped config,
-whose keys are locked: add them to the config file rather than as --config overrides.
-  grad_cache_chunks: 0/1 = off; n > 1 = GradCache: embed in n chunks without activations kept,
-        then back-propagate chunk by chunk (same gradients, ~1/n of the activation memory).
-  input.packing: pack training texts several to a row (`training_tokenizer`; default False).
-  checkpoint: every, keep, async_save
+Optional keys (peak_flops, max_param_norm_growth, selection, loss.distill, b1, b2, eps) are not
+in every shipped config, whose keys are locked: add them to the config file rather than as
+--config overrides.
 Outputs in the workdir (hybrid_ir.run_dir): checkpoints/, metrics.jsonl, tensorboard/,
 train.INFO (the log), lease.json while a trainer runs (one trainer per workdir), and
 finished.json once the run is complete (process 0 only). The console (stderr) shows where they
@@ -43,9 +46,9 @@ Faults (docs/faults.md):
     named and moved to <workdir>/corrupt_checkpoints/. The config must equal the one saved with
     it, except checkpoint.RESUME_SAFE_KEYS and the keys --allow_config_change=k1,k2 names.
   NaN/Inf, or parameters blowing up (norm above max_param_norm_growth, default 100, times the
-    initial one): every step's update computes an `ok` flag on device; a step not ok is not
-    applied, and the flags are read whenever metrics come to the host (log steps) and before
-    every save, so no checkpoint holds such a state; the error names the first bad step.
+    initial one): every step's update computes an `ok` flag on device; the flags are read
+    whenever metrics come to the host (log steps) and before every save, so no checkpoint holds
+    a state from a step that was not ok; the run stops naming the first such step.
 """
 import contextlib
 import functools
@@ -328,7 +331,7 @@ def _train(config, workdir: epath.Path, allow: tuple[str, ...], log_path: str | 
         # evaluation abandons it, and the step is saved (without a claim to be the best).
         measured = run_evals(step) if evaluate else None
         saver.save(step, state, metrics=measured if selection else None,
-                   force=step == total or stops.signal is not None or (evaluate and selection))
+                   force=step == total or stops.signal is not None or (evaluate and bool(selection)))
         if stops.signal:
           break
     # Said only once the (async) save is final: a checkpoint announced is one that exists.
