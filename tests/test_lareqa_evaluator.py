@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from hybrid_ir.evaluators import lareqa as ev
-from hybrid_ir.evaluators import metrics
 from hybrid_ir.evaluators import stats
 
 #                   E0     E1     E2     D0     D1     S0     S1
@@ -168,19 +167,6 @@ def test_batch_size_splits_predict_calls(fixture_dir):
   assert enc.calls == [('query', 2), ('query', 2), ('query', 1), ('passage', 2), ('passage', 2),
                        ('passage', 2), ('passage', 1)]
   assert out['xquad-r/mo_map'] == pytest.approx(0.75)
-
-
-def test_metric_definitions_by_hand():
-  ranks = np.array([[3, 1, 25], [2, 0, 0], [0, 0, 0], [12, 1, 0]])
-  # AP: [1,3,25] -> (1/1 + 2/3 + 3/25)/3 = 134/225; [2] -> 1/2; [1,12] -> (1 + 2/12)/2 = 7/12
-  np.testing.assert_allclose(metrics.average_precision(ranks), [134 / 225, 1 / 2, np.nan, 7 / 12])
-  # AP@20 = sum over ranks <= 20 of i/r_i, divided by min(20, n): (1 + 2/3)/3 = 5/9
-  np.testing.assert_allclose(metrics.average_precision(ranks, k=20), [5 / 9, 1 / 2, np.nan, 7 / 12])
-  # AP@1 of [1,3,25]: (1/1)/min(1,3) = 1; of [2]: 0
-  np.testing.assert_allclose(metrics.average_precision(ranks, k=1), [1, 0, np.nan, 1])
-  np.testing.assert_allclose(metrics.recall_at(ranks, 10), [2 / 3, 1, np.nan, 1 / 2])
-  np.testing.assert_allclose(metrics.success_at(ranks, 1), [1, 0, np.nan, 1])
-  np.testing.assert_allclose(metrics.rank_distance(ranks), [24, 0, np.nan, 11])
 
 
 def test_evaluator_as_eval_py_builds_it(fixture_dir):
