@@ -8,7 +8,7 @@ from ir_measures import R, nDCG
 
 from hybrid_ir.data import miracl as miracl_data
 from hybrid_ir.data import text_files
-from hybrid_ir.evaluators import embedding_cache, miracl
+from hybrid_ir.evaluators import miracl
 
 N_DOCS, N_TOPICS, DIM = 300, 12, 16
 
@@ -88,29 +88,6 @@ def test_metrics_match_ir_measures(files):
   json.dumps(res.to_json())
   assert f'| | {out["miracl-xx/ndcg@10"]:.3f} |' in ev.result.table()
   assert f'| e5 step 3 | {out["miracl-xx/ndcg@10"]:.3f} |' in ev.result.table('e5 step 3')
-
-
-def test_killed_encode_resumes_only_missing_shards(files, tmp_path):
-  cache = tmp_path / 'cache'
-  texts = miracl_data.load_corpus(files / 'corpus.jsonl')[1]
-  with pytest.raises(KeyboardInterrupt):
-    embedding_cache.encode_sharded(Encoder(fail_after=3), None, texts, cache, key='m',
-                                   shard_size=40, progress=False)
-  manifest = json.loads((cache / 'manifest.json').read_text())
-  assert manifest['done'] == [0, 1, 2]
-  resumed = Encoder()
-  shards = embedding_cache.encode_sharded(resumed, None, texts, cache, key='m', shard_size=40,
-                                          progress=False)
-  # 300 texts / 40 = 8 shards; only shards 3..7 are encoded again.
-  assert resumed.calls == [('passage', texts[i * 40], min(40, 300 - i * 40)) for i in range(3, 8)]
-  fresh = embedding_cache.encode_sharded(Encoder(), None, texts, tmp_path / 'fresh', key='m',
-                                         shard_size=40, progress=False)
-  np.testing.assert_array_equal(np.concatenate(shards), np.concatenate(fresh))
-  again = Encoder()
-  embedding_cache.encode_sharded(again, None, texts, cache, key='m', shard_size=40, progress=False)
-  assert again.calls == []
-  with pytest.raises(ValueError, match="manifest.json: written for other inputs.*'key'"):
-    embedding_cache.encode_sharded(Encoder(), None, texts, cache, key='other', shard_size=40)
 
 
 def test_evaluator_resume_gives_same_metrics(files, tmp_path):
