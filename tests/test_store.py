@@ -1,9 +1,11 @@
-"""The store's own mechanics: input digests cached by file identity, content fingerprints that
-ignore paths, what may be replaced at a store's path, and the bytes a store records."""
+"""hybrid_ir.data.store, the store's own mechanics: input digests cached by file identity, content
+fingerprints that ignore paths, what may be replaced at a store's path, the bytes a store records,
+and the connected components that make passage identities."""
 import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from hybrid_ir import data
@@ -105,3 +107,23 @@ def test_meta_records_every_file_and_itself(tmp_path):
   assert store.meta['inputs'] == [{'path': str(src), 'size': os.path.getsize(src),
                                    'sha256': store_lib.file_digest(src)}]
   assert store.verify() == sum(r['size'] for r in store.meta['files'].values())
+
+
+def test_components_match_a_plain_union_find():
+  rng = np.random.default_rng(0)
+  n = 500
+  a, b = rng.integers(0, n, 300), rng.integers(0, n, 300)
+  parent = list(range(n))
+
+  def find(x):
+    while parent[x] != x:
+      x = parent[x]
+    return x
+
+  for x, y in zip(a, b):
+    parent[find(x)] = find(y)
+  comp = store_lib.components(n, a, b)
+  for i in range(n):
+    for j in (rng.integers(0, n, 20)):
+      assert (comp[i] == comp[j]) == (find(i) == find(j))
+  assert all(comp[i] == min(k for k in range(n) if find(k) == find(i)) for i in range(0, n, 37))
