@@ -53,10 +53,12 @@ def test_ndcg_by_hand():
   idcg3 = 2 + 1 / np.log2(3) + 1 / 2
   np.testing.assert_allclose(metrics.ndcg_at(gains, ideal, 3), [2.5 / idcg3, 1.0, np.nan])
   # @2: DCG = 2, IDCG = 2 + 1/log2(3); @1: the top document has the top grade.
-  np.testing.assert_allclose(metrics.ndcg_at(gains, ideal, 2), [2 / (2 + 1 / np.log2(3)), 1, np.nan])
+  np.testing.assert_allclose(metrics.ndcg_at(gains, ideal, 2),
+                             [2 / (2 + 1 / np.log2(3)), 1, np.nan])
   np.testing.assert_allclose(metrics.ndcg_at(gains, ideal, 1), [1.0, 1.0, np.nan])
   # A ranking shorter than k, and fewer judged documents than k.
-  np.testing.assert_allclose(metrics.ndcg_at(np.array([[0, 1]]), np.array([[1]]), 10), [1 / np.log2(3)])
+  np.testing.assert_allclose(metrics.ndcg_at(np.array([[0, 1]]), np.array([[1]]), 10),
+                             [1 / np.log2(3)])
 
 
 def test_every_metric_matches_ir_measures_on_random_rankings():
