@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from hybrid_ir.data import jsonl
+
 from store_helpers import jsonl_file, jsonl_record, prep  # tests/store_helpers.py
 
 
@@ -47,3 +49,19 @@ def test_jsonl_skip_budget_counts_what_it_skips(tmp_path):
   store = prep(tmp_path, kind='jsonl', paths=[path], max_bad_lines=1)
   assert store.num_groups == 2 and store.meta['counts']['bad lines (skipped)'] == 1
   assert store.meta['counts']['first bad lines'][0].endswith('r.jsonl:2')
+
+
+def test_parse_record_defaults_negatives_and_names_each_bad_field():
+  rec = jsonl.parse_record({'group_id': 'g', 'lang': 'en', 'query': 'q', 'positive': 'p'}, 'w')
+  assert rec == {'group_id': 'g', 'lang': 'en', 'query': 'q', 'positive': 'p', 'negatives': []}
+  good = dict(group_id='g', lang='en', query='q', positive='p')
+  for bad, match in [
+      (['a'], r"^f:3: record must be an object, got list$"),
+      (dict(good, lang=' '), r"^f:3: field 'lang' must be a non-empty string, got ' '$"),
+      (dict(good, group_id=7), r"^f:3: field 'group_id' must be a non-empty string, got 7$"),
+      (dict(good, negatives='n'), r"^f:3: field negatives must be a list of strings, got 'n'$"),
+      (dict(good, negatives=['n', 3]), r"^f:3: negatives\[1\] must be a non-empty string, got 3$"),
+      (dict(good, positive_id=''), r"^f:3: field positive_id must be a non-empty string"),
+      (dict(good, extra=1, more=2), r"^f:3: unknown record fields \['extra', 'more'\]; known: ")]:
+    with pytest.raises(ValueError, match=match):
+      jsonl.parse_record(bad, 'f:3')

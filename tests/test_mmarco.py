@@ -1,9 +1,11 @@
 """hybrid_ir.data.mmarco: mMARCO's collections, queries and id triples -> an aligned store
 (groups, deduplicated negatives, identities); a passage missing in one language and bad lines
 named by file and line, or skipped within the budget; the synthetic fixture's rows aligned."""
+import numpy as np
 import pytest
 
 from hybrid_ir import data
+from hybrid_ir.data import mmarco
 
 import synthetic_mmarco  # tests/synthetic_mmarco.py
 from store_helpers import prep, rows_of, write_lines  # tests/store_helpers.py
@@ -75,3 +77,55 @@ def test_mmarco_synthetic_rows_are_aligned_across_languages(tmp_path):
     for lang in ('en', 'de'):
       q, p = store.texts(lang, rows_of(store, lang, g))
       assert q.split()[:2] == [qid, lang] and p.split()[:2] == [pid, lang]
+
+
+def test_parse_triples_chunk_keeps_three_integer_fields_and_names_the_other_lines():
+  chunk = (b'1\t10\t3\n'     # 0 good
+           b'2\t7\t10\r\n'   # 1 good: a trailing CR is allowed
+           b'\n'             # 2 blank
+           b'3\t\t4\n'       # 3 an empty field
+           b'4\t5\n'         # 4 two fields
+           b'5\t6\t7\t8\n'   # 5 four fields
+           b'6\tx\t7\n'      # 6 not an integer
+           b'\t8\t9\n'       # 7 an empty first field
+           b'9\t8\t\n'       # 8 an empty last field
+           b'-1\t2\t3\n'     # 9 a sign is not a digit
+           b'11\t12\t13\n')  # 10 good
+  ids, bad, n = mmarco.parse_triples_chunk(chunk)
+  assert ids.tolist() == [[1, 10, 3], [2, 7, 10], [11, 12, 13]] and ids.dtype == np.int64
+  assert bad.tolist() == [2, 3, 4, 5, 6, 7, 8, 9] and n == 11
+
+
+def test_read_triples_across_chunk_boundaries_counts_lines_of_the_whole_file(tmp_path,
+                                                                            monkeypatch):
+  lines = [f'{q}\t{q + 100}\t{q + 200}' for q in range(40)]
+  lines[17], lines[33] = '17\t117', 'bad'
+  path = write_lines(tmp_path / 't.tsv.gz', lines, gz=True)
+  whole, counts = mmarco.read_triples(path, workers=1, max_bad_lines=2)
+  monkeypatch.setattr(mmarco, 'CHUNK_BYTES', 7)  # chunks end inside lines
+  cut, cut_counts = mmarco.read_triples(path, workers=1, max_bad_lines=2)
+  expect = [[q, q + 100, q + 200] for q in range(40) if q not in (17, 33)]
+  assert whole.tolist() == cut.tolist() == expect
+  assert counts == cut_counts == {'triples': 38, 'bad triples lines (skipped)': 2,
+                                  'first bad lines': [18, 34]}
+  with pytest.raises(ValueError, match=r"t\.tsv\.gz:18: expected qid<TAB>positive pid<TAB>"
+                                       r"negative pid \(three integers\), got '17\\t117' \(2 bad "
+                                       r"lines so far; max_bad_lines is 1\)"):
+    mmarco.read_triples(path, workers=1, max_bad_lines=1)
+  with pytest.raises(ValueError, match=r'empty\.tsv: no triples'):
+    mmarco.read_triples(write_lines(tmp_path / 'empty.tsv', []), workers=1)
+
+
+def test_settings_and_inputs_check_the_layout(tmp_path):
+  cfg = _mmarco(tmp_path, max_bad_lines=4)
+  assert mmarco.settings(cfg) == {'langs': ['de', 'en'], 'max_bad_lines': 4}
+  m = tmp_path / 'mm'
+  assert mmarco.inputs(cfg) == [str(m / 'collections' / 'de.tsv'),
+                                str(m / 'collections' / 'en.tsv'), str(m / 'queries' / 'de.tsv'),
+                                str(m / 'queries' / 'en.tsv'), str(m / 'triples.tsv.gz')]
+  with pytest.raises(ValueError, match=r"source 'mm' \(mmarco\) needs collections .* triples "
+                                       r"\(path\); got .*triples=None"):
+    mmarco.settings(dict(cfg, name='mm', triples=None))
+  with pytest.raises(ValueError, match=r"collections have languages \['de', 'en'\] but queries "
+                                       r"have \['en'\]"):
+    mmarco.inputs(dict(cfg, queries={'en': cfg['queries']['en']}))

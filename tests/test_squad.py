@@ -131,3 +131,54 @@ def test_article_folds_do_not_leak(tmp_path, shared_data, dataset):
     heldout_union |= held
   assert heldout_union == set(article_of)  # the folds partition the set
   assert groups('heldout', 0, seed=1) != groups('heldout', 0)
+
+
+def test_answer_sentence_ends_are_exclusive_and_exactly_one_sentence_must_hold_the_start():
+  breaks = [[0, 11], [12, 24], [24, 30]]
+  assert [squad.answer_sentence(breaks, s, 'w') for s in (0, 10, 12, 23, 24, 29)] == [
+      0, 0, 1, 1, 2, 2]
+  with pytest.raises(ValueError, match=r'x\.json: qas\[3\]: answer_start 11 lies in 0 sentences'):
+    squad.answer_sentence(breaks, 11, 'x.json: qas[3]')
+  with pytest.raises(ValueError, match=r'w: answer_start 5 lies in 2 sentences of sentence_breaks '
+                                       r'\[\[0, 11\], \[3, 8\]\]; expected exactly 1'):
+    squad.answer_sentence([[0, 11], [3, 8]], 5, 'w')
+
+
+def test_article_folds_keep_linked_articles_together_and_are_deterministic():
+  # Articles A and B share question b (A in en, B in de): one component with a, b, c. C and D
+  # stand alone, E holds e in two languages.
+  items = [('a', 'en:A'), ('b', 'en:A'), ('b', 'de:B'), ('c', 'de:B'), ('d', 'en:C'),
+           ('e', 'en:E'), ('e', 'de:E')]
+  folds = squad.article_folds(items, num_folds=3, seed=0)
+  assert sorted(folds) == ['a', 'b', 'c', 'd', 'e']
+  assert folds['a'] == folds['b'] == folds['c']
+  # Three components dealt round-robin to three folds: each fold gets exactly one.
+  assert sorted({folds['a'], folds['d'], folds['e']}) == [0, 1, 2]
+  assert squad.article_folds(items, 3, seed=0) == folds
+  assert len({tuple(sorted(squad.article_folds(items, 3, seed=s).items())) for s in range(10)}) > 1
+  with pytest.raises(ValueError, match='num_folds must be >= 2, got 1'):
+    squad.article_folds(items, 1, seed=0)
+  with pytest.raises(ValueError, match='3 linked article groups, fewer than num_folds=4'):
+    squad.article_folds(items, 4, seed=0)
+
+
+def test_settings_name_the_split_fold_and_files(tmp_path):
+  folder = tmp_path / 'qa'
+  folder.mkdir()
+  for lang in ('en', 'de'):
+    _squad_file(folder / f'{lang}.json', [_para([_qa('a', 0)])])
+  assert squad.settings({'path': str(folder)}) == {'langs': ['de', 'en'], 'split': 'all'}
+  assert squad.settings({'path': str(folder), 'split': 'heldout', 'fold': 2}) == {
+      'langs': ['de', 'en'], 'split': 'heldout', 'num_folds': 5, 'fold': 2, 'split_seed': 0}
+  assert squad.inputs({'files': {'en': 'x/en.json', 'de': 'y/de.json'}}) == [
+      'y/de.json', 'x/en.json']
+  with pytest.raises(ValueError, match=r"source 's': split must be 'all', 'train' or 'heldout', "
+                                       r"got 'test'"):
+    squad.settings({'name': 's', 'path': str(folder), 'split': 'test'})
+  with pytest.raises(ValueError, match=r"source 's': fold 5 not in \[0, 5\)"):
+    squad.settings({'name': 's', 'path': str(folder), 'split': 'train', 'fold': 5})
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match=r"source 's' \(squad\): no <lang>\.json files in"):
+    squad.inputs({'name': 's', 'path': str(tmp_path / 'empty')})
+  with pytest.raises(ValueError, match=r"`path` '.*nope' is not a directory"):
+    squad.inputs({'name': 's', 'path': str(tmp_path / 'nope')})
