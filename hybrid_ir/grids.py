@@ -87,9 +87,12 @@ METHODS_ARGS = dict(temp=0.02, validation=10, lsar=4)
 # LSAR rank 4: one rank for every run, the largest that every direction allows for both models
 # (USE-m3 trains MLQA-R on 5 languages, ar de en es zh: rank < 5), that is that case's whole
 # span of language means.
-# Distillation weight 1: the term is 2 - 2cos on unit vectors (about 0.1-1 between translations),
-# InfoNCE about 0.1-3, so at weight 1 neither term drowns the other.
-DISTILL = dict(distill=1.0)
+# Distillation weight 10: the two terms' values are alike (2 - 2cos is about .45 between USE-m3's
+# translations, InfoNCE .1-3), but their gradients are not: InfoNCE's on an embedding carries
+# 1 / temperature = 50, the term's is 2 (s - t), about 1.3. At weight 1 the term hardly moved
+# (USE-m3, X-Y batches: .449 -> .411 in 150 steps; results/use_m3/methods_distill_w1/); at 10 the
+# two gradients are of one order. (Adam makes a term alone, distill_only, indifferent to it.)
+DISTILL = dict(distill=10.0)
 # Distillation alone draws hybrid batches: with InfoNCE off, the mix only decides which language
 # versions of a group the rows hold.
 METHODS = (("hybrid", dict(mono=0.5, cross=0.5, mixed=0.0)),

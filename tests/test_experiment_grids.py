@@ -116,7 +116,7 @@ def test_methods_grid_runs_every_method_per_seed_block_in_the_order_that_answers
       distill = config.loss.get("distill")
       assert (dict(distill) if distill else None) == (
           None if name.endswith("-hybrid") else
-          dict(weight=1.0, only=name == f"{train}-distill", teacher="initial", pivot="en"))
+          dict(weight=10.0, only=name == f"{train}-distill", teacher="initial", pivot="en"))
       assert config.selection.metric == "validation/loss" and config.eval_every == 30
   # LSAR's rank stays below the training languages in every direction of both models.
   for model in grids_lib.MODELS:
