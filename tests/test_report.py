@@ -348,3 +348,38 @@ def test_methods_report_pairs_every_cell_with_hybrid_over_seeds_and_picks_the_be
   assert _row(text, "| xquad-r-mono-distill |")[1:] == [f"{first:.3f} → {final:.3f}", "—"]
   assert _row(text, "| xquad-r-hybrid-distill-seed2 |")[2] == f"{first:.3f} → {final:.3f}"
   assert (directory / "distill_mlqa-r.png").stat().st_size > 0
+
+
+def test_ratio_report_shows_the_distillation_term_per_alpha(tmp_path):
+  # The α sweep run with --set distill=<weight>: each α's MSE term per batch type, from the
+  # summaries alone, beside its final accuracy. Planted: the term falls faster the more X-Y
+  # batches (cross) a run draws.
+  rng = np.random.default_rng(0)
+  lang = np.repeat(np.array(EVAL_LANGS), PER_LANG)
+  directory = tmp_path / "ratio"
+  directory.mkdir()
+  for run in grids.runs("ratio"):
+    summary = _summary(run, rng.uniform(0.3, 0.5, lang.size), lang)
+    if run.pretrained:
+      summary["loss_curve"] = []
+    else:
+      summary["args"]["distill"] = 1.0
+      rate = 0.1 + run.args["cross"]
+      kinds = [k for k in ("mono", "cross", "mixed") if run.args[k] > 0]
+      summary["distill_curve"] = [{"step": s, **{f"train/distill_mse_{k}": 0.5 * np.exp(-rate * s)
+                                                 for k in kinds}} for s in range(1, 11)]
+      summary["loss_curve"] = [{"step": s, "train/loss": 1.0, **{f"train/loss_{k}": 1.0
+                                                                for k in kinds}}
+                               for s in range(1, 11)]
+    (directory / f"{run.name}.json").write_text(json.dumps(summary))
+  text = report.write_report("ratio", directory)
+  mse = text.split("Mean distillation term")[1].split("![")[0]
+  assert "| run | mono batches | cross batches | mixed batches |" in mse
+  for name, cross in (("alpha0", 1.0), ("alpha1", 0.0)):
+    curve = 0.5 * np.exp(-(0.1 + cross) * np.arange(1, 11))
+    cell = f"{curve[:2].mean():.3f} → {curve[-2:].mean():.3f}"
+    row = _row(mse, f"| {name} |")
+    assert row[1 if name == "alpha1" else 2] == cell and row[2 if name == "alpha1" else 1] == "—"
+  assert "| pretrained |" not in mse
+  assert (directory / "distill_mlqa-r.png").stat().st_size > 0
+  assert (directory / "alpha_mlqa-r.png").stat().st_size > 0  # the final accuracy per alpha
