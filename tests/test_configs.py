@@ -4,6 +4,7 @@ import pathlib
 import pytest
 
 from hybrid_ir import config_flags
+from hybrid_ir import table_update
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_KEYS = {"seed", "total_steps", "model", "optimizer", "loss", "checkpoint", "input", "evals",
@@ -57,8 +58,13 @@ def test_the_table_update_can_be_set_on_every_training_config(path, arg, monkeyp
   spec = path if arg is None else f"{path}:{arg}"
   if "total_steps" not in config_flags.load_config_file(spec):
     pytest.skip("an evaluation-only config")
+  plain = config_flags.load_config_file(spec)
+  assert plain.optimizer.embedding_update in table_update.MODES
   config = config_flags.load_config_file(spec, {"optimizer.embedding_update": "lazy"})
-  assert config.optimizer.embedding_update == "lazy"
+  # The override sets that one key and nothing else.
+  assert config_flags.differences(plain.to_dict(), config.to_dict()) == (
+      [] if plain.optimizer.embedding_update == "lazy" else
+      [("optimizer.embedding_update", plain.optimizer.embedding_update, "lazy")])
 
 
 def test_recipe_config_is_the_experiment_config_with_its_args_and_takes_overrides(monkeypatch):
