@@ -378,97 +378,141 @@ def run(config, *, workdir: str | None = None, step: int | None = None, pretrain
   store preparation) goes to <out>/mine.INFO from before the model loads (the binary). summary:
   a JSON file for the summaries as well. A squad-kind source read from an xquad-r or mlqa-r
   folder is audited with `lareqa_false_negatives` (its row's 'lareqa_false_negatives')."""
+  from hybrid_ir import data  # pylint: disable=g-import-not-at-top
   from hybrid_ir import run_dir  # pylint: disable=g-import-not-at-top
-  from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top
   if pretrained == (workdir is not None):
     raise ValueError("give exactly one of --workdir (a training run's checkpoint) or --pretrained")
   if pretrained and step is not None:
     raise ValueError("--step reads a checkpoint; it cannot go with --pretrained")
   settings.check()
-  chosen = [c for c in config.input.sources if not sources or c.get("name") in sources]
-  missing = sorted(set(sources) - {c.get("name") for c in config.input.sources})
-  if missing or not chosen:
-    raise ValueError(f"--sources {missing or list(sources)}: not in the config's input.sources "
-                     f"{[c.get('name') for c in config.input.sources]}")
-  from hybrid_ir import data  # pylint: disable=g-import-not-at-top
+  chosen = _chosen_sources(config, sources)
   root = epath.Path(out) if out else epath.Path(
       config.input.get("store_dir") or data.DEFAULT_STORE_DIR) / "mined"
   with run_dir.HeldLog() as log:
     if log_file:
       root.mkdir(parents=True, exist_ok=True)
       log.to_file("mine", root)
-    from hybrid_ir import checkpoint, models  # pylint: disable=g-import-not-at-top  (heavy)
-    from hybrid_ir.evaluators import embedding_cache  # pylint: disable=g-import-not-at-top
-    encoder = encoder or models.load_encoder(config.model)
-    if pretrained:
-      params, tag = encoder.params, "pretrained"
-    else:
-      step = checkpoint.latest_finished_step(workdir) if step is None else step
-      params = checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params))
-      tag = f"step_{step}"
+    encoder, params, tag = _model(config, encoder, workdir, step, pretrained)
+  from hybrid_ir.evaluators import embedding_cache  # pylint: disable=g-import-not-at-top
   params_sha = embedding_cache.params_fingerprint(params)
   batch = batch_size or config.get("eval_batch_size", 64)
   predict = lambda texts, kind: encoder.encode(params, texts, kind, batch_size=batch,  # noqa: E731
                                                progress=False)
-  plans = []
-  for cfg in chosen:
-    base = data.open_store(cfg, config.input.get("store_dir"),
-                           prepare=config.input.get("prepare", "auto"))
-    langs = [l for l in (cfg.get("langs") or base.langs)
-             if l in base.langs and (not config.input.get("languages")
-                                     or l in config.input.get("languages"))]
-    key = mining_key(base, params_sha, settings, langs)
-    directory = root / f"{base.name}-{key[:16]}"
-    if store_lib.is_store(directory) and not overwrite:
-      mined = store_lib.Store(directory)
-      plans.append((cfg, base, langs, key, directory, mined))
-    else:
-      plans.append((cfg, base, langs, key, directory, None))
-  total = 0  # texts to encode, for the progress bar
-  for _, base, langs, _, directory, mined in plans:
-    parts = epath.Path(f"{directory}{PARTS}")
-    todo = [l for l in ([langs[0]] if base.aligned else langs) if mined is None and not (
-        parts / f"{store_lib.ALL if base.aligned else l}.npz").exists()]
-    queried = langs if settings.cross_lingual and todo and not base.aligned else todo
-    total += sum(len(passage_pool(base, l)) for l in todo)
-    total += sum(int((np.asarray(base.index(l).group_query) >= 0).sum()) for l in queried)
-  encode = Embedder(predict, total)
+  plans = [_plan(config, cfg, root, params_sha, settings, overwrite) for cfg in chosen]
+  encode = Embedder(predict, sum(_texts_to_encode(p, settings) for p in plans))
   out_rows = []
   try:
-    for cfg, base, langs, key, directory, mined in plans:
+    for plan in plans:
       t0 = time.time()
-      if mined is not None:
-        row = {"source": base.name, "store": str(directory), "status": "already mined",
-               "counts": json.loads((directory / MINED).read_text()).get("counts")}
-      else:
-        info = {"format": "hybrid_ir.mined", "source": base.name,
-                "source_store": str(base.directory), "source_content": base.content_digest,
-                "model": config.model.get("name"), "checkpoint": tag,
-                "workdir": str(workdir) if workdir else None, "params_sha256": params_sha,
-                "settings": dataclasses.asdict(settings), "langs": list(langs), "key": key}
-        encode.queries.clear()
-        mined, counts = mine_source(base, langs, encode, settings, directory, key, info,
-                                    overwrite)
-        row = {"source": base.name, "store": str(directory), "status": "mined", "counts": counts}
+      row = _mine_or_reuse(plan, encode, settings, overwrite, run_info={
+          "model": config.model.get("name"), "checkpoint": tag,
+          "workdir": str(workdir) if workdir else None, "params_sha256": params_sha,
+          "settings": dataclasses.asdict(settings)})
       row["seconds"] = round(time.time() - t0, 1)
-      lareqa_set = pathlib.Path(str(cfg.get("path") or ""))
-      if cfg.get("kind") == "squad" and lareqa_set.name in ("xquad-r", "mlqa-r"):
+      lareqa_set = pathlib.Path(str(plan.cfg.get("path") or ""))
+      if plan.cfg.get("kind") == "squad" and lareqa_set.name in ("xquad-r", "mlqa-r"):
         # A LAReQA set: audited with the evaluator's own relevance rule.
-        row["lareqa_false_negatives"] = lareqa_false_negatives(mined, lareqa_set.parent,
+        row["lareqa_false_negatives"] = lareqa_false_negatives(plan.mined, lareqa_set.parent,
                                                                lareqa_set.name)
       out_rows.append(row)
   finally:
     encode.bar.close()
-  for row in out_rows:
+  _say_results(out_rows, summary, config, tag, settings)
+  return out_rows
+
+
+def _chosen_sources(config, names: Sequence[str]) -> list:
+  """The config's training sources that `names` picks (all when empty); unknown names refused."""
+  chosen = [c for c in config.input.sources if not names or c.get("name") in names]
+  missing = sorted(set(names) - {c.get("name") for c in config.input.sources})
+  if missing or not chosen:
+    raise ValueError(f"--sources {missing or list(names)}: not in the config's input.sources "
+                     f"{[c.get('name') for c in config.input.sources]}")
+  return chosen
+
+
+def _model(config, encoder, workdir, step, pretrained) -> tuple[Any, Any, str]:
+  """(encoder, params, tag): the config's model as loaded, or a checkpoint's params."""
+  from hybrid_ir import checkpoint, models  # pylint: disable=g-import-not-at-top  (heavy)
+  encoder = encoder or models.load_encoder(config.model)
+  if pretrained:
+    return encoder, encoder.params, "pretrained"
+  step = checkpoint.latest_finished_step(workdir) if step is None else step
+  return (encoder, checkpoint.restore_params(workdir, step, checkpoint.abstract(encoder.params)),
+          f"step_{step}")
+
+
+@dataclasses.dataclass
+class _Plan:
+  """One source to mine: its store, languages, mining key, output folder, and the mined store
+  when a run already made it (None: to mine)."""
+  cfg: Any
+  base: Any
+  langs: list[str]
+  key: str
+  directory: epath.Path
+  mined: Any
+
+
+def _plan(config, cfg, root: epath.Path, params_sha: str, settings: Settings,
+          overwrite: bool) -> _Plan:
+  from hybrid_ir import data  # pylint: disable=g-import-not-at-top
+  from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  base = data.open_store(cfg, config.input.get("store_dir"),
+                         prepare=config.input.get("prepare", "auto"))
+  only = config.input.get("languages")
+  langs = [l for l in (cfg.get("langs") or base.langs)
+           if l in base.langs and (not only or l in only)]
+  key = mining_key(base, params_sha, settings, langs)
+  directory = root / f"{base.name}-{key[:16]}"
+  mined = (store_lib.Store(directory) if store_lib.is_store(directory) and not overwrite
+           else None)
+  return _Plan(cfg, base, langs, key, directory, mined)
+
+
+def _texts_to_encode(plan: _Plan, settings: Settings) -> int:
+  """How many texts mining `plan` still encodes (languages already kept are skipped): the
+  progress bar's total."""
+  from hybrid_ir.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  if plan.mined is not None:
+    return 0
+  base, parts = plan.base, epath.Path(f"{plan.directory}{PARTS}")
+  todo = [l for l in ([plan.langs[0]] if base.aligned else plan.langs)
+          if not (parts / f"{store_lib.ALL if base.aligned else l}.npz").exists()]
+  queried = plan.langs if settings.cross_lingual and todo and not base.aligned else todo
+  return (sum(len(passage_pool(base, l)) for l in todo)
+          + sum(int((np.asarray(base.index(l).group_query) >= 0).sum()) for l in queried))
+
+
+def _mine_or_reuse(plan: _Plan, encode, settings: Settings, overwrite: bool,
+                   run_info: dict) -> dict:
+  """Mines one source (or reads what a previous run mined; either way `plan.mined` is then its
+  store); its summary row. run_info: the model, checkpoint, params and settings it is mined with,
+  recorded in the store's mined.json."""
+  base = plan.base
+  if plan.mined is not None:
+    return {"source": base.name, "store": str(plan.directory), "status": "already mined",
+            "counts": json.loads((plan.directory / MINED).read_text()).get("counts")}
+  info = {"format": "hybrid_ir.mined", "source": base.name, "source_store": str(base.directory),
+          "source_content": base.content_digest, **run_info, "langs": list(plan.langs),
+          "key": plan.key}
+  encode.queries.clear()
+  plan.mined, counts = mine_source(base, plan.langs, encode, settings, plan.directory, plan.key,
+                                   info, overwrite)
+  return {"source": base.name, "store": str(plan.directory), "status": "mined", "counts": counts}
+
+
+def _say_results(rows: list[dict], summary: str | None, config, tag: str,
+                 settings: Settings) -> None:
+  for row in rows:
     print(json.dumps(row), flush=True)
   if summary:
     pathlib.Path(summary).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(summary).write_text(json.dumps(
         {"model": config.model.get("name"), "checkpoint": tag,
-         "settings": dataclasses.asdict(settings), "sources": out_rows}, indent=1) + "\n")
+         "settings": dataclasses.asdict(settings), "sources": rows}, indent=1) + "\n")
   print(f"train on them: set each source's store to its folder above and its num_negatives "
         f"(<= {settings.num_negatives}); docs/own_data.md#hard-negative-mining", flush=True)
-  return out_rows
 
 
 _SETTINGS_HELP = {
