@@ -149,7 +149,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   config_path: the experiment config file (default: `find_config()`).
   """
   from hybrid_ir import checkpoint
-  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import evaluation
   from hybrid_ir import run_dir
   from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
@@ -174,7 +174,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   selected = None
   if run.pretrained:
     print(f"+ python -m hybrid_ir.eval {cli} --pretrained", flush=True)
-    eval_lib.run(config, workdir, pretrained=True)
+    evaluation.run(config, workdir, pretrained=True)
     tag = "pretrained"
     tags = [tag]
   else:
@@ -195,7 +195,7 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
       tag = f"step_{finished['step']}"
       tags = [selected["best"]["tag"], tag]
     else:
-      tag = eval_lib.run(config, workdir, once=True)[-1]
+      tag = evaluation.run(config, workdir, once=True)[-1]
       tags = [tag]
   summary = report.summarize_run(workdir, tag)
   if selected is not None:
@@ -227,7 +227,7 @@ def evaluate_selected(config, workdir: pathlib.Path, last: int, run_name: str = 
   the step when the best or last step has no checkpoint or no evaluation.
   """
   from hybrid_ir import checkpoint
-  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import evaluation
   from hybrid_ir import run_dir
   from hybrid_ir import selection
   sel = config.selection
@@ -240,7 +240,7 @@ def evaluate_selected(config, workdir: pathlib.Path, last: int, run_name: str = 
         f"{run_name}: step(s) {missing} (best by {best.metric}: {best.step}, last: {last}) have "
         f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} (kept: {kept}); the trainer "
         f"keeps the best with checkpoint.make_manager(keep_best={best.metric!r})")
-  eval_lib.run(config, workdir, poll_seconds=0, max_idle_seconds=0)
+  evaluation.run(config, workdir, poll_seconds=0, max_idle_seconds=0)
   for step in (best.step, last):
     if not (workdir / "eval" / f"step_{step}.json").exists():
       raise RuntimeError(f"{run_name}: checkpoint {step} could not be evaluated (see the eval "
@@ -272,7 +272,7 @@ def evaluate_lsar(config, workdir: pathlib.Path, settings: dict, tags: list[str]
   """
   import ml_collections
 
-  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import evaluation
   from hybrid_ir import lsar
   cfg = copy.deepcopy(config)
   cfg.model.lsar = dict(lsar.DEFAULTS, **settings)
@@ -280,11 +280,11 @@ def evaluate_lsar(config, workdir: pathlib.Path, settings: dict, tags: list[str]
       {n: e.to_dict() for n, e in config.evals.items() if e.get("type") == "lareqa"})
   out = workdir / LSAR_EVAL
   if pretrained:
-    eval_lib.run(cfg, workdir, pretrained=True, output_dir=str(out))
+    evaluation.run(cfg, workdir, pretrained=True, output_dir=str(out))
   elif len(tags) > 1:  # every kept checkpoint: the best step and the last
-    eval_lib.run(cfg, workdir, output_dir=str(out), poll_seconds=0, max_idle_seconds=0)
+    evaluation.run(cfg, workdir, output_dir=str(out), poll_seconds=0, max_idle_seconds=0)
   else:
-    eval_lib.run(cfg, workdir, once=True, output_dir=str(out))
+    evaluation.run(cfg, workdir, once=True, output_dir=str(out))
   missing = [t for t in tags if not (out / f"{t}.json").exists()]
   if missing:
     raise RuntimeError(f"{run_name}: {missing} could not be evaluated with LSAR (see the eval "

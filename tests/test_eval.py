@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hybrid_ir import checkpoint, config_flags
-from hybrid_ir import eval as eval_lib
+from hybrid_ir import evaluation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "tests" / "configs_test_train.py"
@@ -27,7 +27,7 @@ def small_config(shared_data, **train_overrides):
 
 def test_pretrained_writes_metrics_json_and_table(tmp_path, shared_data, capsys):
   config = small_config(shared_data)
-  assert eval_lib.run(config, tmp_path, pretrained=True) == ["pretrained"]
+  assert evaluation.run(config, tmp_path, pretrained=True) == ["pretrained"]
   report = json.loads((tmp_path / "eval" / "pretrained.json").read_text())
   m = report["metrics"]
   # MLQA-R de + zh: every count the evaluator used is reported, nothing dropped silently.
@@ -54,7 +54,7 @@ def test_poll_reads_only_finished_checkpoints_while_training(tmp_path, shared_da
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     config = small_config(shared_data, total_steps=total)
-    evaluated = eval_lib.run(config, tmp_path, poll_seconds=0.2, max_idle_seconds=300)
+    evaluated = evaluation.run(config, tmp_path, poll_seconds=0.2, max_idle_seconds=300)
     out, _ = proc.communicate(timeout=300)
   finally:
     proc.kill()
@@ -67,7 +67,7 @@ def test_poll_reads_only_finished_checkpoints_while_training(tmp_path, shared_da
   from hybrid_ir import models
   encoder = models.load_encoder(config.model)
   params = checkpoint.restore_params(tmp_path, total, checkpoint.abstract(encoder.params))
-  again = eval_lib.evaluate(config, encoder, params, "again", tmp_path / "eval")
+  again = evaluation.evaluate(config, encoder, params, "again", tmp_path / "eval")
   first = json.loads((tmp_path / "eval" / f"step_{total}.json").read_text())["metrics"]
   for k in ("mlqa-r/mo_map", "mlqa-r/mul_map", "mlqa-r/rank_distance"):
     assert again[k] == pytest.approx(first[k], abs=1e-9)
@@ -75,14 +75,14 @@ def test_poll_reads_only_finished_checkpoints_while_training(tmp_path, shared_da
 
 def test_once_without_checkpoints_says_where_it_looked(tmp_path, shared_data):
   with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
-    eval_lib.run(small_config(shared_data), tmp_path, once=True)
+    evaluation.run(small_config(shared_data), tmp_path, once=True)
 
 
 def test_unknown_evaluator_type_is_named(tmp_path, shared_data):
   config = small_config(shared_data)
   config.evals = {"x": dict(type="nope")}
   with pytest.raises(ValueError, match="config.evals.x.type='nope'"):
-    eval_lib.run(config, tmp_path, pretrained=True)
+    evaluation.run(config, tmp_path, pretrained=True)
 
 
 def test_cli_rejects_a_misspelt_config_key(tmp_path):

@@ -132,16 +132,16 @@ def test_a_rank_as_large_as_the_sources_languages_is_refused_before_encoding(sha
 @pytest.fixture(scope="module")
 def evaluated(shared_data, tmp_path_factory):
   """eval --pretrained with LSAR rank 1, run twice: (config, workdir, first report, summaries)."""
-  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import evaluation
   config = small_config(shared_data)
   workdir = tmp_path_factory.mktemp("lsar_eval")
-  eval_lib.run(config, workdir, pretrained=True)
+  evaluation.run(config, workdir, pretrained=True)
   first = json.loads((workdir / "eval" / "pretrained.json").read_text())
   return config, workdir, first
 
 
 def test_eval_applies_the_subspace_inside_the_encoder(evaluated):
-  from hybrid_ir import eval as eval_lib
+  from hybrid_ir import evaluation
   from hybrid_ir import models
   from hybrid_ir.evaluators import lareqa
   config, workdir, report = evaluated
@@ -155,7 +155,7 @@ def test_eval_applies_the_subspace_inside_the_encoder(evaluated):
   # The report's metrics are those of the plain embeddings with the saved basis projected out
   # and normalised again, computed here without eval.
   encoder = models.load_encoder(config.model)
-  data = eval_lib.make_evaluators(config, encoder)["mlqa-r"].data
+  data = evaluation.make_evaluators(config, encoder)["mlqa-r"].data
   plain = [encoder.encode(encoder.params, texts, kind, batch_size=256, progress=False)
            for texts, kind in ((list(data.question_text), "query"), (data.cand_text, "passage"))]
   projected = [normalise(lsar.remove(e.astype(np.float64), basis.astype(np.float64)))

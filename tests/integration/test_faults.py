@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from hybrid_ir import checkpoint, config_flags, run_dir, sharding, train, train_step
-from hybrid_ir import eval as eval_lib
+from hybrid_ir import evaluation as eval_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "integration" / "configs_test_faults.py"
