@@ -922,7 +922,9 @@ def _install_stubs(module: str, g: dict, calls: list) -> None:
   if module == "hybrid_ir.train":
     g["train"] = train
   elif module == "hybrid_ir.eval":
-    g["run"] = until_model(g["run"], after=lambda config, *a, **k: _check_evals(config))
+    evaluation = g["evaluation"]  # the binary's work lives in its library
+    evaluation.run = until_model(evaluation.run,
+                                 after=lambda config, *a, **k: _check_evals(config))
   elif module == "hybrid_ir.export":
     g["export"] = until_model(g["export"])
   elif module in ("hybrid_ir.search", "hybrid_ir.mine"):
