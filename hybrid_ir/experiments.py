@@ -30,7 +30,8 @@ The grids themselves are `hybrid_ir.grids.runs`. Each run is the config file
 configs/experiments/base.py (part of the repository, not of the pip package: run from a checkout,
 or point --base_config at one) with that run's arg.
 
-Runs execute in this process; each prints the two commands that repeat it by hand:
+Each run prints the two commands that repeat it by hand; the first (training) runs as a child
+process (`run_trainer`), evaluation in this process:
   python -m hybrid_ir.train --config configs/experiments/base.py:<arg> --workdir <workdirs>/<run>
   python -m hybrid_ir.eval  --config configs/experiments/base.py:<arg> --workdir <workdirs>/<run> --once
 Its small summary (metrics, per-language rows, matrices, per-query vectors for paired tests, loss
@@ -142,16 +143,63 @@ class Interrupted(RuntimeError):
   """A run's training stopped before its last step (a signal); the grid stops there."""
 
 
+class TrainerFailed(RuntimeError):
+  """The training binary of a run exited with an error (its message is in its output)."""
+
+
+def run_trainer(spec: str, workdir: pathlib.Path, run_name: str = "",
+                overrides: tuple[str, ...] = ()) -> None:
+  """Trains one run with the training binary in a child process: `python -m hybrid_ir.train
+  --config <spec> --workdir <workdir> [overrides]`, the command the run prints.
+
+  Inputs: the config spec (`file:arg`), the workdir, and extra `--config.x=y` overrides.
+  A child, not a call: each run starts with a fresh process (no device memory or compiled
+  programs held over from the last run) and the binary's own exit handling. It imports this
+  package (PYTHONPATH), so it runs the same code as the grid. SIGINT and SIGTERM sent to the grid
+  are passed on to it, once each, and the grid waits while it saves (the child has its own
+  session, so a terminal's Ctrl-C does not reach it twice: a second Ctrl-C still aborts it).
+  Returns when it exits 0, which it also does when stopped by a signal (the caller reads
+  `finished.json`); raises TrainerFailed otherwise.
+  """
+  import signal
+  import subprocess
+  import threading
+  cmd = [sys.executable, "-m", "hybrid_ir.train", "--config", spec, "--workdir", str(workdir),
+         *overrides]
+  env = dict(os.environ)
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+  child = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+  def pass_on(signum, frame):
+    del frame
+    child.send_signal(signum)
+
+  previous = {}
+  if threading.current_thread() is threading.main_thread():  # signal's rule
+    previous = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    code = child.wait()
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  if code != 0:
+    log = workdir / "train.INFO"
+    where = f"; log: {log}" if log.is_file() else ""
+    raise TrainerFailed(f"{run_name or workdir}: the trainer exited with {code} (its error is "
+                        f"above{where}): {subprocess.list2cmdline(cmd)}")
+
+
 def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: pathlib.Path,
             config_path: str | os.PathLike | None = None) -> pathlib.Path:
-  """Trains (unless pretrained) and evaluates one run in this process; writes its summary JSON.
+  """Trains one run (unless pretrained; `run_trainer`, a child process) and evaluates it in this
+  process; writes its summary JSON.
 
   config_path: the experiment config file (default: `find_config()`).
   """
   from hybrid_ir import checkpoint
   from hybrid_ir import evaluation
   from hybrid_ir import run_dir
-  from hybrid_ir import train as train_lib
   out = results / name / f"{run.name}.json"
   args = {**common, **run.args}  # a run's own args win (recipe6's steps, strategies' mono/cross)
   if out.exists():
@@ -182,8 +230,8 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
     # by the validation metric and the last one.
     once = "" if config.get("selection") else " --once"
     print(f"+ python -m hybrid_ir.train {cli}\n+ python -m hybrid_ir.eval {cli}{once}", flush=True)
-    train_lib.train(config, workdir)
-    # train() also returns after a SIGTERM/Ctrl-C, with a checkpoint short of the last step:
+    run_trainer(spec, workdir, run.name)
+    # The trainer also exits after a SIGTERM/Ctrl-C, with a checkpoint short of the last step:
     # summarising that one would report a partly trained run as the run.
     finished = run_dir.read_finished(workdir)
     if not finished or finished["step"] != config.total_steps:
@@ -328,7 +376,7 @@ def main(argv) -> None:
   for run in grid:
     try:
       execute(name, run, common, results, workdirs, config_path)
-    except Interrupted as e:
+    except (Interrupted, TrainerFailed) as e:
       sys.exit(f"hybrid_ir.experiments: {e}")
   print(report.write_report(name, results / name))
 

@@ -79,22 +79,25 @@ def test_a_saved_run_with_other_settings_is_an_error_not_a_skip(tmp_path):
 
 
 def test_a_run_whose_training_stopped_early_gets_no_summary(tmp_path, monkeypatch):
-  # train() returns normally after a SIGTERM with a checkpoint short of total_steps; stand in for
+  # The trainer exits 0 after a SIGTERM with a checkpoint short of total_steps; stand in for
   # that with the real trainer stopping after 1 of the run's 2 steps.
-  from hybrid_ir import train as train_lib
-  real = train_lib.train
-
-  def stopped_at_step_1(config, workdir, **kw):
-    config = config.copy_and_resolve_references()
-    config.total_steps = 1
-    return real(config, workdir, **kw)
-
-  monkeypatch.setattr(train_lib, "train", stopped_at_step_1)
+  real = experiments.run_trainer
+  monkeypatch.setattr(experiments, "run_trainer", lambda spec, workdir, name: real(
+      spec, workdir, name, overrides=("--config.total_steps=1",)))
   run = experiments.runs("strategies")[3]  # xquad-r-hybrid
   with pytest.raises(experiments.Interrupted, match=r"xquad-r-hybrid: training stopped at step 1 "
                                                      r"of 2 .*Rerun the same command to resume"):
     experiments.execute("strategies", run, MINI, tmp_path / "results", tmp_path / "w")
   assert not (tmp_path / "results" / "strategies" / "xquad-r-hybrid.json").exists()
+
+
+def test_a_trainer_that_fails_is_an_error_naming_the_run_and_its_command(tmp_path):
+  run = experiments.runs("strategies")[3]  # xquad-r-hybrid
+  spec = f"{experiments.find_config()}:{run.config_arg(MINI)}"
+  with pytest.raises(experiments.TrainerFailed,
+                     match=r"xquad-r-hybrid: the trainer exited with 2 \(its error is above\): "
+                           r".*hybrid_ir.train --config .*--config.no_such_key=1"):
+    experiments.run_trainer(spec, tmp_path / "w", run.name, overrides=("--config.no_such_key=1",))
 
 
 @pytest.mark.slow
@@ -578,6 +581,9 @@ def test_a_validated_run_reports_its_best_and_its_last_checkpoint(tmp_path, monk
     return config
 
   monkeypatch.setattr(experiments, "load_config", keep_one_latest)
+  real_trainer = experiments.run_trainer  # ... and the trainer's config, in its own process
+  monkeypatch.setattr(experiments, "run_trainer", lambda spec, workdir, name: real_trainer(
+      spec, workdir, name, overrides=("--config.checkpoint.keep=1",)))
   run = grids.Run("xquad-r-hybrid", dict(train="xquad-r", mono=0.5, cross=0.5, validation=2))
   common = dict(MINI, steps=4)
   out = experiments.execute("strategies", run, common, tmp_path / "results", tmp_path / "w")

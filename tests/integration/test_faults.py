@@ -20,6 +20,8 @@
   14  a torn last line of metrics.jsonl is cut on resume; damage before it is named file:line
   15  a full disk (a small tmpfs): named at the failing save, with the last good checkpoint
   16  --allow_config_change on a data-state key: refused before anything is touched
+  17  SIGTERM to an experiment grid: passed on to its trainer once, which saves; the grid exits
+      saying where training stopped, with no summary
 Store faults (a folder in the way, damaged stores, the same data elsewhere) are in
 tests/integration/test_faults_store.py.
 
@@ -623,3 +625,26 @@ def test_allowing_a_data_state_change_is_refused_before_anything_is_touched(run)
   assert_short_error(out.stderr, "--allow_config_change=input.batch_size: these keys decide")
   assert run_dir.read_finished(run)["step"] == TOTAL  # the finished run is still finished
   assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# 17: SIGTERM to an experiment grid while its trainer (a child process) runs.
+# ------------------------------------------------------------------------------------------------
+
+def test_sigterm_to_a_grid_reaches_its_trainer_which_saves_and_the_grid_says_so(tmp_path):
+  grid = subprocess.Popen(
+      [sys.executable, "-m", "hybrid_ir.experiments", "strategies", "--model=use-m3",
+       "--size=mini", "--steps=1000", "--batch=8", "--only=xquad-r-hybrid",
+       f"--results={tmp_path / 'results'}", f"--workdirs={tmp_path / 'w'}"],
+      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  workdir = tmp_path / "w" / "strategies" / "use-m3_1000_8_mini" / "xquad-r-hybrid"
+  out, _ = sigterm_when(grid, lambda: (workdir / "checkpoints").is_dir()
+                        and checkpoint.latest_finished_step(workdir) is not None,
+                        "the grid's trainer's first checkpoint")
+  step = checkpoint.latest_finished_step(workdir)
+  assert 1 < step < 1000, out[-3000:]  # the trainer got the signal once, saved, and exited
+  assert f"SIGTERM at step {step}: checkpoint" in out, out[-3000:]
+  assert grid.returncode == 1 and (f"xquad-r-hybrid: training stopped at step {step} of 1000"
+                                   in out), out[-3000:]
+  assert "Traceback" not in out, out[-3000:]
+  assert not (tmp_path / "results" / "strategies" / "xquad-r-hybrid.json").exists()
