@@ -35,6 +35,10 @@ The recipe's switches (issue "results that hold up"; each off by default):
               row's query and passage pulled to the frozen initial model's embedding of its
               group's English version (loss.distill: teacher 'initial', pivot 'en')
   distill_only 1: the distillation term alone, InfoNCE left out (needs distill > 0)
+  mined       the folder name of a mined store of the training set (`python -m hybrid_ir.mine`
+              writes `<store_dir>/mined/<name>-<key>`; give `<name>-<key>`): its negatives
+              replace the same-paragraph ones, `negatives` of them per example (needs
+              negatives > 0)
   lsar        an LSAR rank (0: off; hybrid_ir.lsar): after training, the runner also evaluates
               the run's checkpoints (or the untrained model) with model.lsar = {rank, source:
               the training set} and saves those results beside the plain ones (`lsar_eval`);
@@ -51,7 +55,7 @@ from hybrid_ir.data import lareqa
 DEFAULTS = dict(model="use-m3", train="xquad-r", mono=0.5, cross=0.5, mixed=0.0, langs="all",
                 steps=150, batch=32, lr=3e-5, seed=0, size="full", negatives=0, bitext="none",
                 symmetric=0, learn_temp=0, temp=0.05, temp_lr=0.0, chunks=0, curve=0, table="dense",
-                pack=0, validation=0, distill=0.0, distill_only=0, lsar=0)
+                pack=0, validation=0, distill=0.0, distill_only=0, lsar=0, mined="")
 # Short model names of the arg -> `model_config.name`, from the models registry's presets.
 MODELS = {short: preset["name"] for short, preset in models.PRESETS.items()}
 SIZES = ("full", "mini")
@@ -122,6 +126,10 @@ def parse(arg: str | None) -> dict:
   if out["distill_only"] and not out["distill"] > 0:
     raise ValueError(f"distill_only={out['distill_only']} needs distill=<weight> > 0 (got "
                      f"distill={out['distill']:g}): with InfoNCE left out nothing would train")
+  if out["mined"] and (not out["negatives"] > 0 or "/" in out["mined"]):
+    raise ValueError(f"mined={out['mined']!r}: give the mined store's folder name "
+                     "(<name>-<key>, in <store_dir>/mined/) and negatives=<K> > 0 (got "
+                     f"negatives={out['negatives']})")
   if out["distill"] < 0 or out["lsar"] < 0:
     raise ValueError(f"distill={out['distill']:g}, lsar={out['lsar']}: must be >= 0 (0: off)")
   return out

@@ -141,3 +141,18 @@ def test_methods_args_are_checked_before_anything_trains():
   assert common["distill"] == 1.0
   for run in experiments.runs("ratio"):
     assert base.get_config(run.config_arg(common)).loss.distill.weight == 1.0
+
+
+def test_mined_points_the_training_source_at_a_mined_store_and_needs_negatives():
+  from configs import common
+  from configs.experiments import base
+  c = base.get_config("size=mini,negatives=3,mined=xquad-r-0123abcd")
+  source = c.input.sources[0]
+  assert (source["store"], source["num_negatives"]) == (
+      f"{common.STORE_DIR}/mined/xquad-r-0123abcd", 3)
+  assert "store" not in base.get_config("size=mini,negatives=3").input.sources[0]
+  for arg in ("mined=xquad-r-0123abcd", "negatives=3,mined=workdirs/mined/xquad-r-0123abcd"):
+    with pytest.raises(ValueError, match=r"mined=.*: give the mined store's folder name "
+                                         r"\(<name>-<key>, in <store_dir>/mined/\) and "
+                                         r"negatives=<K> > 0"):
+      base.get_config(f"size=mini,{arg}")

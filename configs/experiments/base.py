@@ -14,7 +14,9 @@ the experiment runner then reports the best step by its loss as well as the last
 (`config.selection`). distill=<weight> adds the multilingual distillation term (loss.distill,
 teacher: the initial model, pivot: en; distill_only=1 leaves InfoNCE out). lsar=<rank> changes
 nothing here: the experiment runner evaluates the run with model.lsar as well
-(`grids.lsar_eval`, checked here so that a bad rank fails before training). USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
+(`grids.lsar_eval`, checked here so that a bad rank fails before training).
+mined=<name>-<key>,negatives=<K> trains on K negatives per example from a store that
+`python -m hybrid_ir.mine` wrote into <store_dir>/mined/. USE-m3 was never trained on el, hi, vi: with model=use-m3, langs=all leaves
 them out of training.
 """
 import ml_collections
@@ -65,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  too_few="error", type_probs=dict(mono=a["mono"], cross=a["cross"], mixed=a["mixed"]),
                  sources=[dict(name=a["train"], kind="squad", path=f"{common.DATA_DIR}/{a['train']}",
                                langs=train_langs(a), num_negatives=int(a.get("negatives", 0)))])
+  if a.get("mined"):  # hybrid_ir.mine's store of the same data: its negatives, same texts
+    c.input.sources[0]["store"] = f"{common.STORE_DIR}/mined/{a['mined']}"
   bitext = [b for b in a.get("bitext", "none").split("+") if b != "none"]
   for name in bitext:
     if name not in BITEXT_LANGS:
