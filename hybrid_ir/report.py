@@ -393,6 +393,9 @@ def _plt():
 
 # A training curve of run summaries: (the summary's key, the metric's prefix, what it measures).
 LOSS = ("loss_curve", "train/loss", "InfoNCE loss")
+# With the distillation term on, train/loss is the objective: InfoNCE + weight x the term.
+LOSS_DISTILLED = ("loss_curve", "train/loss",
+                  "training loss (InfoNCE + the weighted distillation term)")
 DISTILL = ("distill_curve", "train/distill_mse",
            "distillation term (2 − 2cos to the teacher's English embedding)")
 
@@ -1209,7 +1212,8 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
     trained = {n: r for n, r in group.items() if r.get("loss_curve")}
     if trained:
       if experiment == "ratio":
-        parts += [loss_table(trained), ""]
+        distilled_any = any(r.get("distill_curve") for r in trained.values())
+        parts += [loss_table(trained, LOSS_DISTILLED if distilled_any else LOSS), ""]
       parts += _figure(directory, f"loss_{dataset}.png", "loss curves", plot_loss_curves, trained)
       best = max(trained, key=lambda n: trained[n]["datasets"][dataset]["metrics"]["cr_map"])
       name = f"heatmap_{dataset}_{best}.png"

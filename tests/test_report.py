@@ -381,5 +381,8 @@ def test_ratio_report_shows_the_distillation_term_per_alpha(tmp_path):
     row = _row(mse, f"| {name} |")
     assert row[1 if name == "alpha1" else 2] == cell and row[2 if name == "alpha1" else 1] == "—"
   assert "| pretrained |" not in mse
+  # The loss table names what train/loss is with the term on: not InfoNCE alone.
+  assert ("Mean training loss (InfoNCE + the weighted distillation term) per batch type" in text
+          and "Mean InfoNCE loss" not in text)
   assert (directory / "distill_mlqa-r.png").stat().st_size > 0
   assert (directory / "alpha_mlqa-r.png").stat().st_size > 0  # the final accuracy per alpha
