@@ -21,6 +21,8 @@ r"""The paper's experiments as grids of runs: `python -m hybrid_ir.experiments <
               distillation, X-X-mono + distillation, distillation alone and the untrained
               model, each also with LSAR and with the validation-selected checkpoint; 3 seeds
               on XQuAD-R, 2 on MLQA-R (its runs carry their seeds: leave --seeds alone).
+  lsar        the untrained model with language-subspace removal at ranks 1, 2, 4, ... up to
+              every direction its training languages span: which rank, before any training.
 
   python -m hybrid_ir.experiments languages_v2 --model e5-small --steps 300 --batch 32 \
       --results results/e5_small
@@ -80,8 +82,8 @@ def define_flags() -> None:
                     "-seed<k> for k > 0); the report gives mean +- sd over seeds and CIs that "
                     "cover seed and query variance.")
   flags.DEFINE_list("directions", ["xquad-r", "mlqa-r"],
-                    "Training sets for `strategies` and `languages_v2` (evaluation is on the "
-                    "other).")
+                    "Training sets of the grids run in both directions (strategies, "
+                    "languages_v2, methods, lsar); evaluation is on the other set.")
   flags.DEFINE_list("set", [], "Grid-arg key=values given to every run of the grid (keys of "
                     "hybrid_ir.grids.DEFAULTS, e.g. negatives=3,table=lazy: a recipe under another "
                     "experiment; a run's own args win); they key the workdirs, so use a "
@@ -221,6 +223,11 @@ def execute(name: str, run: Run, common: dict, results: pathlib.Path, workdirs: 
   cli = f"--config '{spec}' --workdir {workdir}"
   selected = None
   if run.pretrained:
+    if not config.get("cache_dir"):
+      # The untrained model's embeddings, kept for every untrained run of the grids (entries are
+      # keyed by the params and encoding settings): the lsar grid evaluates it once per rank.
+      with config.unlocked():
+        config.cache_dir = str(workdirs / "embeddings")
     print(f"+ python -m hybrid_ir.eval {cli} --pretrained", flush=True)
     evaluation.run(config, workdir, pretrained=True)
     tag = "pretrained"
@@ -372,6 +379,11 @@ def main(argv) -> None:
       raise app.UsageError(f"--only {sorted(unknown)}: not runs of {name}; "
                            f"runs: {[r.name for r in grid]}")
     grid = [r for r in grid if r.name in f.only]
+  for run in grid:  # a rank the run's training languages cannot carry: refused before any run
+    try:
+      grids.lsar_eval(grids.parse(run.config_arg(common)))
+    except ValueError as e:
+      raise app.UsageError(f"run {run.name}: {e}") from e
   results, workdirs = pathlib.Path(f.results), pathlib.Path(f.workdirs)
   for run in grid:
     try:

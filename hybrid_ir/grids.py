@@ -107,6 +107,11 @@ METHODS = (("hybrid", dict(mono=0.5, cross=0.5, mixed=0.0)),
 # of a block before the next block, so a grid stopped early has whole blocks.
 METHODS_SEEDS = {"xquad-r": (0, 1, 2), "mlqa-r": (0, 1)}
 METHODS_ORDER = (("xquad-r", 0), ("xquad-r", 1), ("mlqa-r", 0), ("xquad-r", 2), ("mlqa-r", 1))
+# The LSAR rank sweep: the untrained model with 1, 2, 4, ... directions removed, up to every
+# direction the training set's languages span (its number of languages minus one). A model that
+# lacks some of them (USE-m3: el, hi, vi) spans fewer: its runs above that are refused before
+# any run starts; leave them out with --only.
+LSAR_RANKS = {"xquad-r": (1, 2, 4, 7, 10), "mlqa-r": (1, 2, 4, 6)}
 
 
 def parse(arg: str | None) -> dict:
@@ -324,10 +329,17 @@ def _methods(directions) -> list[Run]:
   return out
 
 
+def _lsar(directions) -> list[Run]:
+  """Per training set in `directions`: the untrained model evaluated plain and with LSAR at each
+  of LSAR_RANKS (the subspace estimated from that training set, evaluated on the other)."""
+  return [Run(f"{train}-pretrained-lsar{r}", dict(train=train, lsar=r), pretrained=True)
+          for train in directions for r in LSAR_RANKS[train]]
+
+
 # Experiment name -> the function that builds its grid (one per experiment, as `runs` lists).
 _GRIDS = {"strategies": _strategies, "ratio": _ratio, "languages": _languages,
           "recipe": _recipe, "ingredients": _ingredients, "table": _table,
-          "languages_v2": _languages_v2, "methods": _methods}
+          "languages_v2": _languages_v2, "methods": _methods, "lsar": _lsar}
 EXPERIMENTS = tuple(_GRIDS)
 # Grids whose runs carry their own training seeds: --seeds must stay 0 for them.
 OWN_SEEDS = ("languages_v2", "methods")
@@ -359,6 +371,9 @@ def runs(name: str, directions=("xquad-r", "mlqa-r")) -> list[Run]:
               distillation alone; the untrained model; every run with LSAR evaluated as well and
               a validation fold (best and last checkpoint; METHODS_ARGS). 3 training seeds on
               XQuAD-R, 2 on MLQA-R, in METHODS_ORDER's blocks.
+  lsar        the untrained model with language-subspace removal at LSAR_RANKS (1 direction
+              up to every one the training set's languages span), per training set in
+              `directions`: which rank to use, before any training.
   """
   if name not in _GRIDS:
     raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")

@@ -27,6 +27,7 @@ differences (`scaling_analysis`, `stats.contrast_bootstrap`). methods (hybrid, d
 LSAR; last and validation-selected checkpoints) pools each method's seeds per checkpoint and LSAR
 variant and pairs every cell with the recipe (hybrid, last step) the same two-level way
 (`methods_table`, `questions_table`), with a headline against the paper's targets.
+lsar pairs the untrained model at each LSAR rank with its plain self, by query.
 """
 import argparse
 from collections.abc import Sequence
@@ -1128,6 +1129,55 @@ def write_methods_report(directory: pathlib.Path) -> str:
   return _write_markdown(directory / "report.md", parts)
 
 
+def lsar_sweep(runs: dict[str, dict]) -> dict[str, dict[str, dict]]:
+  """The lsar grid's rows per evaluation set: {dataset: {row: {datasets, rank, subspace}}}, the
+  untrained model plain ('rank 0 (plain)') first, then each run's LSAR results by rank.
+
+  Inputs: run summaries with an `lsar` part (`experiments.evaluate_lsar`). Raises ValueError
+  naming a run without one."""
+  bare = [n for n, r in runs.items() if "lsar" not in r]
+  if bare:
+    raise ValueError(f"runs {bare} have no LSAR results (grid arg lsar=<rank>): not lsar runs")
+  out: dict[str, dict[str, dict]] = {}
+  for run in sorted(runs.values(), key=lambda r: r["lsar"]["rank"]):
+    part = run["lsar"]
+    for dataset in part["datasets"]:
+      rows = out.setdefault(dataset, {"rank 0 (plain)": {"datasets": run["datasets"], "rank": 0}})
+      rows[f"rank {part['rank']}"] = {"datasets": part["datasets"], "rank": part["rank"],
+                                      "subspace": part["subspace"]}
+  return out
+
+
+def removed_share(singular_values: Sequence[float], rank: int) -> float:
+  """The share of the language means' spread (sum of squared singular values of the centred
+  means) that the top `rank` directions hold: what LSAR at that rank removes of it."""
+  sq = np.square(np.asarray(singular_values, dtype=np.float64))
+  return float(sq[:rank].sum() / sq.sum()) if sq.sum() > 0 else 0.0
+
+
+def write_lsar_report(directory: pathlib.Path) -> str:
+  """Writes `<directory>/report.md` and `lsar_<dataset>.png` of the lsar grid (the untrained model
+  at each LSAR rank) from the run summaries there; returns the markdown. Per evaluation set:
+  every rank paired against the plain model (`comparison_table`), the share of the language
+  means' spread each rank removes, and mAP against the rank."""
+  parts = ["# Experiment: lsar (language-subspace removal on the untrained model, by rank)", ""]
+  for dataset, rows in sorted(lsar_sweep(load_runs(directory)).items()):
+    ranked = [r for r in rows.values() if r["rank"]]
+    subspace = ranked[-1]["subspace"]
+    shares = [[str(r["rank"]), f"{removed_share(r['subspace']['singular_values'], r['rank']):.3f}"]
+              for r in ranked]
+    parts += [f"## Evaluated on {dataset}", "",
+              f"Subspace estimated from the training set's {len(subspace['langs'])} languages "
+              f"({', '.join(subspace['langs'])}).", "",
+              comparison_table(rows, dataset, "rank 0 (plain)"), "",
+              "Share of the spread of the language means (centred) that each rank removes:", "",
+              markdown_table(["rank", "removed share"], shares), ""]
+    parts += _figure(directory, f"lsar_{dataset}.png", "mAP by LSAR rank", plot_metric_vs,
+                     [r["rank"] for r in rows.values()], list(rows.values()), dataset,
+                     "LSAR rank (0: plain)")
+  return _write_markdown(directory / "report.md", parts)
+
+
 # ------------------------------------------------------------------------------------------------
 # Reports.
 # ------------------------------------------------------------------------------------------------
@@ -1192,6 +1242,10 @@ def write_report(experiment: str, directory: pathlib.Path, seed_sd_from: str | N
     if seed_sd_from:
       raise ValueError("--seed_sd_from is not used by methods: its rows pool their own seeds")
     return write_methods_report(directory)
+  if experiment == "lsar":
+    if seed_sd_from:
+      raise ValueError("--seed_sd_from is not used by lsar: it trains nothing")
+    return write_lsar_report(directory)
   runs = _in_grid_order(load_runs(directory), experiment)
   parts = [f"# Experiment: {experiment}", ""]
   datasets = sorted({d for r in runs.values() for d in r["datasets"]})

@@ -673,3 +673,42 @@ def test_a_distilled_run_with_lsar_and_validation_saves_plain_lsar_best_and_last
                 "| hybrid-distill | last | no |"):
     assert start in text
   assert (results / "methods" / "distill_mlqa-r.png").stat().st_size > 0
+
+
+def test_lsar_grid_miniature_pairs_each_rank_with_the_plain_model(tmp_path):
+  # The untrained model at LSAR ranks 1 and 7 (USE-m3 trains on 8 XQuAD-R languages: 7 directions
+  # span their means), end to end: both runs share the plain evaluation's embedding cache, and
+  # the report pairs each rank against the plain model by query.
+  grid = [r for r in experiments.runs("lsar", ("xquad-r",)) if r.args["lsar"] in (1, 7)]
+  assert [r.name for r in grid] == ["xquad-r-pretrained-lsar1", "xquad-r-pretrained-lsar7"]
+  text, out_dir = _run_grid("lsar", tmp_path, grid)
+  runs = {r.name: json.loads((out_dir / f"{r.name}.json").read_text()) for r in grid}
+  one, seven = runs["xquad-r-pretrained-lsar1"], runs["xquad-r-pretrained-lsar7"]
+  assert one["datasets"]["mlqa-r"]["per_query"] == seven["datasets"]["mlqa-r"]["per_query"]
+  assert (one["lsar"]["rank"], seven["lsar"]["rank"]) == (1, 7)
+  assert one["lsar"]["datasets"]["mlqa-r"]["per_query"] != seven["lsar"]["datasets"]["mlqa-r"]["per_query"]
+  # Queries and passages: the plain model's once (the second run read them), each rank's own.
+  cached = sorted((tmp_path / "w" / "embeddings").glob("mlqa-r-*.npy"))
+  assert len(cached) == 2 + 2 * 2, cached
+  rows = _table_rows(text.split("Paired against")[0], "mlqa-r")
+  assert rows[:3] == ["rank 0 (plain)", "rank 1", "rank 7"]
+  paired = text.split("Paired against **rank 0 (plain)**")[1].split("Share of the spread")[0]
+  assert "| rank 1 |" in paired and "| rank 7 |" in paired
+  sv = np.square(one["lsar"]["subspace"]["singular_values"])
+  assert f"| 1 | {sv[0] / sv.sum():.3f} |" in text
+  assert "| 7 | 1.000 |" in text  # every direction of 8 languages' centred means
+  assert (out_dir / "lsar_mlqa-r.png").stat().st_size > 0
+
+
+def test_an_lsar_rank_the_training_languages_cannot_carry_is_refused_before_any_run(tmp_path):
+  import subprocess
+  import sys
+  # USE-m3 lacks el, hi and vi: 8 XQuAD-R languages carry ranks up to 7, not the grid's 10.
+  out = subprocess.run(
+      [sys.executable, "-m", "hybrid_ir.experiments", "lsar", "--model", "use-m3", "--size",
+       "mini", "--directions", "xquad-r", "--results", str(tmp_path / "r"), "--workdirs",
+       str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert ("run xquad-r-pretrained-lsar10: lsar=10: an LSAR rank must be below the number of "
+          "training languages, 8") in out.stderr
+  assert not (tmp_path / "r").exists() and not (tmp_path / "w").exists()

@@ -386,3 +386,36 @@ def test_ratio_report_shows_the_distillation_term_per_alpha(tmp_path):
           and "Mean InfoNCE loss" not in text)
   assert (directory / "distill_mlqa-r.png").stat().st_size > 0
   assert (directory / "alpha_mlqa-r.png").stat().st_size > 0  # the final accuracy per alpha
+
+
+def test_lsar_report_pairs_each_rank_with_the_plain_model_and_shows_what_it_removes(tmp_path):
+  # Planted: the plain model's per-query scores, and each rank's scores a known shift above them.
+  rng = np.random.default_rng(0)
+  lang = np.repeat(np.array(EVAL_LANGS), PER_LANG)
+  plain = rng.uniform(0.3, 0.5, lang.size)
+  directory = tmp_path / "lsar"
+  directory.mkdir()
+  singular_values = [3.0, 2.0, 1.5, 1.0, 1.0, 0.8, 0.5, 0.5, 0.3, 0.2, 0.0]
+  shifts = {1: 0.02, 2: 0.04, 4: 0.06, 7: 0.05, 10: -0.01}
+  for run in grids.runs("lsar", ("xquad-r",)):
+    rank = run.args["lsar"]
+    summary = _summary(run, plain, lang)
+    removed = _summary(run, plain + shifts[rank], lang)
+    summary["lsar"] = {"rank": rank, "source": "xquad-r", "tag": "pretrained",
+                       "datasets": removed["datasets"],
+                       "subspace": {"langs": list(lareqa_data.LANGS["xquad-r"]),
+                                    "counts": [10] * 11, "singular_values": singular_values}}
+    (directory / f"{run.name}.json").write_text(json.dumps(summary))
+  text = report.write_report("lsar", directory)
+  paired = text.split("Paired against **rank 0 (plain)**")[1].split("Share of the spread")[0]
+  for rank, shift in shifts.items():
+    row = _row(paired, f"| rank {rank} |")
+    assert float(row[3].split()[0]) == pytest.approx(shift, abs=1e-3)  # Δ Mul mAP
+  sq = np.square(singular_values)
+  for rank in shifts:
+    assert _row(text, f"| {rank} | ")[1] == f"{sq[:rank].sum() / sq.sum():.3f}"
+  assert (directory / "lsar_mlqa-r.png").stat().st_size > 0
+  # A summary without LSAR results is not an lsar run.
+  (directory / "stray.json").write_text(json.dumps(_summary(grids.Run("stray", {}), plain, lang)))
+  with pytest.raises(ValueError, match=r"runs \['stray'\] have no LSAR results"):
+    report.write_report("lsar", directory)
