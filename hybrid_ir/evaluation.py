@@ -107,18 +107,23 @@ def _uncovered_langs(config, built, models) -> tuple[str, ...]:
 def make_evaluators(config, encoder, *, pretrained: bool = False) -> dict[str, Any]:
   """The config's evaluators (`hybrid_ir.evaluators.make`), once for all checkpoints.
 
-  With config.cache_dir, embeddings are cached for the untrained model (to re-derive metrics
-  without encoding again); the entries are named by the params' fingerprint as well, so a cache
-  is never read for other weights (nor LSAR embeddings for plain ones: `lsar.Projected` weights
-  fingerprint with their basis).
+  With config.cache_dir, the evaluation sets' embeddings (evaluators.CACHING_TYPES) are cached
+  for the untrained model (to re-derive metrics without encoding again); the entries are named
+  by the params' fingerprint as well, so a cache is never read for other weights (nor LSAR
+  embeddings for plain ones: `lsar.Projected` weights fingerprint with their basis).
   """
   from hybrid_ir import evaluators
   predict_fn = lsar.predict_fn(encoder, config.get("eval_batch_size", 64))
-  extra = {}
-  if pretrained and config.get("cache_dir"):
-    extra = dict(cache_dir=config.cache_dir, cache_key=json.dumps(
-        lsar.encoding_settings(config.model), sort_keys=True))
-  return evaluators.make(config.evals, predict_fn, **extra)
+  if not (pretrained and config.get("cache_dir")):
+    return evaluators.make(config.evals, predict_fn)
+  cache = dict(cache_dir=config.cache_dir, cache_key=json.dumps(
+      lsar.encoding_settings(config.model), sort_keys=True))
+  kinds = evaluators.types(config.evals)
+  cached = {n: e for n, e in config.evals.items() if kinds[n] in evaluators.CACHING_TYPES}
+  built = {**evaluators.make(cached, predict_fn, **cache),
+           **evaluators.make({n: e for n, e in config.evals.items() if n not in cached},
+                             predict_fn)}
+  return {n: built[n] for n in config.evals}  # the config's order is the run order
 
 
 def _restore(workdir, step, target, done: Evaluated):

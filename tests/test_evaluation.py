@@ -112,3 +112,34 @@ def test_cli_names_a_config_without_evals(tmp_path):
   assert out.returncode == 1
   assert out.stderr.startswith("hybrid_ir.eval: error: the config has no `evals`"), out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_the_untrained_models_cache_goes_to_the_evaluation_sets_only(monkeypatch):
+  # configs with cache_dir (e5_small.py) and a validation fold (the methods grid) evaluated
+  # --pretrained: the evaluation sets keep their embeddings; the validation evaluator, which takes
+  # no cache, is built without one; the config's order is kept.
+  import types
+
+  import ml_collections
+
+  from hybrid_ir import evaluators
+
+  def evaluator(**accepted):
+    class Evaluator:
+      def __init__(self, predict_fn, name, **kw):
+        assert set(kw) <= set(accepted), (name, kw)
+        self.name, self.kw = name, kw
+    return types.SimpleNamespace(Evaluator=Evaluator)
+
+  kinds = {"sets": evaluator(cache_dir=1, cache_key=1), "heldout": evaluator()}
+  monkeypatch.setattr(evaluators, "module", lambda kind, where="type": kinds[kind])
+  monkeypatch.setattr(evaluators, "CACHING_TYPES", ("sets",))
+  config = ml_collections.ConfigDict(dict(
+      cache_dir="/c", model=dict(name="m", lsar=dict(rank=2)),
+      evals=dict(a_validation=dict(type="heldout"), z_mlqa=dict(type="sets"))))
+  built = evaluation.make_evaluators(config, encoder=None, pretrained=True)
+  assert list(built) == list(config.evals) == ["a_validation", "z_mlqa"]
+  assert built["a_validation"].kw == {}
+  assert built["z_mlqa"].kw == {"cache_dir": "/c", "cache_key": json.dumps({"name": "m"})}
+  trained = evaluation.make_evaluators(config, encoder=None)  # a checkpoint's: never cached
+  assert trained["z_mlqa"].kw == {} == trained["a_validation"].kw

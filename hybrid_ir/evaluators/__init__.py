@@ -25,6 +25,9 @@ from typing import Any
 TYPES = {"lareqa": "hybrid_ir.evaluators.lareqa", "miracl": "hybrid_ir.evaluators.miracl",
          "parallel": "hybrid_ir.evaluators.parallel",
          "validation": "hybrid_ir.evaluators.validation"}
+# The types whose Evaluator keeps an embedding cache (takes cache_dir, cache_key): the evaluation
+# sets. A validation or parallel-curve evaluator encodes held-out training texts, never reused.
+CACHING_TYPES = ("lareqa", "miracl")
 
 
 def module(kind: str, where: str = "type"):
