@@ -119,11 +119,9 @@ def make_evaluators(config, encoder, *, pretrained: bool = False) -> dict[str, A
   cache = dict(cache_dir=config.cache_dir, cache_key=json.dumps(
       lsar.encoding_settings(config.model), sort_keys=True))
   kinds = evaluators.types(config.evals)
-  cached = {n: e for n, e in config.evals.items() if kinds[n] in evaluators.CACHING_TYPES}
-  built = {**evaluators.make(cached, predict_fn, **cache),
-           **evaluators.make({n: e for n, e in config.evals.items() if n not in cached},
-                             predict_fn)}
-  return {n: built[n] for n in config.evals}  # the config's order is the run order
+  return {n: evaluators.make({n: e}, predict_fn,
+                             **(cache if kinds[n] in evaluators.CACHING_TYPES else {}))[n]
+          for n, e in config.evals.items()}
 
 
 def _restore(workdir, step, target, done: Evaluated):
