@@ -645,6 +645,15 @@ def _grid_notes(sr: _ScalingRuns, dataset: str) -> list[str]:
   if single:
     notes.append(f"One run only (CI over queries alone, no run-level variance): "
                  f"{', '.join(single)}.")
+  for k in sorted({k for _, k in sr.cells}):
+    sets = {s: sorted("+".join(sorted(sr.info[n][2])) + (f" seed {sr.group[n]['args']['seed']}"
+                                                          if sr.group[n]["args"].get("seed") else "")
+                      for n in names) for (s, kk), names in sr.cells.items() if kk == k}
+    if len({tuple(v) for v in sets.values()}) > 1:
+      held = "; ".join(f"{STRATEGY_NAMES[s]}: {', '.join(v)}" for s, v in sets.items())
+      notes.append(f"At k={k} the strategies hold different runs ({held}): their contrasts "
+                   "there (hybrid's edge, and through it the slope differences) mix which "
+                   "languages were trained on with the strategy until the missing runs land.")
   for s, ks in sr.ks_of.items():
     if len(ks) < 2:
       notes.append(f"{STRATEGY_NAMES[s]}: {len(ks)} value(s) of k "
@@ -734,7 +743,9 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
   Inputs: runs as `load_runs` gives them (each with its args and train_langs). A cell is one
   strategy at one number k of training languages; its runs (language sets, training seeds) are
   the run level of a two-level bootstrap (`stats.contrast_bootstrap`: runs within each cell, then
-  queries stratified by language, shared by all cells). Per strategy, the slope is the OLS slope of
+  queries stratified by language, shared by all cells), blocked: cells at one k whose runs have
+  the same language sets and seeds draw the same runs, so the set's effect cancels in their
+  contrasts. Per strategy, the slope is the OLS slope of
   its cell means on log2 k (change per doubling); the interaction is hybrid's slope minus X-X-mono's
   and minus X-Y's, over the k both have. Runs at another budget than most (steps, batch) are
   budget checks, each against its cell at the common budget. Missing cells are skipped and named
@@ -747,11 +758,15 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
                         {n: sr.info[n][:2] for n in sr.checks}, notes)
   vecs, lang = _paired_query_vectors(sr.group, dataset)
   keys = list(sr.cells)
+  # A run's block is its language set and seed: the strategies at one k share them, so hybrid's
+  # edge and the slope differences compare runs on the same languages.
+  blocks = [[("+".join(sorted(sr.info[n][2])), int(sr.group[n]["args"].get("seed", 0)))
+             for n in sr.cells[key]] for key in keys]
   for metric in TESTED:
     ok = ~np.any([np.isnan(v[metric]) for v in vecs.values()], axis=0)
     values = {n: v[metric][ok] for n, v in vecs.items()}
     matrices = [np.stack([values[n] for n in sr.cells[key]]) for key in keys]
-    result = stats.contrast_bootstrap(matrices, contrasts, strata=lang[ok],
+    result = stats.contrast_bootstrap(matrices, contrasts, strata=lang[ok], run_blocks=blocks,
                                       n_resamples=n_resamples, seed=seed)
     out.cell.update({(metric, key): e for key, e in _cell_estimates(result, keys).items()})
     for i, label in enumerate(labels):
@@ -807,7 +822,11 @@ def scaling_markdown(a: ScalingAnalysis, runs: dict[str, dict], png: str | None)
            "at every k, so each of k training languages gets about 1/k of them. Cells are one "
            "strategy at one k; their runs are language sets (k < all) or training seeds "
            f"(k = all). 95% CIs: two-level bootstrap (runs within each cell, then queries "
-           f"stratified by language, shared by every cell), {N_RESAMPLES} resamples.", ""]
+           f"stratified by language, shared by every cell), {N_RESAMPLES} resamples; the runs "
+           "are blocked: the strategies at one k that hold the same language sets (or seeds) "
+           "draw the same ones, so which languages a set holds cancels in hybrid's edge and "
+           "in the slope differences (a cell whose runs differ from its neighbours' draws on "
+           "its own).", ""]
   if a.notes:
     lines += [f"- {n}" for n in a.notes] + [""]
   metrics = [HEADERS[k] for k in TESTED]

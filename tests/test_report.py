@@ -43,11 +43,13 @@ def _summary(run: grids.Run, values: np.ndarray, lang: np.ndarray) -> dict:
 
 
 def _write_grid(directory, slopes: dict[str, float], *, run_sd=0.0, query_sd=0.0, seen_bonus=0.0,
-                long_bonus=0.0, seed=0, skip=()) -> dict[str, grids.Run]:
+                long_bonus=0.0, set_sd=0.0, seed=0, skip=()) -> dict[str, grids.Run]:
   """Writes every XQuAD-R run of the grid (except `skip`): each query's score is a shared base
   + slopes[strategy] * log2 k + a run offset N(0, run_sd) + query noise N(0, query_sd)
-  + seen_bonus on query languages the run trained on + long_bonus for the longer-budget run."""
+  + seen_bonus on query languages the run trained on + long_bonus for the longer-budget run
+  + an offset N(0, set_sd) of the run's language set and seed, the same under every strategy."""
   rng = np.random.default_rng(seed)
+  set_rng, set_offset = np.random.default_rng(seed + 1000), {}
   lang = np.repeat(np.array(EVAL_LANGS), PER_LANG)
   base = rng.uniform(0.3, 0.5, lang.size)
   directory.mkdir(parents=True, exist_ok=True)
@@ -58,6 +60,9 @@ def _write_grid(directory, slopes: dict[str, float], *, run_sd=0.0, query_sd=0.0
     values = (base + slopes[strategy] * np.log2(len(langs)) + rng.normal(0, run_sd)
               + rng.normal(0, query_sd, lang.size) + seen_bonus * np.isin(lang, langs)
               + (long_bonus if "steps" in run.args else 0.0))
+    if set_sd:
+      block = (run.args["langs"], run.args.get("seed", 0))
+      values = values + set_offset.setdefault(block, set_rng.normal(0, set_sd))
     if run.name in skip:
       continue
     (directory / f"{run.name}.json").write_text(json.dumps(_summary(run, values, lang)))
@@ -97,6 +102,31 @@ def test_contrast_bootstrap_of_two_cells_is_the_seed_bootstrap():
     stats.contrast_bootstrap([a], [[1.0]], strata=strata, run_strata=[[{0}, {9}, {0}]])
   with pytest.raises(ValueError, match="2 columns for 1 cells"):
     stats.contrast_bootstrap([a], [[1.0, -1.0]], strata=strata)
+
+
+def test_contrast_bootstrap_blocks_cancel_an_effect_the_cells_share():
+  # Two strategies on the same two language sets: a set moves every run on it by +-.1 and the
+  # strategies differ by .05. Blocked, the difference is .05 however the sets are drawn.
+  rng = np.random.default_rng(0)
+  strata = np.repeat(np.arange(3), 100)
+  base = rng.uniform(0.3, 0.5, strata.size)
+  sets = np.array([[-0.1], [0.1]])
+  a, b = base + 0.05 + sets, base + sets
+  blocked = stats.contrast_bootstrap([a, b[::-1]], [[1.0, -1.0]], strata=strata,
+                                     run_blocks=[["set0", "set1"], ["set1", "set0"]],
+                                     n_resamples=2000)
+  assert blocked.estimate[0] == pytest.approx(0.05)
+  assert blocked.ci_high[0] - blocked.ci_low[0] == pytest.approx(0, abs=1e-9)
+  unblocked = stats.contrast_bootstrap([a, b], [[1.0, -1.0]], strata=strata, n_resamples=2000)
+  assert unblocked.ci_low[0] < -0.1 and unblocked.ci_high[0] > 0.2
+  # Cells with other labels (or none) draw on their own.
+  mixed = stats.contrast_bootstrap([a, b], [[1.0, -1.0]], strata=strata,
+                                   run_blocks=[["set0", "set1"], ["set2", "set3"]],
+                                   n_resamples=2000)
+  assert mixed.ci_low[0] < -0.1
+  with pytest.raises(ValueError, match="cell 0: run_blocks needs one distinct label per run"):
+    stats.contrast_bootstrap([a, b], [[1.0, -1.0]], strata=strata,
+                             run_blocks=[["set0", "set0"], None])
 
 
 def test_noiseless_planted_slopes_are_recovered_exactly(tmp_path):
@@ -159,6 +189,23 @@ def test_null_case_equal_slopes_ci_covers_zero_and_the_run_level_widens_it(tmp_p
     e = _analysis(tmp_path / f"run_sd{run_sd}").slope_differences[("mul_map", ("hybrid", "mono"))]
     widths.append(e[0].high - e[0].low)
   assert widths[1] < 0.5 * widths[0]
+
+
+def test_language_set_effects_cancel_in_the_interaction_but_widen_each_slope(tmp_path):
+  # Which languages a set holds moves its runs by N(0, .03) under every strategy. The runs are
+  # blocked by set, so the slope differences keep the width they have without set effects,
+  # while each strategy's own slope (no partner to cancel against) widens.
+  slopes = {"mono": 0.01, "cross": 0.02, "hybrid": 0.03}
+  width = {}
+  for set_sd in (0.03, 0.0):
+    _write_grid(tmp_path / f"set_sd{set_sd}", slopes, set_sd=set_sd, query_sd=0.05, seed=3)
+    a = _analysis(tmp_path / f"set_sd{set_sd}")
+    diff = a.slope_differences[("mul_map", ("hybrid", "mono"))][0]
+    assert diff.low < 0.02 < diff.high, (set_sd, diff)
+    own = a.slopes[("mul_map", "hybrid")][0]
+    width[set_sd] = (diff.high - diff.low, own.high - own.low)
+  assert width[0.03][0] == pytest.approx(width[0.0][0], rel=0.25)
+  assert width[0.03][1] > 2 * width[0.0][1]
 
 
 def test_seen_and_unseen_query_languages_and_the_longer_budget_run(tmp_path):
@@ -232,6 +279,20 @@ def test_partial_grid_reports_what_exists_and_says_what_is_missing(tmp_path):
   cells = [c.strip() for c in line.split("|")[2:-1]]  # X-X-mono, X-Y, hybrid, the differences
   assert cells[1] == "—" and cells[4] == "—"
   assert cells[0].startswith("+0.010 [") and cells[0].endswith("(k=2,11)")
+  assert "At k=" not in notes  # every strategy there holds the same runs
+
+
+def test_strategies_holding_different_language_sets_at_one_k_are_named(tmp_path):
+  # The first phase, then X-X-mono's second set at k = 2 before the other strategies' land.
+  names = [r.name for r in grids.runs("languages_v2", ("xquad-r",))]
+  skip = set(names) - set(names[:6]) - {"xquad-r-mono-k2-set1"}
+  _write_grid(tmp_path, {"mono": 0.01, "cross": 0.02, "hybrid": 0.03}, skip=skip)
+  notes = " ".join(_analysis(tmp_path, n_resamples=10).notes)
+  sets = [l for l in grids.runs("languages_v2", ("xquad-r",)) if "-k2-" in l.name]
+  set0, set1 = sets[0].args["langs"], sets[-1].args["langs"]
+  assert (f"At k=2 the strategies hold different runs (X-X-mono: {set0}, {set1}; X-Y: {set0}; "
+          f"hybrid: {set0})") in notes
+  assert "At k=11" not in notes
 
 
 def test_runs_evaluated_on_other_queries_are_named_not_paired(tmp_path):

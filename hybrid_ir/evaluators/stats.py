@@ -251,8 +251,9 @@ def ols_slope_weights(x) -> np.ndarray:
   return centred / ss
 
 
-def contrast_bootstrap(cells, contrasts, *, strata, run_strata=None, n_resamples: int = 10_000,
-                       confidence: float = 0.95, seed: int = 0) -> ContrastResult:
+def contrast_bootstrap(cells, contrasts, *, strata, run_strata=None, run_blocks=None,
+                       n_resamples: int = 10_000, confidence: float = 0.95,
+                       seed: int = 0) -> ContrastResult:
   """Two-level bootstrap (runs within each cell, then queries) of linear contrasts of cell means.
 
   Inputs: cells, C arrays [R_c, N]: per-query values of the R_c runs of cell c (e.g. the language
@@ -260,10 +261,13 @@ def contrast_bootstrap(cells, contrasts, *, strata, run_strata=None, n_resamples
   query everywhere); contrasts [K, C]; strata [N] (query language). A run's value is the macro
   average over strata of its per-query values; run_strata (optional), per cell per run, the strata
   labels that run's value averages over instead of all (e.g. only the query languages the run was
-  trained on); a cell's mean is the mean of its runs' values.
+  trained on); a cell's mean is the mean of its runs' values. run_blocks (optional), per cell
+  one label per run or None: cells whose runs carry the same labels (matched by value, not
+  position) are a blocked design, e.g. the same language sets under every strategy at one k.
   Each resample draws one stratified resample of queries, shared by every run and cell (queries
-  stay paired), and, independently per cell, R_c of its runs with replacement (different cells
-  are different runs). The query level is a multinomial count per query, so each resample costs
+  stay paired), and R_c of each cell's runs with replacement: one draw of labels serves every
+  cell of a block, so an effect its runs share (which languages were trained on) cancels in
+  contrasts between those cells; other cells draw independently (different runs). The query level is a multinomial count per query, so each resample costs
   one matrix product. p is two-sided: 2 x the share of resampled contrasts on the other side of 0
   (floor 1 / n_resamples), as in `seed_bootstrap`.
   Recommended for: how a metric changes with a cell variable across strategies (slopes with
@@ -302,9 +306,23 @@ def contrast_bootstrap(cells, contrasts, *, strata, run_strata=None, n_resamples
     boot += weights[:, j:j + 1] * (x[:, g] @ counts.T) / g.size
   cell_boot = np.zeros((len(cells), n_resamples))
   point = np.zeros(len(cells))
+  block_draws = {}  # a block's labels -> its draw of run positions [B, R], shared by its cells
   for c in range(len(cells)):
     rows = np.flatnonzero(owner == c)
-    draws = rows[rng.integers(0, rows.size, (n_resamples, rows.size))]  # [B, R_c]
+    labels_c = None if run_blocks is None or run_blocks[c] is None else list(run_blocks[c])
+    if labels_c is None:
+      positions = rng.integers(0, rows.size, (n_resamples, rows.size))
+    else:
+      if len(labels_c) != rows.size or len(set(labels_c)) != rows.size:
+        raise ValueError(f"cell {c}: run_blocks needs one distinct label per run "
+                         f"({rows.size}); got {labels_c}")
+      order = sorted(range(rows.size), key=lambda i: str(labels_c[i]))
+      rows = rows[order]  # runs in label order, so position i is the same label in every cell
+      key = tuple(sorted(map(str, labels_c)))
+      if key not in block_draws:
+        block_draws[key] = rng.integers(0, rows.size, (n_resamples, rows.size))
+      positions = block_draws[key]
+    draws = rows[positions]  # [B, R_c]
     cell_boot[c] = np.take_along_axis(boot.T, draws, axis=1).mean(1)
     point[c] = run_values[rows].mean()
   stat = contrasts @ cell_boot  # [K, B]
