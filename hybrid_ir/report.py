@@ -631,6 +631,13 @@ def _scaling_runs(runs: dict[str, dict], dataset: str) -> _ScalingRuns:
                       ks_of)
 
 
+def _block(sr: _ScalingRuns, name: str) -> str:
+  """A run's language set and seed ('ar+en', 'ar+...+zh seed 1'): the strategies at one k share
+  them, so the analysis pairs runs of the same block across strategies."""
+  seed = int(sr.group[name]["args"].get("seed", 0))
+  return "+".join(sorted(sr.info[name][2])) + (f" seed {seed}" if seed else "")
+
+
 def _grid_notes(sr: _ScalingRuns, dataset: str) -> list[str]:
   """What a partial grid lacks: runs not there yet, cells of one run, strategies with no slope."""
   notes = []
@@ -646,9 +653,8 @@ def _grid_notes(sr: _ScalingRuns, dataset: str) -> list[str]:
     notes.append(f"One run only (CI over queries alone, no run-level variance): "
                  f"{', '.join(single)}.")
   for k in sorted({k for _, k in sr.cells}):
-    sets = {s: sorted("+".join(sorted(sr.info[n][2])) + (f" seed {sr.group[n]['args']['seed']}"
-                                                          if sr.group[n]["args"].get("seed") else "")
-                      for n in names) for (s, kk), names in sr.cells.items() if kk == k}
+    sets = {s: sorted(_block(sr, n) for n in names)
+            for (s, kk), names in sr.cells.items() if kk == k}
     if len({tuple(v) for v in sets.values()}) > 1:
       held = "; ".join(f"{STRATEGY_NAMES[s]}: {', '.join(v)}" for s, v in sets.items())
       notes.append(f"At k={k} the strategies hold different runs ({held}): their contrasts "
@@ -758,10 +764,7 @@ def scaling_analysis(runs: dict[str, dict], dataset: str, n_resamples: int = N_R
                         {n: sr.info[n][:2] for n in sr.checks}, notes)
   vecs, lang = _paired_query_vectors(sr.group, dataset)
   keys = list(sr.cells)
-  # A run's block is its language set and seed: the strategies at one k share them, so hybrid's
-  # edge and the slope differences compare runs on the same languages.
-  blocks = [[("+".join(sorted(sr.info[n][2])), int(sr.group[n]["args"].get("seed", 0)))
-             for n in sr.cells[key]] for key in keys]
+  blocks = [[_block(sr, n) for n in sr.cells[key]] for key in keys]
   for metric in TESTED:
     ok = ~np.any([np.isnan(v[metric]) for v in vecs.values()], axis=0)
     values = {n: v[metric][ok] for n, v in vecs.items()}

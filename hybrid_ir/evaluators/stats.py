@@ -267,8 +267,8 @@ def contrast_bootstrap(cells, contrasts, *, strata, run_strata=None, run_blocks=
   Each resample draws one stratified resample of queries, shared by every run and cell (queries
   stay paired), and R_c of each cell's runs with replacement: one draw of labels serves every
   cell of a block, so an effect its runs share (which languages were trained on) cancels in
-  contrasts between those cells; other cells draw independently (different runs). The query level is a multinomial count per query, so each resample costs
-  one matrix product. p is two-sided: 2 x the share of resampled contrasts on the other side of 0
+  contrasts between those cells; other cells draw independently (different runs). The query
+  level is a multinomial count per query, so each resample costs one matrix product. p is two-sided: 2 x the share of resampled contrasts on the other side of 0
   (floor 1 / n_resamples), as in `seed_bootstrap`.
   Recommended for: how a metric changes with a cell variable across strategies (slopes with
   `ols_slope_weights`, their differences); `seed_bootstrap` is the two-cell case. A cell of one
